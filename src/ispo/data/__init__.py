@@ -1,0 +1,1 @@
+"""Reading, validating and identifying genes of AnnData inputs; built-in demo data."""

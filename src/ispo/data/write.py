@@ -1,0 +1,41 @@
+"""Writing outputs so that a failed or interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ispo.errors import IspoError
+
+
+def check_output(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output (unless ``overwrite``) or an unwritable folder, before any work."""
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise IspoError(f"output {out} already exists: choose another path or pass --overwrite")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise IspoError(f"output folder {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK):
+        raise IspoError(f"output folder {parent} is not writable: choose another --out")
+    return out
+
+
+@contextmanager
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    out = check_output(path, overwrite)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        if out.is_dir() and overwrite:
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,1 @@
+"""Batching and running the model: cell embeddings."""

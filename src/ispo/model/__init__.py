@@ -1,0 +1,1 @@
+"""Geneformer architectures, checkpoint loading and the fast encoder."""

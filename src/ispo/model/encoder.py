@@ -1,0 +1,112 @@
+"""The fast Geneformer encoder: BERT without the MLM head, only the layers that are needed.
+
+Reads like nanoGPT: embeddings, attention, block, encoder, in that order. Weights come from a
+Hugging Face ``BertForMaskedLM`` state dict through an explicit name map (``from_hf_state_dict``),
+with q/k/v fused into one matmul. Attention is PyTorch SDPA (flash / memory-efficient kernels
+where the device has them). Batches are padded only to their own longest cell; with
+length-sorted token-budget batches that padding is small, and a batch of equal lengths (all
+perturbations of one cell) needs no mask at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ispo.model.presets import GeneformerConfig
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: GeneformerConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.position = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
+        self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.word(ids) + self.position(pos) + self.token_type0  # (B, L, h)
+        return self.ln(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GeneformerConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, h = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, L, hd)
+        return self.out(y.transpose(1, 2).reshape(B, L, h))
+
+
+class Block(nn.Module):
+    """Post-LN BERT layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, cfg: GeneformerConfig, act: str = "relu") -> None:
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(cfg.hidden, cfg.intermediate)
+        self.ffn_out = nn.Linear(cfg.intermediate, cfg.hidden)
+        self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.act = F.relu if act == "relu" else F.gelu
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.ln1(x + self.attn(x, mask))
+        return self.ln2(x + self.ffn_out(self.act(self.ffn_in(x))))
+
+
+class Encoder(nn.Module):
+    """Embeddings plus the first ``n_run`` BERT layers; returns that layer's hidden states."""
+
+    def __init__(self, cfg: GeneformerConfig, n_run: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb = Embeddings(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_run))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, L, h) of ``ids`` (B, L); ``lengths`` marks padding, None if none."""
+        mask = None
+        if lengths is not None:
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            mask = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L) keep-mask
+        x = self.emb(ids)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+    @classmethod
+    def from_hf_state_dict(
+        cls, cfg: GeneformerConfig, sd: dict[str, torch.Tensor], n_run: int
+    ) -> "Encoder":
+        """Build on the meta device and assign checkpoint tensors by name (no copy, no init)."""
+        with torch.device("meta"):
+            model = cls(cfg, n_run)
+        e = "bert.embeddings."
+        new = {
+            "emb.word.weight": sd[e + "word_embeddings.weight"],
+            "emb.position.weight": sd[e + "position_embeddings.weight"],
+            "emb.token_type0": sd[e + "token_type_embeddings.weight"][0],
+            "emb.ln.weight": sd[e + "LayerNorm.weight"],
+            "emb.ln.bias": sd[e + "LayerNorm.bias"],
+        }
+        for i in range(n_run):
+            p, q = f"bert.encoder.layer.{i}.", f"blocks.{i}."
+            for kind in ("weight", "bias"):
+                new[q + "attn.qkv." + kind] = torch.cat(
+                    [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
+                )
+                new[q + "attn.out." + kind] = sd[p + "attention.output.dense." + kind]
+                new[q + "ln1." + kind] = sd[p + "attention.output.LayerNorm." + kind]
+                new[q + "ffn_in." + kind] = sd[p + "intermediate.dense." + kind]
+                new[q + "ffn_out." + kind] = sd[p + "output.dense." + kind]
+                new[q + "ln2." + kind] = sd[p + "output.LayerNorm." + kind]
+        model.load_state_dict(new, strict=True, assign=True)
+        return model.eval()

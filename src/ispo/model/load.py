@@ -1,0 +1,195 @@
+"""Loading a Geneformer model: a local Hugging Face checkpoint, or a preset with random weights.
+
+Weights are read once into a Hugging Face-named state dict; the fast encoder and the reference
+``BertForMaskedLM`` are both built from it on demand, so the two paths always hold the same
+numbers. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ispo.data.vocab import Vocab, load_vocab
+from ispo.errors import IspoError
+from ispo.model.encoder import Encoder
+from ispo.model.presets import GeneformerConfig, preset
+
+log = logging.getLogger(__name__)
+Precision = Literal["fp32", "fp16", "bf16"]
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
+                                  "bf16": torch.bfloat16}
+RANDOM_WARNING = ("RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
+                  "(seed {seed}); fine for speed work, meaningless for biology")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` means the GPU when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise IspoError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    return dev
+
+
+def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                     "LayerNorm.bias")
+        if not k.startswith(("bert.", "cls.")):
+            k = "bert." + k
+        out[k] = v
+    return out
+
+
+def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tensor]]:
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise IspoError(f"checkpoint directory {root} has no config.json: point --model at a "
+                        "Hugging Face model directory or use a preset name")
+    try:
+        cfg = GeneformerConfig.from_hf(json.loads(cfg_path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise IspoError(f"{cfg_path} is not valid JSON: restore the checkpoint's config") from exc
+    st, binf = root / "model.safetensors", root / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            sd = load_file(str(st))
+        elif binf.is_file():
+            sd = torch.load(binf, map_location="cpu", mmap=True, weights_only=True)
+        else:
+            raise IspoError(f"checkpoint directory {root} has no weights (model.safetensors or "
+                            "pytorch_model.bin): copy them there, or use a preset with "
+                            "--random-init")
+    except IspoError:
+        raise
+    except Exception as exc:
+        raise IspoError(f"cannot read the weights in {root} ({type(exc).__name__}): the file is "
+                        "damaged or not a PyTorch checkpoint") from exc
+    sd = _normalise_keys(sd)
+    need = ["bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.output.dense.weight"]
+    if any(k not in sd for k in need):
+        raise IspoError(f"weights in {root} are not a BERT/Geneformer state dict (no "
+                        f"{need[0]}): check the checkpoint")
+    emb = sd[need[0]]
+    if tuple(emb.shape) != (cfg.vocab_size, cfg.hidden):
+        raise IspoError(f"weights in {root} have embeddings {tuple(emb.shape)} but config.json "
+                        f"says ({cfg.vocab_size}, {cfg.hidden}): config and weights disagree")
+    return cfg, sd
+
+
+def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tensor]:
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(cfg.to_hf())
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class GeneformerModel:
+    """A loaded Geneformer: its architecture, weights and provenance.
+
+    ``encoder()`` gives the fast encoder truncated to the needed layers; ``hf_model()`` the
+    reference Hugging Face model. Both are cached per (layers, dtype).
+    """
+
+    config: GeneformerConfig
+    state_dict: dict[str, torch.Tensor]
+    name: str
+    random_init: bool
+    seed: int | None
+    device: torch.device
+    vocab: Vocab | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def layers_for(self, emb_layer: int) -> int:
+        """Encoder layers to run for Geneformer's ``emb_layer`` (-1: penultimate, 0: last)."""
+        if emb_layer not in (-1, 0):
+            raise IspoError(f"emb_layer must be -1 (penultimate) or 0 (last), not {emb_layer}")
+        return self.config.n_layers + emb_layer
+
+    def encoder(self, n_run: int | None = None, precision: Precision = "fp32") -> Encoder:
+        n_run = self.config.n_layers if n_run is None else n_run
+        key = ("fast", n_run, precision)
+        if key not in self._cache:
+            enc = Encoder.from_hf_state_dict(self.config, self.state_dict, n_run)
+            self._cache[key] = enc.to(device=self.device, dtype=DTYPES[precision])
+        return self._cache[key]
+
+    def hf_model(self):
+        """The reference ``BertForMaskedLM`` (fp32, eval mode) with these weights."""
+        if "hf" not in self._cache:
+            from transformers import BertForMaskedLM
+
+            model = BertForMaskedLM(self.config.to_hf())
+            # Checkpoints without an MLM head (e.g. a saved BertModel) still load: the head is
+            # not needed for embeddings, so it keeps its fresh init instead of being refused.
+            result = model.load_state_dict(self.state_dict, strict=False)
+            if result.missing_keys:
+                log.info("reference model: %d tensors not in the checkpoint (MLM head?)",
+                         len(result.missing_keys))
+            self._cache["hf"] = model.to(self.device).eval()
+        return self._cache["hf"]
+
+    def check_vocab(self, vocab: Vocab) -> None:
+        """Refuse a vocabulary that does not fit this model (size, special tokens)."""
+        if vocab.size != self.config.vocab_size:
+            raise IspoError(
+                f"vocabulary {vocab.source} has {vocab.size:,} tokens but model {self.name} "
+                f"expects {self.config.vocab_size:,}: use the dictionaries released with the model"
+            )
+        if vocab.max_input > self.config.max_len:
+            raise IspoError(f"vocabulary {vocab.source} is a V{vocab.version} vocabulary "
+                            f"(input {vocab.max_input}) but model {self.name} takes at most "
+                            f"{self.config.max_len} tokens: use the matching dictionaries")
+
+    def metadata(self) -> dict:
+        """Provenance recorded with every output."""
+        return {"model": self.name, "random_init": self.random_init, "seed": self.seed,
+                "architecture": self.config.to_dict(),
+                "vocab": None if self.vocab is None else self.vocab.source}
+
+
+def load_model(
+    source: str | Path,
+    *,
+    vocab: str | Path | Vocab | None = None,
+    device: str | torch.device = "auto",
+    random_init: bool = False,
+    seed: int = 0,
+) -> GeneformerModel:
+    """Load a Geneformer from a local checkpoint directory, or a preset name.
+
+    A preset has no weights offline: it is only built, with seeded random weights, when
+    ``random_init=True``, and that is logged loudly and recorded in every output's metadata.
+    """
+    dev = resolve_device(device)
+    path = Path(source)
+    if path.is_dir():
+        cfg, sd = _read_checkpoint(path)
+        model = GeneformerModel(cfg, sd, str(path), False, None, dev)
+    elif path.exists():
+        raise IspoError(f"--model {path} is a file: give the checkpoint directory that holds "
+                        "config.json and the weights")
+    else:
+        cfg = preset(str(source))
+        if not random_init:
+            raise IspoError(f"{source!r} is a preset without weights: pass a checkpoint "
+                            "directory, or --random-init (random_init=True) for speed work")
+        log.warning(RANDOM_WARNING.format(name=str(source), seed=seed))
+        model = GeneformerModel(cfg, _random_state_dict(cfg, seed), str(source), True, seed, dev)
+    if vocab is not None:
+        model.vocab = load_vocab(vocab)
+        model.check_vocab(model.vocab)
+    return model

@@ -1,0 +1,50 @@
+"""What every output records about how it was made: versions, device, git commit."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def versions() -> dict[str, str]:
+    return {"ispo": _version("ispo"), "python": platform.python_version(),
+            **{p: _version(p) for p in ("torch", "transformers", "anndata", "numpy")}}
+
+
+def device_name(device: torch.device | str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    """The commit of the ispo checkout in use, or 'unknown' for an installed wheel."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def h5ad_safe(d: dict) -> dict:
+    """A copy of ``d`` that h5ad can store (no None values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = h5ad_safe(v)
+        elif v is not None:
+            out[k] = v
+    return out
