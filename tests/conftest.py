@@ -20,6 +20,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 N_VOCAB_GENES = 120
 TIED_MEDIAN = 1.5  # several genes share this median, so equal counts tie exactly
+TIED_GENES = (2, 9, 30, 31, 44, 88)  # gene indices (1-based, as in gene_id) with that median
 
 
 def shared_path(name: str) -> Path:
@@ -59,7 +60,7 @@ def make_vocab(version: int = 1, seed: int = 0) -> Vocab:
     token_dict = {t: i for i, t in enumerate(specials)}
     token_dict.update({g: n_special + int(p) for g, p in zip(genes, perm)})
     medians = rng.lognormal(mean=0.3, sigma=0.7, size=len(genes))
-    medians[[2, 9, 30, 31, 44, 88]] = TIED_MEDIAN
+    medians[[i - 1 for i in TIED_GENES]] = TIED_MEDIAN
     median_dict = {g: float(m) for g, m in zip(genes, medians)}
     for i in NO_MEDIAN:
         del median_dict[gene_id(i)]
@@ -156,7 +157,13 @@ def save_tiny_checkpoint(
     )
     torch.manual_seed(seed)
     model = BertForMaskedLM(config).eval()
-    model.save_pretrained(path, safe_serialization=safe_serialization)
+    if safe_serialization:
+        model.save_pretrained(path)
+    else:
+        # legacy layout (transformers >= 5 no longer writes it): config.json + pytorch_model.bin
+        Path(path).mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(path)
+        torch.save(model.state_dict(), Path(path) / "pytorch_model.bin")
     return path
 
 

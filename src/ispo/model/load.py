@@ -143,16 +143,16 @@ class GeneformerModel:
         return self._cache["hf"]
 
     def check_vocab(self, vocab: Vocab) -> None:
-        """Refuse a vocabulary that does not fit this model (size, special tokens)."""
+        """Refuse a vocabulary that does not fit this model.
+
+        Token ids index the embedding table, so the sizes must agree; V1 and V2 dictionaries
+        (and their special tokens) differ in size, so this also catches a V1/V2 mix-up.
+        """
         if vocab.size != self.config.vocab_size:
             raise IspoError(
                 f"vocabulary {vocab.source} has {vocab.size:,} tokens but model {self.name} "
                 f"expects {self.config.vocab_size:,}: use the dictionaries released with the model"
             )
-        if vocab.max_input > self.config.max_len:
-            raise IspoError(f"vocabulary {vocab.source} is a V{vocab.version} vocabulary "
-                            f"(input {vocab.max_input}) but model {self.name} takes at most "
-                            f"{self.config.max_len} tokens: use the matching dictionaries")
 
     def metadata(self) -> dict:
         """Provenance recorded with every output."""

@@ -1,0 +1,85 @@
+"""Sharded, resumable table output.
+
+A long run writes one Parquet part per shard of cells into ``OUT.parts/`` and records it in a
+manifest only after the part is complete (written to a temporary name, then renamed), so a run
+killed at any point leaves only whole parts behind. ``--resume`` skips recorded shards; the
+finished run is merged into the single file ``OUT`` and the parts folder removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ispo.errors import IspoError
+
+
+class ShardWriter:
+    """Parts of a table, written atomically and listed in ``manifest.json``."""
+
+    def __init__(self, out: str | Path, fingerprint: dict, *, resume: bool, overwrite: bool):
+        self.out = Path(out)
+        self.parts = self.out.with_name(self.out.name + ".parts")
+        self.manifest_path = self.parts / "manifest.json"
+        if self.out.exists() and not overwrite:
+            raise IspoError(f"output {self.out} already exists: choose another path or pass "
+                            "--overwrite")
+        if self.parts.exists() and not resume:
+            if not overwrite:
+                raise IspoError(f"{self.parts} holds an unfinished run: pass --resume to continue "
+                                "it, or --overwrite to start again")
+            shutil.rmtree(self.parts)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.manifest = {"fingerprint": fingerprint, "done": {}}
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text())
+            if old["fingerprint"] != fingerprint:
+                raise IspoError(f"{self.parts} was made with other options or data: rerun with "
+                                "the same options, or --overwrite to start again")
+            self.manifest = old
+
+    def done(self, shard: int) -> bool:
+        return str(shard) in self.manifest["done"]
+
+    def write(self, shard: int, tables: dict[str, pd.DataFrame]) -> None:
+        """Write every table of one shard, then record the shard as done."""
+        names = {}
+        for kind, df in tables.items():
+            name = f"{kind}-{shard:06d}.parquet"
+            tmp = self.parts / f".{name}.tmp"
+            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            os.replace(tmp, self.parts / name)
+            names[kind] = name
+        self.manifest["done"][str(shard)] = names
+        tmp = self.parts / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(self.manifest))
+        os.replace(tmp, self.manifest_path)
+
+    def read(self, kind: str) -> pd.DataFrame:
+        """All recorded parts of one table, in shard order."""
+        done = self.manifest["done"]
+        files = [self.parts / done[s][kind] for s in sorted(done, key=int) if kind in done[s]]
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def finish(self, tables: dict[str, tuple[Path, pd.DataFrame]], metadata: dict,
+               meta_path: Path) -> None:
+        """Write the merged tables and metadata atomically, then drop the parts folder."""
+        for path, df in tables.values():
+            tmp = path.with_name(f".{path.name}.tmp")
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), b"ispo": json.dumps(metadata).encode()})
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+        tmp.write_text(json.dumps(metadata, indent=2, default=str))
+        os.replace(tmp, meta_path)
+        shutil.rmtree(self.parts, ignore_errors=True)

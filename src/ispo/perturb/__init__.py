@@ -1,0 +1,1 @@
+"""In-silico perturbation: perturbed sequences, the engine and statistics over its results."""
