@@ -251,6 +251,19 @@ def test_duplicate_only_in_alias_row(vocab):
     assert cells.cell(1).tolist()[extra] == tok5
 
 
+def test_non_canonical_csr(vocab):
+    """A CSR matrix may store one (cell, gene) count as several entries (scipy allows it; the
+    count is their sum, as ``toarray()`` shows). The gene must still appear once, with the sum."""
+    var = pd.DataFrame({"ensembl_id": [gene_id(1), gene_id(3), gene_id(4)]}, index=list("abc"))
+    X = sp.csr_matrix((np.array([1, 5, 4, 3], np.float32), np.array([0, 0, 1, 2]),
+                       np.array([0, 4])), shape=(1, 3))
+    assert not X.has_canonical_format
+    cells = tokenize(ad.AnnData(X=X, var=var), vocab)
+    canonical = ad.AnnData(X=sp.csr_matrix(X.toarray()), var=var)
+    check_against_reference(cells, canonical, vocab)
+    assert cells.to_lists() == tokenize(canonical, vocab).to_lists()
+
+
 @pytest.mark.parametrize("dtype", ["int", "bool"])
 def test_filter_pass(vocab, dtype):
     adata = make_adata(30, seed=7)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from ispo.data.genes import GeneMap, build_gene_map
@@ -27,6 +28,7 @@ from ispo.errors import IspoError
 
 log = logging.getLogger(__name__)
 TARGET_SUM = 10_000
+MAX_CHUNK = 4096  # cells per ranking chunk: the row index must fit 12 bits of the sort key
 
 
 @dataclass
@@ -107,8 +109,7 @@ def _rank_order(rows: np.ndarray, values: np.ndarray, tokens: np.ndarray) -> np.
     the result does not depend on the sort's stability.
     """
     row_bits = max(1, int(rows.max(initial=0)).bit_length())
-    if row_bits > 12:
-        raise ValueError("chunks are limited to 4096 cells")
+    assert row_bits <= 12, "ranking chunks hold at most MAX_CHUNK cells"
     vbits = (values.view(np.uint64) >> np.uint64(12)) & np.uint64((1 << 51) - 1)
     key = (rows.astype(np.uint64) << np.uint64(51)) | (np.uint64((1 << 51) - 1) - vbits)
     order = np.argsort(key)
@@ -161,6 +162,13 @@ def rank_value_encode(
     return out, lens
 
 
+def _passes(flags: np.ndarray) -> np.ndarray:
+    """``filter_pass`` as booleans, whether stored as 0/1, bools or strings ("0", "False")."""
+    if flags.dtype.kind in "biuf":
+        return flags.astype(bool)
+    return ~pd.Series(flags).astype(str).str.strip().str.lower().isin(["0", "false", "0.0"]).to_numpy()
+
+
 def iter_tokenize(
     adata: ad.AnnData,
     vocab: Vocab | str,
@@ -177,6 +185,7 @@ def iter_tokenize(
     genes of the raw counts (before any is dropped), as Geneformer does.
     """
     vocab = load_vocab(vocab)
+    chunk_size = min(chunk_size, MAX_CHUNK)
     gmap = build_gene_map(adata.var, vocab, gene_key)
     max_input = max_input or vocab.max_input
     special = (vocab.cls_id, vocab.eos_id) if vocab.version == 2 else None
@@ -193,7 +202,7 @@ def iter_tokenize(
             n_counts = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
         rows = np.arange(chunk.shape[0])
         if filter_pass is not None:
-            rows = rows[filter_pass[start:stop].astype(bool)]
+            rows = rows[_passes(filter_pass[start:stop])]
         chunk, n_counts = chunk[rows], n_counts[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             tokens, lens = rank_value_encode(chunk, n_counts, gmap, max_genes, special)

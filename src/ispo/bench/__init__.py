@@ -1,5 +1,30 @@
-"""Benchmark tooling: profiling and FLOP accounting shared by every run."""
+"""Benchmark tooling: profiling and FLOP accounting shared by every run, the methods registry,
+the benchmark runner and its reports.
 
-from ispo.bench.profiler import Profiler, ProfileStats
+Attributes are imported lazily so that ``ispo --help`` does not pay for torch.
+"""
 
-__all__ = ["ProfileStats", "Profiler"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Profiler": "ispo.bench.profiler",
+    "ProfileStats": "ispo.bench.profiler",
+    "MethodSpec": "ispo.bench.methods",
+    "register": "ispo.bench.methods",
+    "resolve_methods": "ispo.bench.methods",
+    "BenchConfig": "ispo.bench.runner",
+    "BenchResult": "ispo.bench.runner",
+    "run_benchmark": "ispo.bench.runner",
+    "write_results": "ispo.bench.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ispo.bench' has no attribute {name!r}")

@@ -49,6 +49,7 @@ def iter_count_chunks(
         if hasattr(block, "to_memory"):
             block = block.to_memory()
         block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+        block.sum_duplicates()  # a count may be stored as several entries; ranks need the sum
         yield start, block
 
 

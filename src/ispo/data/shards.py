@@ -23,26 +23,40 @@ from ispo.errors import IspoError
 class ShardWriter:
     """Parts of a table, written atomically and listed in ``manifest.json``."""
 
-    def __init__(self, out: str | Path, fingerprint: dict, *, resume: bool, overwrite: bool):
+    def __init__(self, out: str | Path, fingerprint: dict, *, resume: bool, overwrite: bool,
+                 rank: int = 0):
         self.out = Path(out)
         self.parts = self.out.with_name(self.out.name + ".parts")
-        self.manifest_path = self.parts / "manifest.json"
-        if self.out.exists() and not overwrite:
-            raise IspoError(f"output {self.out} already exists: choose another path or pass "
-                            "--overwrite")
-        if self.parts.exists() and not resume:
-            if not overwrite:
-                raise IspoError(f"{self.parts} holds an unfinished run: pass --resume to continue "
-                                "it, or --overwrite to start again")
-            shutil.rmtree(self.parts)
+        # under torchrun each rank records its shards in its own file (rank 0: manifest.json);
+        # a run reads them all, so it resumes whatever number of processes wrote them
+        name = "manifest.json" if rank == 0 else f"manifest-rank{rank}.json"
+        self.manifest_path = self.parts / name
+        if rank == 0:  # the other ranks join the folder rank 0 prepared (ispo.dist)
+            if self.out.exists() and not overwrite:
+                raise IspoError(f"output {self.out} already exists: choose another path or pass "
+                                "--overwrite")
+            if self.parts.exists() and not resume:
+                if not overwrite:
+                    raise IspoError(f"{self.parts} holds an unfinished run: pass --resume to "
+                                    "continue it, or --overwrite to start again")
+                shutil.rmtree(self.parts)
         self.parts.mkdir(parents=True, exist_ok=True)
-        self.manifest = {"fingerprint": fingerprint, "done": {}}
-        if self.manifest_path.exists():
-            old = json.loads(self.manifest_path.read_text())
-            if old["fingerprint"] != fingerprint:
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as stored
+        self.manifest = {"fingerprint": self.fingerprint, "done": {}}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add the shards every manifest in the folder records (other ranks', earlier runs')."""
+        for path in sorted(self.parts.glob("manifest*.json")):
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise IspoError(f"{path} is unreadable ({type(exc).__name__}): pass --overwrite "
+                                "to start again") from exc
+            if old.get("fingerprint") != self.fingerprint:
                 raise IspoError(f"{self.parts} was made with other options or data: rerun with "
                                 "the same options, or --overwrite to start again")
-            self.manifest = old
+            self.manifest["done"].update(old["done"])
 
     def done(self, shard: int) -> bool:
         return str(shard) in self.manifest["done"]

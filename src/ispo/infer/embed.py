@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ispo.bench.profiler import Profiler
 from ispo.infer.batching import fixed_batches, pad_batch, token_budget_batches
+from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import PoolMode, pool
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
@@ -62,37 +64,50 @@ def embed_cells(
     batch_tokens: int | None = None,
     batch_size: int = 10,
     on_batch: Callable[[int], None] | None = None,
+    net: torch.nn.Module | None = None,
+    oom: OomSplitter | None = None,
 ) -> np.ndarray:
     """(n_cells, hidden) float32 embeddings of tokenized cells, in their order.
 
-    ``on_batch(n_cells_done_in_batch)`` is called after each batch (progress bars).
+    ``on_batch(n_cells_done_in_batch)`` is called after each batch (progress bars). ``net``
+    replaces the module the method would run (the model's encoder or reference model) by a
+    variant with the same call convention: an int8-quantized or compiled copy (the benchmark).
+    ``oom`` carries a reduced token budget across calls after an out-of-memory (streaming).
     """
     dev = model.device
     n_run = model.layers_for(emb_layer)
     pad_id = model.config.pad_id
     if method == "fast":
-        net = model.encoder(n_run, precision)
+        net = model.encoder(n_run, precision) if net is None else net
         batches = token_budget_batches(cells.lengths, batch_tokens or default_batch_tokens(dev))
         ctx = nullcontext()
     elif method == "baseline":
-        net = model.hf_model()
+        net = model.hf_model() if net is None else net
         batches = fixed_batches(len(cells), batch_size)
         ctx = _autocast(dev, precision)
     else:
         raise ValueError(f"unknown method {method!r}")
     outs: list[torch.Tensor] = []
+
+    def run(idx: np.ndarray) -> torch.Tensor:
+        ids, lens = pad_batch(cells, idx, pad_id)
+        ids, lens = to_device(ids, dev), to_device(lens, dev)
+        if method == "fast":
+            uniform = bool(cells.lengths[idx].min() == cells.lengths[idx].max())
+            hidden = net(ids, None if uniform else lens)
+        else:
+            mask = (torch.arange(ids.shape[1], device=dev)[None] < lens[:, None]).long()
+            hidden = net(input_ids=ids, attention_mask=mask,
+                         output_hidden_states=True).hidden_states[n_run]
+        return pool(hidden, lens, cells.has_cls, pool_mode)
+
+    # fast path: a batch that runs out of device memory is split and retried (ispo.infer.oom)
+    oom = OomSplitter(what="embed") if oom is None else oom
+    cost = lambda j: len(j) * int(cells.lengths[j].max())  # noqa: E731
     with torch.inference_mode(), ctx:
         for idx in batches:
-            ids, lens = pad_batch(cells, idx, pad_id)
-            ids, lens = to_device(ids, dev), to_device(lens, dev)
-            if method == "fast":
-                uniform = bool(cells.lengths[idx].min() == cells.lengths[idx].max())
-                hidden = net(ids, None if uniform else lens)
-            else:
-                mask = (torch.arange(ids.shape[1], device=dev)[None] < lens[:, None]).long()
-                hidden = net(input_ids=ids, attention_mask=mask,
-                             output_hidden_states=True).hidden_states[n_run]
-            outs.append(pool(hidden, lens, cells.has_cls, pool_mode))
+            parts = oom.run(run, idx, cost) if method == "fast" else [(idx, run(idx))]
+            outs.extend(pooled for _, pooled in parts)
             if on_batch is not None:
                 on_batch(len(idx))
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
@@ -129,15 +144,19 @@ def embed(
     model.check_vocab(vocab)
     if pool_mode == "cls" and vocab.version != 2:
         raise IspoError("pool 'cls' needs a V2 vocabulary (with <cls>); use pool 'mean' for V1")
-    t0 = time.perf_counter()
-    cells = tokenize(adata, vocab, layer=layer, gene_key=gene_key,
-                     max_input=min(vocab.max_input, model.config.max_len))
-    t_tok = time.perf_counter() - t0
-    with tqdm(total=len(cells), unit="cell", disable=not progress, desc=f"embed ({method})") as bar:
-        emb = embed_cells(cells, model, method=method, precision=precision, emb_layer=emb_layer,
-                          pool_mode=pool_mode, batch_tokens=batch_tokens, batch_size=batch_size,
-                          on_batch=bar.update)
-    t_emb = time.perf_counter() - t0 - t_tok
+    # The same profiler as the benchmark's, so every run records comparable figures.
+    with Profiler(device=model.device) as prof:
+        t0 = time.perf_counter()
+        cells = tokenize(adata, vocab, layer=layer, gene_key=gene_key,
+                         max_input=min(vocab.max_input, model.config.max_len))
+        t_tok = time.perf_counter() - t0
+        with tqdm(total=len(cells), unit="cell", disable=not progress,
+                  desc=f"embed ({method})") as bar:
+            emb = embed_cells(cells, model, method=method, precision=precision,
+                              emb_layer=emb_layer, pool_mode=pool_mode,
+                              batch_tokens=batch_tokens, batch_size=batch_size,
+                              on_batch=bar.update)
+        t_emb = time.perf_counter() - t0 - t_tok
     full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
     full[cells.obs_index] = emb
     done = np.zeros(adata.n_obs, dtype=bool)
@@ -149,6 +168,7 @@ def embed(
         "emb_layer": emb_layer, "pool": pool_mode, "key_added": key_added,
         "n_cells_embedded": int(len(cells)), "device": device_name(model.device),
         "seconds": {"tokenize": t_tok, "embed": t_emb}, "versions": versions(),
+        "profile": prof.stats.to_dict(),
     })
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))

@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ispo import dist
 from ispo.bench.profiler import Profiler
-from ispo.data.shards import ShardWriter
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
 from ispo.infer.batching import token_budget_batches
 from ispo.infer.embed import default_batch_tokens, embed_cells
+from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import gene_mask
 from ispo.model.encoder import Encoder
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
@@ -94,6 +95,7 @@ class Perturber:
         self.has_cls = vocab.version == 2
         self.max_genes = min(vocab.max_input, model.config.max_len) - 2 * self.has_cls
         self.pad = model.config.pad_id
+        self.oom = OomSplitter(what="perturb")  # splits a batch that runs out of memory
 
     # -- building ---------------------------------------------------------------------------
     def specs(self, cells: TokenizedCells, idx: list[int], targets: torch.Tensor | None,
@@ -105,7 +107,7 @@ class Perturber:
             genes = cell[s : len(cell) - s]
             if anchor is not None:
                 hit = (genes == anchor).nonzero()
-                if len(hit) == 0:
+                if len(hit) == 0 or len(genes) < 2:  # no anchor, or no other gene to pair
                     continue
                 spec = with_anchor(genes, int(hit[0, 0]), self.kind, max_genes=self.max_genes)
             elif targets is None:
@@ -114,7 +116,9 @@ class Perturber:
             else:
                 spec = gene_set(genes, targets, self.kind, rank_shift=self.rank_shift,
                                 max_genes=self.max_genes)
-            if spec is not None and len(spec):
+            # skip perturbations that leave no other gene to compare (e.g. a cell's only gene
+            # deleted): they would give NaN, or an empty sequence
+            if spec is not None and len(spec) and spec.aff_orig.shape[1]:
                 out.append((i, spec))
         return out
 
@@ -142,6 +146,15 @@ class Perturber:
         uniform = all(r.shape[1] == width for r in rows)
         return ids, None if uniform else lens, lens
 
+    def _forward(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask_lens, lens = self._padded(rows)
+        return self.enc(ids, mask_lens), lens
+
+    def chunk_tokens(self, shard: _Shard, chunks: list[tuple[int, int, int]]) -> int:
+        """Padded tokens of a batch of (cell, row range) chunks (what the budget counts)."""
+        width = max(shard.specs[c].tokens.shape[1] for c, _, _ in chunks) + 2 * self.has_cls
+        return sum(b - a for _, a, b in chunks) * width
+
     # -- running ----------------------------------------------------------------------------
     def originals(self, cells: TokenizedCells, built: list[tuple[int, Perturbations]]) -> _Shard:
         """Hidden states and cell embeddings of each cell's original, once per cell."""
@@ -153,12 +166,13 @@ class Perturber:
         lengths = np.array([len(q) for q in seqs])
         hidden_of: list[torch.Tensor | None] = [None] * len(seqs)
         cell_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
-        for idx in token_budget_batches(lengths, self.budget):
-            ids, mask_lens, lens = self._padded([seqs[j][None] for j in idx])
-            hidden = self.enc(ids, mask_lens)
-            cell_emb[torch.as_tensor(idx, device=self.dev)] = self._cell_emb(hidden, lens)
-            for row, j in enumerate(idx):
-                hidden_of[j] = hidden[row, : lengths[j]]
+        for batch in token_budget_batches(lengths, self.budget):
+            for idx, (hidden, lens) in self.oom.run(
+                    lambda j: self._forward([seqs[x][None] for x in j]), batch,
+                    lambda j: len(j) * int(lengths[j].max())):
+                cell_emb[torch.as_tensor(idx, device=self.dev)] = self._cell_emb(hidden, lens)
+                for row, j in enumerate(idx):
+                    hidden_of[j] = hidden[row, : lengths[j]]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
         return _Shard([i for i, _ in built], [sp for _, sp in built], torch.cat(hidden_of),
                       starts, cell_emb)
@@ -233,6 +247,9 @@ def _select_cells(adata: ad.AnnData, cells: TokenizedCells, cell_filter: dict | 
         allowed = allowed if isinstance(allowed, (list, tuple, set)) else [allowed]
         keep &= obs[key].astype(str).isin([str(a) for a in allowed]).to_numpy()
     if states is not None:
+        if states.state_key not in obs.columns:
+            raise IspoError(f"state_key {states.state_key!r} is not an obs column: choose one "
+                            f"of {list(obs.columns)[:10]}")
         keep &= (obs[states.state_key].astype(str) == states.start_state).to_numpy()
     sel = np.flatnonzero(keep)
     if cell_range is not None:
@@ -331,8 +348,10 @@ def perturb(
     fingerprint = {**params, "model": model.name, "vocab": vocab.source,
                    "data": hashlib.sha1(cells.tokens.tobytes()).hexdigest(),
                    "cells": hashlib.sha1(sel.tobytes()).hexdigest()}
-    if out is not None:
-        writer = ShardWriter(out, fingerprint, resume=resume, overwrite=overwrite)
+    if out is None and dist.info().active:
+        raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
+    if out is not None:  # under torchrun: rank 0 prepares the parts folder, every rank joins
+        writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
     perturber = Perturber(model, vocab, perturb_type=perturb_type, rank_shift=rank_shift,
                           emb_mode=emb_mode, emb_layer=emb_layer, precision=precision,
                           batch_tokens=batch_tokens)
@@ -342,9 +361,9 @@ def perturb(
     n_pert = n_cells_done = 0
     t_run = time.perf_counter()
     with Profiler(model.device) as prof, torch.inference_mode(), tqdm(
-            total=len(sel), unit="cell", disable=not progress,
-            desc=f"perturb ({perturb_type})") as bar:
-        for s_idx, shard_sel in enumerate(shards):
+            total=sum(len(x) for _, x in dist.mine(enumerate(shards))), unit="cell",
+            disable=not progress, desc=f"perturb ({perturb_type})") as bar:
+        for s_idx, shard_sel in dist.mine(enumerate(shards)):  # every shard under one process
             if writer is not None and writer.done(s_idx):
                 bar.update(len(shard_sel))
                 continue
@@ -359,8 +378,17 @@ def perturb(
                     tables[k].append(v)
             bar.update(len(shard_sel))
             bar.set_postfix(perturbations_per_s=f"{n_pert / (time.perf_counter() - t_run):.1f}")
+    # under torchrun: totals of all ranks, and a wait until every rank's shards are written
+    n_pert, n_cells_done = (int(v) for v in dist.all_sum(n_pert, n_cells_done))
     elapsed = time.perf_counter() - t_run
+    if not dist.is_main():
+        return pd.DataFrame()  # rank 0 merges the shards and writes the outputs
     if writer is not None:
+        writer.refresh()  # the other ranks' manifests
+        missing = [i for i in range(len(shards)) if not writer.done(i)]
+        if missing:
+            raise IspoError(f"shards {missing[:5]} were not written (a process stopped?): rerun "
+                            "with --resume")
         result, gene_table = writer.read("cells"), writer.read("genes")
     else:
         result = pd.concat(tables["cells"], ignore_index=True)
@@ -378,7 +406,9 @@ def perturb(
     if gene_table is not None and len(gene_table):
         result.attrs["gene_table"] = gene_table
     if writer is not None:
-        files = {"cells": (out, result)}
+        plain = result.copy(deep=False)
+        plain.attrs = {}  # attrs hold the gene table (not JSON): pyarrow would warn, drop them
+        files = {"cells": (out, plain)}
         if gene_table is not None and len(gene_table):
             files["genes"] = (out.with_name(out.stem + ".genes.parquet"), gene_table)
         writer.finish(files, metadata, out.with_suffix(".json"))
@@ -452,37 +482,39 @@ def _run_shard(p: Perturber, adata: ad.AnnData, cells: TokenizedCells, shard_sel
         return {"cells": _empty_table(states)}
     shard = p.originals(cells, built)
     results: dict[str, list] = {}
-    for chunks in p.row_chunks(shard):
-        got = p.run_batch(shard, chunks, state_emb)
-        for k, v in got.items():
-            results.setdefault(k, []).append(v)
-        results.setdefault("chunks", []).extend(chunks)
+    for batch in p.row_chunks(shard):
+        for chunks, got in p.oom.run(lambda ch: p.run_batch(shard, ch, state_emb), batch,
+                                     lambda ch: p.chunk_tokens(shard, ch)):
+            for k, v in got.items():
+                results.setdefault(k, []).append(v)
+            results.setdefault("chunks", []).extend(chunks)
     return _tables(p, adata, cells, shard, results, states, id_of_token, vocab)
 
 
 def _empty_table(states: CellStates | None) -> pd.DataFrame:
-    cols = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "perturb_type",
-            "n_genes", "cos_sim", "cell_cos_sim"]
-    cols += [f"shift_{s}" for s in (states.targets if states else ())]
-    return pd.DataFrame({c: [] for c in cols})
+    # typed like a full table, so concatenating an empty shard changes no column's dtype
+    cols = {"cell_id": object, "obs_index": np.int64, "perturbed_ids": object,
+            "perturbed_symbols": object, "perturb_type": object, "n_genes": np.int32,
+            "cos_sim": np.float32, "cell_cos_sim": np.float32}
+    cols |= {f"shift_{s}": np.float32 for s in (states.targets if states else ())}
+    return pd.DataFrame({c: np.array([], dtype=t) for c, t in cols.items()})
 
 
 def _tables(p: Perturber, adata, cells, shard: _Shard, res: dict, states, id_of_token,
             vocab: Vocab) -> dict[str, pd.DataFrame]:
+    """Output tables of one shard; rows sorted by input cell, then perturbation order."""
     chunks = res["chunks"]
     cell_rows = np.concatenate([np.full(b - a, c) for c, a, b in chunks])
     pos = np.array([shard.cells[c] for c in cell_rows])
     obs_index = cells.obs_index[pos]
-    labels = torch.cat([shard.specs[c].perturbed[a:b] if shard.specs[c].perturbed.shape[0] > 1
-                        else shard.specs[c].perturbed for c, a, b in chunks]).cpu().numpy()
+    within = np.concatenate([np.arange(a, b) for _, a, b in chunks])
+    labels = torch.cat([shard.specs[c].perturbed[a:b] for c, a, b in chunks]).cpu().numpy()
     ids = id_of_token[labels]
-    joined_ids = ["+".join(r) for r in ids]
-    symbols = ["+".join(vocab.symbol(g) for g in r) for r in ids]
     df = pd.DataFrame({
         "cell_id": adata.obs_names.to_numpy()[obs_index].astype(str),
         "obs_index": obs_index.astype(np.int64),
-        "perturbed_ids": joined_ids,
-        "perturbed_symbols": symbols,
+        "perturbed_ids": ["+".join(r) for r in ids],
+        "perturbed_symbols": ["+".join(vocab.symbol(g) for g in r) for r in ids],
         "perturb_type": p.kind,
         "n_genes": (cells.lengths[pos] - 2 * int(p.has_cls)).astype(np.int32),
         "cos_sim": torch.cat(res["cos_sim"]).cpu().numpy().astype(np.float32),
@@ -492,48 +524,40 @@ def _tables(p: Perturber, adata, cells, shard: _Shard, res: dict, states, id_of_
         shifts = torch.cat(res["shifts"]).cpu().numpy()
         for j, st in enumerate(states.targets):
             df[f"shift_{st}"] = shifts[:, j].astype(np.float32)
-    df["_row"] = np.arange(len(df))
-    within = np.concatenate([np.arange(a, b) for _, a, b in chunks])
-    df["_within"] = within
-    df = df.sort_values(["obs_index", "_within"], kind="stable")
-    out = {"cells": df.drop(columns=["_row", "_within"]).reset_index(drop=True)}
+    perm = np.lexsort((within, obs_index))  # batch order -> input order
+    out = {"cells": df.iloc[perm].reset_index(drop=True)}
     if "gene_cos" in res:
-        out["genes"] = _gene_table(p, cells, shard, res, chunks, df, id_of_token, vocab)
+        out["genes"] = _gene_table(p, cells, shard, res["gene_cos"], chunks, df, perm,
+                                   id_of_token, vocab)
     return out
 
 
-def _gene_table(p: Perturber, cells, shard: _Shard, res, chunks, df: pd.DataFrame,
-                id_of_token, vocab: Vocab) -> pd.DataFrame:
+def _gene_table(p: Perturber, cells, shard: _Shard, gene_cos: list[torch.Tensor], chunks,
+                df: pd.DataFrame, perm: np.ndarray, id_of_token, vocab: Vocab) -> pd.DataFrame:
     """One row per (cell, perturbation, affected gene), in the cell table's row order."""
     s = int(p.has_cls)
-    parts = []
-    row = 0
-    for (c, a, b), cos in _per_chunk(chunks, res["gene_cos"]):
-        spec = shard.specs[c]
-        cell = cells.cell(shard.cells[c])
-        aff_tokens = cell[s:][spec.aff_orig[a:b].cpu().numpy()]  # (r, k)
-        k = aff_tokens.shape[1]
-        cos_np = cos[:, :k].cpu().numpy()
-        sub = df[df["_row"].between(row, row + (b - a) - 1)].sort_values("_row")
-        aff_ids = id_of_token[aff_tokens]
-        parts.append(pd.DataFrame({
-            "cell_id": np.repeat(sub["cell_id"].to_numpy(), k),
-            "obs_index": np.repeat(sub["obs_index"].to_numpy(), k),
-            "perturbed_ids": np.repeat(sub["perturbed_ids"].to_numpy(), k),
-            "affected_id": aff_ids.ravel(),
-            "affected_symbol": [vocab.symbol(g) for g in aff_ids.ravel()],
-            "cos_sim": cos_np.ravel().astype(np.float32),
-            "_order": np.repeat(sub.index.to_numpy(), k),
-        }))
-        row += b - a
-    table = pd.concat(parts, ignore_index=True).sort_values("_order", kind="stable")
-    return table.drop(columns="_order").reset_index(drop=True)
-
-
-def _per_chunk(chunks, gene_cos: list[torch.Tensor]):
-    """Yield each chunk with its rows of the per-batch gene cosine tensors."""
-    flat_cos = [r for t in gene_cos for r in t.split(1)]
+    rows = [r for t in gene_cos for r in t.split(1)]  # batch rows, each (1, k of its batch)
+    row_of, tokens, cos = [], [], []
     start = 0
     for c, a, b in chunks:
-        yield (c, a, b), torch.cat(flat_cos[start : start + (b - a)])
+        spec = shard.specs[c]
+        k = spec.aff_orig.shape[1]
+        cell = cells.cell(shard.cells[c])[s:]
+        tokens.append(cell[spec.aff_orig[a:b].cpu().numpy()].ravel())
+        cos.append(torch.cat(rows[start : start + b - a])[:, :k].cpu().numpy().ravel())
+        row_of.append(np.repeat(np.arange(start, start + b - a), k))
         start += b - a
+    row_of = np.concatenate(row_of)
+    rank = np.empty_like(perm)
+    rank[perm] = np.arange(len(perm))
+    order = np.argsort(rank[row_of], kind="stable")
+    row_of = row_of[order]
+    aff_ids = id_of_token[np.concatenate(tokens)[order]]
+    return pd.DataFrame({
+        "cell_id": df["cell_id"].to_numpy()[row_of],
+        "obs_index": df["obs_index"].to_numpy()[row_of],
+        "perturbed_ids": df["perturbed_ids"].to_numpy()[row_of],
+        "affected_id": aff_ids,
+        "affected_symbol": [vocab.symbol(g) for g in aff_ids],
+        "cos_sim": np.concatenate(cos)[order].astype(np.float32),
+    })

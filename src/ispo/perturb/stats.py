@@ -404,7 +404,8 @@ def perturb_stats(
                             "the state called 'goal'")
         out = _goal_state_shift(df, goal_state, list(alt_states), fdr_alpha=fdr_alpha,
                                 max_background=max_background, seed=seed)
-        info.update(goal_state=goal_state, alt_states=list(alt_states),
+        info.update(value=f"shift_{goal_state}", goal_state=goal_state,
+                    alt_states=list(alt_states),
                     max_background=max_background)
     elif mode == "vs_null":
         null_df = _load(null, "null table")

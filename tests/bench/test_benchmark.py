@@ -1,0 +1,311 @@
+"""The benchmark: every method gives a complete row on a tiny model, fp32 methods agree with the
+baseline, int8 really runs in int8, nothing is faked, results files parse, the CLI forms run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import ispo
+from ispo.bench import int8 as int8_mod
+from ispo.bench.int8 import Int8Linear, count_float_linears, count_int8_linears
+from ispo.bench.methods import REGISTRY, prepare, resolve_methods
+from ispo.bench.report import write_results
+from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
+from ispo.cli import app
+from ispo.errors import IspoError
+
+N_CELLS = 4
+ALL_BUT_COMPILE = ("baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast-fp16,fast-int8")
+FP32 = ("baseline", "batching-2", "batching-4", "fast")
+
+
+def _save_tiny(path: Path) -> Path:
+    """A seeded BertForMaskedLM with the demo vocabulary's size (hidden 16, 2 layers)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=ispo.demo_vocab().size, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=2048, hidden_act="relu", pad_token_id=0,
+                        initializer_range=0.2)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="module")
+def small_adata():
+    """Demo cells restricted to 1,000 genes: ~90 tokens each, so the MLM head stays cheap."""
+    return ispo.demo_adata(10)[:, :1000].copy()
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory, small_adata) -> Path:
+    path = tmp_path_factory.mktemp("data") / "small.h5ad"
+    small_adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_ckpt):
+    return ispo.load_model(tiny_ckpt, vocab=ispo.demo_vocab(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model, small_adata):
+    # a second timed pass only where a pass is cheap (the median logic, without the cost)
+    config = BenchConfig(methods=ALL_BUT_COMPILE, batch_sizes=(2, 4), ref_batch_size=4,
+                         repeats=2, repeat_budget_s=0.2)
+    return run_benchmark(small_adata, tiny_model, ispo.demo_vocab(), config, n_cells=N_CELLS)
+
+
+def test_every_method_gives_a_complete_row(result) -> None:
+    names = [r["method"] for r in result.rows]
+    assert names == ["baseline", "batching-2", "batching-4", "fp16", "bf16", "int8", "fast",
+                     "fast-bf16", "fast-fp16", "fast-int8", "tokenize"]
+    for r in result.rows:
+        assert list(r) == ROW_KEYS
+        assert r["status"] == "ok", (r["method"], r["reason"])
+        for key in ("time_s", "cells_per_s", "tokens_per_s", "cpu_percent_avg",
+                    "cpu_percent_peak", "rss_peak_mib", "wall_s"):
+            assert r[key] is not None and r[key] > 0, (r["method"], key)
+        if r["method"] == "tokenize":
+            continue
+        assert r["n_cells"] == N_CELLS
+        assert r["cells_per_s"] == pytest.approx(N_CELLS / r["time_s"])
+        for key in ("speedup", "achieved_tflops", "model_flops", "executed_flops", "cos_min",
+                    "cos_mean", "setup_s", "warmup_s"):
+            assert r[key] is not None, (r["method"], key)
+        assert r["gpu_util_avg"] is None and r["gpu_mem_peak_mib"] is None  # CPU: not faked
+        assert r["mfu"] is None  # no CPU peak known unless ISPO_CPU_PEAK_FLOPS is set
+        assert 0.0 <= r["pad_fraction"] < 1.0
+        assert result.embeddings[r["method"]].shape == (N_CELLS, 16)
+    assert result.row("baseline")["speedup"] == pytest.approx(1.0)
+    # the reference path runs every layer and the MLM head; the fast path only what it needs
+    assert result.row("baseline")["executed_flops"] > result.row("fast")["executed_flops"]
+    assert result.row("fast")["executed_flops"] == result.row("fast")["model_flops"]
+
+
+def test_fp32_methods_match_the_baseline(result) -> None:
+    for name in FP32:
+        r = result.row(name)
+        assert r["cos_min"] >= 0.9999, (name, r["cos_min"])
+        assert r["cos_min"] <= r["cos_mean"] <= 1.0 + 1e-9
+    for name in ("fp16", "bf16", "int8", "fast-bf16", "fast-int8"):
+        assert result.row(name)["cos_min"] > 0.99, name
+
+
+def test_int8_rows_really_use_int8_linear_layers(tiny_model, result) -> None:
+    n_run = tiny_model.layers_for(-1)
+    prep = prepare(REGISTRY["int8"], tiny_model, n_run)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    quantized = [m for m in prep.net.modules() if isinstance(m, DynamicQuantizedLinear)]
+    # 2 layers x (q, k, v, attention out, intermediate, output) + MLM head dense + decoder
+    assert len(quantized) == 14
+    assert all(m.weight().dtype == torch.qint8 for m in quantized)
+    assert count_float_linears(prep.net) == 0
+    assert count_float_linears(tiny_model.hf_model()) == 14  # the reference stays fp32
+    assert result.row("int8")["int8_linear_layers"] == 14
+    assert result.row("int8")["precision"] == "int8"
+    fast = prepare(REGISTRY["fast-int8"], tiny_model, n_run)
+    assert count_int8_linears(fast.net) == 4 and count_float_linears(fast.net) == 0
+    assert "quantize_dynamic" in result.row("int8")["backend"]
+
+
+def test_int8_linear_kernel_matches_float() -> None:
+    """The CUDA backend's module, checked on CPU where torch._int_mm also runs."""
+    a = torch.ones(32, 32, dtype=torch.int8)
+    try:
+        torch._int_mm(a, a.t())
+    except Exception:
+        pytest.skip("torch._int_mm has no CPU kernel in this build")
+    torch.manual_seed(0)
+    for n_in, n_out, shape in [(20, 13, (3, 5)), (64, 48, (40,)), (16, 25426 % 64, (2,))]:
+        lin = nn.Linear(n_in, n_out)
+        q = Int8Linear(lin)
+        x = torch.randn(*shape, n_in)
+        with torch.no_grad():
+            ref, got = lin(x), q(x)
+        assert got.shape == ref.shape
+        cos = nn.functional.cosine_similarity(got.reshape(-1, n_out), ref.reshape(-1, n_out))
+        assert cos.min() > 0.999
+    assert q.w_int8.dtype == torch.int8
+
+
+def test_missing_int8_backend_is_reported_not_faked(tiny_model, small_adata,
+                                                    monkeypatch) -> None:
+    def no_backend(module):
+        raise int8_mod.Int8Unavailable("no quantized engine in this build (test)")
+
+    monkeypatch.setattr(int8_mod, "_quantize_dynamic_cpu", no_backend)
+    cells = ispo.tokenize(small_adata[:2], ispo.demo_vocab())
+    spec = resolve_methods("int8", ref_batch_size=2)[1]
+    row, emb = run_method(spec, tiny_model, cells, BenchConfig(repeats=1))
+    assert row["status"] == "unavailable" and "no quantized engine" in row["reason"]
+    assert emb is None and row["time_s"] is None and row["cells_per_s"] is None
+
+
+def test_failed_compile_is_reported_not_faked(tiny_model, small_adata, monkeypatch) -> None:
+    def broken_compile(module, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler (test)")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cells = ispo.tokenize(small_adata[:2], ispo.demo_vocab())
+    row, emb = run_method(REGISTRY["fast+compile"], tiny_model, cells, BenchConfig(repeats=1))
+    assert row["status"] == "unavailable"
+    assert "torch.compile failed" in row["reason"] and "no C++ compiler" in row["reason"]
+    assert emb is None and row["cells_per_s"] is None
+
+
+def test_memory_guard_skips_with_the_estimate(tiny_model, small_adata) -> None:
+    config = BenchConfig(methods="batching-4,fast", repeats=1, memory_fraction=1e-9)
+    res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
+    for name in ("baseline", "batching-4"):
+        r = res.row(name)
+        assert r["status"] == "skipped" and "GiB" in r["reason"] and r["est_batch_mem_mib"] > 0
+    fast = res.row("fast")
+    assert fast["status"] == "ok" and fast["speedup"] is None and fast["cos_min"] is None
+
+
+def test_resolve_methods() -> None:
+    specs = resolve_methods("fast,batching,mixed_precision", batch_sizes=(8, 16),
+                            ref_batch_size=32)
+    assert [s.name for s in specs] == ["baseline", "fast", "batching-8", "batching-16", "fp16",
+                                       "bf16"]
+    assert specs[0].batch_size == 10
+    assert specs[-1].batch_size == 32 and specs[-1].title() == "Mixed precision bf16 (bs=32)"
+    assert [s.name for s in resolve_methods("int8,baseline,batching-3")] == [
+        "baseline", "int8", "batching-3"]
+    assert "fast+compile" in [s.name for s in resolve_methods(None)]
+    with pytest.raises(IspoError, match="unknown benchmark method"):
+        resolve_methods("warp-drive")
+
+
+def test_results_files_parse(result, tmp_path) -> None:
+    files = write_results(result, tmp_path)
+    names = {f.name for f in files}
+    assert {"results.json", "results.csv", "results.md", "throughput.png", "speedup.png",
+            "memory.png", "embeddings.npz"} <= names
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in data["rows"]] == [r["method"] for r in result.rows]
+    meta = data["meta"]
+    for key in ("device", "versions", "git_commit", "model", "data", "config", "created"):
+        assert meta[key], key
+    assert meta["model"]["architecture"]["hidden"] == 16
+    with open(tmp_path / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.rows) and list(rows[0]) == ROW_KEYS
+    assert float(rows[0]["speedup"]) == pytest.approx(1.0)
+    md = (tmp_path / "results.md").read_text()
+    assert "| Method | Time (s) | Cells/s" in md and meta["device"] in md
+    assert "git commit" in md and "Tokenizer" in md
+    for png in ("throughput.png", "speedup.png", "memory.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    npz = np.load(tmp_path / "embeddings.npz")
+    assert npz["fast"].shape == (N_CELLS, 16)
+
+
+# ----------------------------------------------------------------- command line
+
+
+def _cli(args: list[str]):
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res
+
+
+def _common(tiny_ckpt: Path, small_h5ad: Path) -> list[str]:
+    return ["--model", str(tiny_ckpt), "--data", str(small_h5ad), "--vocab", "demo"]
+
+
+def test_cli_benchmark(tiny_ckpt, small_h5ad, tmp_path) -> None:
+    out = tmp_path / "bench"
+    res = _cli(["benchmark", *_common(tiny_ckpt, small_h5ad), "--n-cells", "3", "--methods",
+                "fast,batching", "--batch-sizes", "2", "--repeats", "1", "--out", str(out),
+                "--no-save-embeddings"])
+    assert "ispo benchmark" in res.output and "Speedup" in res.output  # the rich table
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["baseline", "fast", "batching-2", "tokenize"]
+    assert not (out / "embeddings.npz").exists()
+    again = CliRunner().invoke(app, ["benchmark", *_common(tiny_ckpt, small_h5ad), "--out",
+                                     str(out)])
+    assert isinstance(again.exception, IspoError)  # results exist: no silent overwrite
+
+
+@pytest.mark.parametrize(
+    ("args", "method"),
+    [
+        (["optimized", "--method", "batching", "--batch_size", "2"], "batching-2"),
+        (["optimized", "--method", "mixed_precision", "--precision", "bf16", "--batch_size",
+          "4"], "bf16"),
+        (["optimized", "--method", "quantization", "--batch_size", "4"], "int8"),
+    ],
+)
+def test_reference_command_forms(tiny_ckpt, small_h5ad, tmp_path, args, method) -> None:
+    out = tmp_path / "out"
+    _cli([*args, "--num_perturbations", "3", *_common(tiny_ckpt, small_h5ad), "--output_dir",
+          str(out)])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["baseline", method, "tokenize"]
+    assert all(r["status"] == "ok" for r in rows) and rows[0]["n_cells"] == 3
+    if method != "batching-2":
+        assert rows[1]["label"].endswith("(bs=4)")
+
+
+def test_baseline_form(tiny_ckpt, small_h5ad, tmp_path) -> None:
+    out = tmp_path / "baseline"
+    _cli(["baseline", "--num_perturbations", "2", *_common(tiny_ckpt, small_h5ad),
+          "--output_dir", str(out)])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["baseline", "tokenize"]
+    assert rows[0]["n_cells"] == 2 and rows[0]["batching"].startswith("10 cells")
+
+
+def test_python_m_ispo_has_the_reference_commands() -> None:
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "ispo", "optimized", "--help"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--num_perturbations", "--batch_size", "--method", "--precision"):
+        assert option in proc.stdout
+
+
+def test_cli_rejects_bad_options(tiny_ckpt, small_h5ad, tmp_path) -> None:
+    for args in (["benchmark", "--methods", "warp", "--out", str(tmp_path / "a")],
+                 ["benchmark", "--batch-sizes", "8,x", "--out", str(tmp_path / "b")],
+                 ["benchmark", "--data", str(small_h5ad), "--out", str(tmp_path / "c")],
+                 ["optimized", "--method", "onnx", "--output_dir", str(tmp_path / "d")]):
+        res = CliRunner().invoke(app, args)
+        assert isinstance(res.exception, IspoError), args
+
+
+@pytest.mark.slow
+def test_compile_row_on_cpu(tiny_model, small_adata) -> None:
+    """torch.compile needs a C++ compiler on CPU and ~30 s on this model: slow checks only."""
+    config = BenchConfig(methods="fast,fast+compile", repeats=1)
+    res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
+    r = res.row("fast+compile")
+    if r["status"] == "unavailable":
+        assert "torch.compile failed" in r["reason"]
+    else:
+        assert r["status"] == "ok" and r["cos_min"] >= 0.9999
+        assert "torch.compile" in r["backend"] and r["warmup_s"] > 0
