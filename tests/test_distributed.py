@@ -127,6 +127,7 @@ def test_run_ddp_reference_form(files, capsys, tmp_path):
     assert emb.shape == (3, 16) and np.isfinite(emb).all()
 
 
+@pytest.mark.slow  # a third torchrun launch (~15 s): the dist code is covered by the two above
 def test_run_ddp_under_torchrun(files, tmp_path):
     out = tmp_path / "e.npy"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

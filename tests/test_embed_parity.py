@@ -76,11 +76,12 @@ CASES = [(1, -1, "mean"), (1, 0, "mean"), (2, -1, "mean"), (2, 0, "mean"), (2, -
          (2, 0, "cls")]
 
 
+@pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize(("version", "emb_layer", "pool_mode"), CASES)
-def test_fast_matches_baseline(models, cells, version, emb_layer, pool_mode):
+def test_fast_matches_baseline(models, cells, version, emb_layer, pool_mode, layout):
     model, c = models[version], cells[version]
     fast = embed_cells(c, model, method="fast", emb_layer=emb_layer, pool_mode=pool_mode,
-                       batch_tokens=300)
+                       batch_tokens=300, layout=layout)
     base = embed_cells(c, model, method="baseline", emb_layer=emb_layer, pool_mode=pool_mode,
                        batch_size=7)
     assert fast.dtype == np.float32 and fast.shape == (len(c), 32)

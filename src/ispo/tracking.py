@@ -187,7 +187,7 @@ def _wandb_tracker(project: str, run_name: str | None, config: dict | None,
                     "continuing without it")
         return None
     kwargs: dict[str, Any] = {"project": project, "name": run_name, "config": config or {},
-                              "tags": tags, "reinit": "finish_previous"}
+                              "tags": tags}
     if dir is not None:
         Path(dir).mkdir(parents=True, exist_ok=True)
         kwargs["dir"] = str(dir)

@@ -170,7 +170,7 @@ def time_tokenizer(adata: ad.AnnData, vocab: Vocab, max_input: int, repeats: int
     t = float(np.median(times))
     s = prof.stats
     row = blank_row(
-        method="tokenize", label="Tokenize (rank-value encoding)", family="tokenize",
+        method="tokenize", label=f"Tokenize ({len(cells):,} cells)", family="tokenize",
         status="ok", path="tokenize", backend="ispo.tokenize (vectorised numpy over CSR)",
         n_cells=len(cells), n_tokens=int(cells.lengths.sum()), time_s=t, time_s_passes=times,
         wall_s=s.wall_s, cells_per_s=len(cells) / t, tokens_per_s=int(cells.lengths.sum()) / t,
@@ -220,7 +220,9 @@ def run_method(
         need = reference_batch_bytes(model, spec, cells, batches)
         row["est_batch_mem_mib"] = need / _MIB
         have = available_bytes(dev)
-        if need > config.memory_fraction * have:
+        # CPU only: running out of host memory kills the process (every row is lost), while a
+        # GPU out-of-memory error is caught below and reported in its row
+        if dev.type == "cpu" and need > config.memory_fraction * have:
             row["status"] = "skipped"
             row["reason"] = (f"largest batch needs ~{need / 2**30:.1f} GiB (MLM logits "
                              f"{max(len(b) for b in batches)} cells x up to "
@@ -231,7 +233,7 @@ def run_method(
     kwargs = dict(method=spec.path, precision="fp32" if spec.int8 else spec.precision,
                   emb_layer=config.emb_layer, batch_tokens=batch_tokens,
                   batch_size=spec.batch_size or 10)
-    emb, times = None, []
+    emb, times, prep = None, [], None
     try:
         with Profiler(device=dev) as prof:
             t0 = time.perf_counter()
@@ -243,6 +245,8 @@ def run_method(
             t1 = time.perf_counter()
             try:
                 embed_cells(warm, model, net=prep.net, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
             except Exception as exc:
                 if spec.compile:  # a compiler that cannot build here: say so, do not fake it
                     raise Unavailable(f"torch.compile failed on {dev.type}: {type(exc).__name__}:"
@@ -264,12 +268,12 @@ def run_method(
                     break
     except Unavailable as exc:
         row.update(status="unavailable", reason=str(exc))
-        log.warning("%s: unavailable: %s", spec.name, exc)
-        _free(dev)
-        return row, None
-    except torch.cuda.OutOfMemoryError as exc:
-        row.update(status="failed", reason=f"out of GPU memory: {str(exc).splitlines()[0][:200]}")
-        log.warning("%s: %s", spec.name, row["reason"])
+    except torch.OutOfMemoryError as exc:
+        row.update(status="failed", reason=f"out of {dev.type} memory: "
+                                           f"{str(exc).splitlines()[0][:200]}")
+    if row["status"] != "ok":  # freed here, once the exception (and its frames) are gone
+        log.warning("%s: %s: %s", spec.name, row["status"], row["reason"])
+        emb = prep = None
         _free(dev)
         return row, None
     s = prof.stats
@@ -377,7 +381,7 @@ def run_benchmark(
         "model": model.metadata(),
         "data": {
             "source": data_source,
-            "synthetic": bool(adata.uns.get("synthetic")) if hasattr(adata, "uns") else False,
+            "synthetic": bool(adata.uns.get("synthetic")),
             "vocab": vocab.source,
             "n_cells": n,
             "tokens_total": int(cells.lengths.sum()),

@@ -67,22 +67,19 @@ def build_gene_map(var: pd.DataFrame, vocab: Vocab, gene_key: str | None = None)
     if all(r is None or r in ("", "nan", "None") for r in raw):
         raise IspoError("no gene ids found: put Ensembl ids in var['ensembl_id'] or var_names, "
                         "or gene symbols the vocabulary's gene_name_id_dict knows")
-    canon = np.array(
-        [vocab.mapping_dict.get(str(r).upper()) if r is not None else None for r in raw],
-        dtype=object,
-    )
-    usable = np.array(
-        [c is not None and c in vocab.token_dict and c in vocab.median_dict for c in canon]
-    )
+    canon = [vocab.mapping_dict.get(str(r).upper()) if r is not None else None for r in raw]
+    token = np.array([vocab.token_dict.get(c, -1) if c in vocab.median_dict else -1
+                      for c in canon], dtype=np.int64)
+    usable = token >= 0
     if not usable.any():
         raise IspoError(
             f"none of the {len(raw)} genes is in the vocabulary ({vocab.source}): check the "
             "species and that ids are Ensembl (var['ensembl_id']) or known symbols"
         )
-    uniq = sorted({c for c in canon[usable]}, key=lambda g: vocab.token_dict[g])
-    col_of = {g: j for j, g in enumerate(uniq)}
     rows = np.flatnonzero(usable)
-    cols = np.array([col_of[c] for c in canon[usable]], dtype=np.int64)
+    uniq_tokens, cols = np.unique(token[rows], return_inverse=True)  # columns in token order
+    id_of_token = {token[r]: canon[r] for r in rows.tolist()}
+    uniq = [id_of_token[t] for t in uniq_tokens.tolist()]
     merge = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(raw), len(uniq))
     )
@@ -93,7 +90,7 @@ def build_gene_map(var: pd.DataFrame, vocab: Vocab, gene_key: str | None = None)
         col_of_input=col_of_input,
         has_duplicates=len(rows) > len(uniq),
         ids=np.array(uniq, dtype=object),
-        tokens=np.array([vocab.token_dict[g] for g in uniq], dtype=np.int32),
+        tokens=uniq_tokens.astype(np.int32),
         medians=np.array([vocab.median_dict[g] for g in uniq], dtype=np.float64),
         n_input_genes=len(raw),
     )

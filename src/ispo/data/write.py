@@ -17,6 +17,8 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise IspoError(f"output {out} already exists: choose another path or pass --overwrite")
     parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise IspoError(f"output folder {parent} is a file, not a folder: choose another --out")
     if not parent.is_dir():
         raise IspoError(f"output folder {parent} does not exist: create it first")
     if not os.access(parent, os.W_OK):

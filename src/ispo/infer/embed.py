@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from ispo.bench.profiler import Profiler
 from ispo.infer.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.infer.oom import OomSplitter
-from ispo.infer.pool import PoolMode, pool
+from ispo.infer.pool import PoolMode, pool, pool_packed
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
+from ispo.model.encoder import Packed
 from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel, Precision
 from ispo.provenance import device_name, h5ad_safe, versions
 from ispo.tokenize import TokenizedCells, tokenize
@@ -33,6 +34,7 @@ from ispo.tokenize import TokenizedCells, tokenize
 log = logging.getLogger(__name__)
 
 Method = Literal["fast", "baseline"]
+Layout = Literal["auto", "padded", "packed"]
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -66,6 +68,7 @@ def embed_cells(
     on_batch: Callable[[int], None] | None = None,
     net: torch.nn.Module | None = None,
     oom: OomSplitter | None = None,
+    layout: Layout = "auto",
 ) -> np.ndarray:
     """(n_cells, hidden) float32 embeddings of tokenized cells, in their order.
 
@@ -73,6 +76,9 @@ def embed_cells(
     replaces the module the method would run (the model's encoder or reference model) by a
     variant with the same call convention: an int8-quantized or compiled copy (the benchmark).
     ``oom`` carries a reduced token budget across calls after an out-of-memory (streaming).
+    ``layout`` (fast path): ``packed`` lays cells end to end with no padding (varlen flash
+    attention on CUDA in half precision), ``padded`` pads each batch to its longest cell;
+    ``auto`` is packed on CUDA, padded elsewhere (where packing only adds scatter work).
     """
     dev = model.device
     n_run = model.layers_for(emb_layer)
@@ -89,7 +95,14 @@ def embed_cells(
         raise ValueError(f"unknown method {method!r}")
     outs: list[torch.Tensor] = []
 
+    packed = method == "fast" and (layout == "packed" or (layout == "auto" and dev.type == "cuda"))
+
     def run(idx: np.ndarray) -> torch.Tensor:
+        if packed:
+            sub = cells.subset(idx)
+            ids = to_device(torch.from_numpy(sub.tokens.astype(np.int64)), dev)
+            ctx = Packed.from_lengths(to_device(torch.from_numpy(sub.lengths), dev))
+            return pool_packed(net.forward_packed(ids, ctx), ctx, cells.has_cls, pool_mode)
         ids, lens = pad_batch(cells, idx, pad_id)
         ids, lens = to_device(ids, dev), to_device(lens, dev)
         if method == "fast":

@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from ispo.model.encoder import Packed
+
 PoolMode = Literal["mean", "cls"]
 
 
@@ -25,3 +27,16 @@ def pool(
     m = gene_mask(lengths, hidden.shape[1], has_cls).to(torch.float32)  # (B, L)
     summed = torch.bmm(m[:, None, :], hidden.float()).squeeze(1)  # (B, h)
     return summed / m.sum(1, keepdim=True)
+
+
+def pool_packed(
+    hidden: torch.Tensor, ctx: Packed, has_cls: bool, mode: PoolMode = "mean"
+) -> torch.Tensor:
+    """(B, h) float32 cell embeddings of packed (T, h) hidden states (see ``Packed``)."""
+    if mode == "cls":
+        return hidden[ctx.cu_seqlens[:-1].long()].float()
+    trim = int(has_cls)
+    gene = (ctx.pos >= trim) & (ctx.pos < (ctx.lengths - trim)[ctx.seq_of])
+    sums = torch.zeros(len(ctx.lengths), hidden.shape[1], device=hidden.device)
+    sums.index_add_(0, ctx.seq_of[gene], hidden[gene].float())
+    return sums / (ctx.lengths - 2 * trim)[:, None].float()

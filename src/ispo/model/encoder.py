@@ -5,16 +5,50 @@ Hugging Face ``BertForMaskedLM`` state dict through an explicit name map (``from
 with q/k/v fused into one matmul. Attention is PyTorch SDPA (flash / memory-efficient kernels
 where the device has them). Batches are padded only to their own longest cell; with
 length-sorted token-budget batches that padding is small, and a batch of equal lengths (all
-perturbations of one cell) needs no mask at all.
+perturbations of one cell) needs no mask at all. The packed layout (:class:`Packed`) lays a
+batch's cells end to end with no padding at all: the linear layers see only real tokens, and
+attention runs as variable-length flash attention on CUDA (half precision) or, elsewhere, as
+padded SDPA on the attention step alone.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ispo.model.presets import GeneformerConfig
+
+try:  # torch >= 2.10: flash-attention over packed sequences (CUDA only)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
+
+
+@dataclass
+class Packed:
+    """Where each token of a packed batch belongs: the layout varlen attention wants."""
+
+    lengths: torch.Tensor  # (B,) tokens per sequence
+    cu_seqlens: torch.Tensor  # (B + 1,) int32 start offsets
+    max_len: int
+    seq_of: torch.Tensor  # (T,) sequence of each token
+    pos: torch.Tensor  # (T,) position of each token in its sequence
+
+    @classmethod
+    def from_lengths(cls, lengths: torch.Tensor) -> "Packed":
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
+        cu[1:] = torch.cumsum(lengths, 0)
+        seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device),
+                                         lengths)
+        pos = torch.arange(len(seq_of), device=lengths.device) - cu[:-1].long()[seq_of]
+        return cls(lengths, cu, int(lengths.max()), seq_of, pos)
+
+    def uses_varlen(self, x: torch.Tensor) -> bool:
+        return (varlen_attn is not None and x.is_cuda
+                and x.dtype in (torch.float16, torch.bfloat16))
 
 
 class Embeddings(nn.Module):
@@ -25,9 +59,10 @@ class Embeddings(nn.Module):
         self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
         self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word(ids) + self.position(pos) + self.token_type0  # (B, L, h)
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        if pos is None:
+            pos = torch.arange(ids.shape[-1], device=ids.device)
+        x = self.word(ids) + self.position(pos) + self.token_type0  # (B, L, h) or (T, h)
         return self.ln(x)
 
 
@@ -38,11 +73,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
+        if isinstance(ctx, Packed):
+            return self._packed(x, ctx)
         B, L, h = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, L, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx)  # (B, heads, L, hd)
         return self.out(y.transpose(1, 2).reshape(B, L, h))
+
+    def _packed(self, x: torch.Tensor, ctx: Packed) -> torch.Tensor:
+        T, h = x.shape
+        qkv = self.qkv(x).view(T, 3, self.heads, h // self.heads)  # (T, 3, heads, hd)
+        if ctx.uses_varlen(x):
+            q, k, v = qkv.unbind(1)
+            y = varlen_attn(q, k, v, ctx.cu_seqlens, ctx.cu_seqlens, ctx.max_len, ctx.max_len)
+        else:  # pad for the attention step only
+            B = len(ctx.lengths)
+            buf = x.new_zeros(B, ctx.max_len, 3, self.heads, h // self.heads)
+            buf[ctx.seq_of, ctx.pos] = qkv
+            q, k, v = buf.permute(2, 0, 3, 1, 4)  # 3 x (B, heads, L, hd)
+            keep = torch.arange(ctx.max_len, device=x.device)[None] < ctx.lengths[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+            y = y.transpose(1, 2)[ctx.seq_of, ctx.pos]  # (T, heads, hd)
+        return self.out(y.reshape(T, h))
 
 
 class Block(nn.Module):
@@ -57,8 +110,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.act = F.relu if act == "relu" else F.gelu
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.ln1(x + self.attn(x, mask))
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
+        x = self.ln1(x + self.attn(x, ctx))
         return self.ln2(x + self.ffn_out(self.act(self.ffn_in(x))))
 
 
@@ -80,6 +133,13 @@ class Encoder(nn.Module):
         x = self.emb(ids)
         for block in self.blocks:
             x = block(x, mask)
+        return x
+
+    def forward_packed(self, ids: torch.Tensor, ctx: Packed) -> torch.Tensor:
+        """Hidden states (T, h) of cells laid end to end in ``ids`` (T,), no padding."""
+        x = self.emb(ids, ctx.pos)
+        for block in self.blocks:
+            x = block(x, ctx)
         return x
 
     @classmethod
