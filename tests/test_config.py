@@ -48,6 +48,9 @@ evaluate:
                                   "batch_tokens": 4096, "precision": "bf16"}}
     _, defaults = apply_config([f"--config={cfg}", "evaluate", "e.h5ad"], GROUP)
     assert defaults["evaluate"] == {"label_key": "condition", "k": 5}
+    # a repeatable option takes a list, or one value
+    _, defaults = apply_config(["tune", "--config", str(cfg)], GROUP)
+    assert defaults["tune"]["batch_tokens"] == [2048]
 
 
 def test_no_config_leaves_the_command_line_alone():

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_adata
 from ispo.errors import IspoError
 from ispo.infer.embed import embed_cells
 from ispo.infer.oom import OomSplitter, halve, is_oom
@@ -23,6 +22,11 @@ from ispo.model.encoder import Encoder
 from ispo.model.load import load_model
 from ispo.perturb.engine import perturb
 from ispo.tokenize import tokenize
+
+
+@pytest.fixture
+def make_adata(adata_factory):
+    return adata_factory  # tests/conftest.py's tiny AnnData over the test vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def test_halve_splits_items_then_row_ranges():
     assert halve([(4, 3, 4)]) is None and halve([7]) is None
 
 
-def test_embed_splits_and_retries(model, vocab_v1, limit, caplog):
+def test_embed_splits_and_retries(model, vocab_v1, limit, caplog, make_adata):
     cells = tokenize(make_adata(40, seed=1), vocab_v1)
     ref = embed_cells(cells, model, batch_tokens=10**6)  # one batch, nothing runs out
     seen = limit(600)
@@ -83,7 +87,7 @@ def test_embed_splits_and_retries(model, vocab_v1, limit, caplog):
     np.testing.assert_array_equal(again, got)
 
 
-def test_one_cell_that_never_fits_is_a_clear_error(model, vocab_v1, limit):
+def test_one_cell_that_never_fits_is_a_clear_error(model, vocab_v1, limit, make_adata):
     cells = tokenize(make_adata(3, seed=1), vocab_v1)
     limit(5)
     with pytest.raises(IspoError, match="does not fit in device memory") as info:
@@ -91,7 +95,7 @@ def test_one_cell_that_never_fits_is_a_clear_error(model, vocab_v1, limit):
     assert "\n" not in str(info.value)
 
 
-def test_other_errors_are_not_swallowed(model, vocab_v1, monkeypatch):
+def test_other_errors_are_not_swallowed(model, vocab_v1, monkeypatch, make_adata):
     def broken(self, ids, lengths=None):
         raise RuntimeError("a real bug")
 
@@ -101,7 +105,7 @@ def test_other_errors_are_not_swallowed(model, vocab_v1, monkeypatch):
 
 
 @pytest.mark.parametrize("emb_mode", ["cell", "cell_and_gene"])
-def test_perturb_splits_and_retries(model, limit, caplog, emb_mode):
+def test_perturb_splits_and_retries(model, limit, caplog, emb_mode, make_adata):
     adata = make_adata(3, seed=2)
     kw = dict(genes="all", emb_mode=emb_mode, batch_tokens=10**6)
     ref = perturb(adata, model, **kw)

@@ -132,8 +132,16 @@ def command_defaults(config: Mapping[str, Any], commands: Mapping[str, Any], nam
             valid = ", ".join(sorted(k.replace("_", "-") for k in set(known.values())))
             raise IspoError(f"{source}: unknown key {key!r} for `ispo {name}`; valid keys: "
                             f"{valid}")
-        out[param] = _plain(value)
+        value = _plain(value)
+        if _is_multiple(commands[name], param) and not isinstance(value, (list, type(None))):
+            value = [value]  # `batch-tokens: 4096` for a repeatable option
+        out[param] = value
     return out
+
+
+def _is_multiple(command, name: str) -> bool:
+    return any(p.name == name and (getattr(p, "multiple", False) or getattr(p, "nargs", 1) == -1)
+               for p in command.params)
 
 
 def apply_config(args: Sequence[str], group) -> tuple[list[str], dict | None]:

@@ -286,60 +286,90 @@ def _label(path: Path) -> str:
 
 
 def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
-    """Throughput, speedup, MFU and memory of every benchmark method."""
+    """Throughput, speedup, MFU and memory of every benchmark method.
+
+    Reads ``ispo benchmark``'s ``{"meta": ..., "rows": [...]}``; other benchmark-style files
+    (rows plus top-level metadata, e.g. the perturbation benchmark) are shown with the columns
+    they have.
+    """
     data = _read_json(folder / "results.json")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise IspoError(f"{folder / 'results.json'} is not an ispo benchmark result (no rows): "
                         "rerun ispo benchmark")
-    meta, rows = data.get("meta", {}), data["rows"]
-    model = meta.get("model", {}) or {}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {
+        k: v for k, v in data.items() if k != "rows"}
+    rows = [r for r in data["rows"] if isinstance(r, dict) and r.get("family") != "tokenize"]
+    model = meta.get("model")
+    model = model if isinstance(model, dict) else {"model": model,
+                                                    "random_init": meta.get("random_init")}
     random_init = bool(model.get("random_init"))
+    dataset = meta.get("data")
+    dataset = dataset if isinstance(dataset, dict) else {"source": dataset,
+                                                         "n_cells": meta.get("n_cells")}
     doc = Document().heading(f"Benchmark: {_label(folder)}", 2)
     if random_init:
         doc.note(RANDOM_NOTE.format(what="this benchmark"))
-    dataset = meta.get("data", {}) or {}
     if dataset.get("synthetic"):
         doc.note(SYNTHETIC_NOTE.format(what="this benchmark"))
     doc.paragraph(
         f"Device {meta.get('device', '?')}; model {model.get('model', '?')}; data "
-        f"{dataset.get('source', '?')} ({fmt(dataset.get('n_cells'))} cells, mean "
-        f"{fmt(dataset.get('tokens_mean'))} tokens per cell); created {meta.get('created', '?')}.")
-    table = []
-    for r in rows:
-        if r.get("family") == "tokenize":
-            continue
-        mem = r.get("gpu_mem_peak_mib")
-        mem_kind = "GPU"
-        if mem is None:
-            mem, mem_kind = r.get("rss_peak_mib"), "RSS"
-        table.append([
-            r.get("label") or r.get("method"), r.get("status"), fmt(r.get("cells_per_s")),
-            fmt(r.get("tokens_per_s")),
-            "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
-            "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%",
-            "-" if mem is None else f"{mem / 1024:.2f} GiB ({mem_kind})",
-            fmt(r.get("cos_mean"), 6),
-            r.get("reason") or r.get("batching") or "",
-        ])
-    doc.table(["method", "status", "cells/s", "tokens/s", "speedup vs baseline", "MFU",
-               "peak memory", "cosine to baseline", "batching / note"], table)
+        f"{dataset.get('source', '?')} ({fmt(dataset.get('n_cells'))} cells"
+        + (f", mean {fmt(dataset['tokens_mean'])} tokens per cell"
+           if dataset.get("tokens_mean") is not None else "")
+        + ")" + (f"; created {meta['created']}" if meta.get("created") else "") + ".")
+
+    def speedup(r: dict) -> float | None:
+        if r.get("speedup") is not None:
+            return r["speedup"]
+        return next((v for k, v in r.items() if k.startswith("speedup") and v is not None),
+                    None)
+
+    def memory(r: dict) -> str | None:
+        if r.get("gpu_mem_peak_mib") is not None:
+            return f"{r['gpu_mem_peak_mib'] / 1024:.2f} GiB (GPU)"
+        if r.get("rss_peak_mib") is not None:
+            return f"{r['rss_peak_mib'] / 1024:.2f} GiB (RSS)"
+        return None
+
+    speed_name = next((k for r in rows for k in r if k.startswith("speedup_vs_")), None)
+    columns: list[tuple[str, Any]] = [
+        ("status", lambda r: r.get("status")),
+        ("cells/s", lambda r: fmt(r.get("cells_per_s"))),
+        ("perturbations/s", lambda r: fmt(r.get("perturbations_per_s"))),
+        ("tokens/s", lambda r: fmt(r.get("tokens_per_s"))),
+        ("speedup vs " + (speed_name[len("speedup_vs_"):] if speed_name else "baseline"),
+         lambda r: None if speedup(r) is None else f"{speedup(r):.2f}x"),
+        ("MFU", lambda r: None if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"),
+        ("peak memory", memory),
+        ("cosine to baseline", lambda r: fmt(r.get("cos_mean"), 6)),
+        ("batching / note", lambda r: r.get("reason") or r.get("batching")),
+    ]
+    # keep a column when some row has a value for it (MFU and memory are kept: "-" says
+    # "not measured here", which is itself worth showing)
+    kept = [(name, get) for name, get in columns
+            if name in ("MFU", "peak memory") or any(get(r) not in (None, "-") for r in rows)]
+    doc.table(["method", *(n for n, _ in kept)],
+              [[r.get("label") or r.get("method"), *((get(r) or "-") for _, get in kept)]
+               for r in rows])
     if meta.get("mfu_definition"):
         doc.paragraph(f"MFU: {meta['mfu_definition']}.")
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("family") != "tokenize"]
+    ok = [r for r in rows if r.get("status", "ok") == "ok"
+          and (r.get("cells_per_s") or r.get("perturbations_per_s"))]
     for name, alt in (("throughput", "throughput by method"),
-                      ("speedup", "speedup over the fp32 baseline"),
+                      ("speedup", "speedup over the baseline"),
                       ("memory", "peak memory by method")):
         rel = figures.copy(folder / f"{name}.png", f"{_label(folder)}-{name}")
         if rel is None and name == "throughput" and ok:
+            unit = "cells_per_s" if all(r.get("cells_per_s") for r in ok) else \
+                "perturbations_per_s"
             rel = _bar_png(figures.name(f"{_label(folder)}-throughput"),
                            [r.get("label") or r["method"] for r in ok],
-                           [r.get("cells_per_s") or 0.0 for r in ok], "cells/s",
+                           [r.get(unit) or 0.0 for r in ok], unit.replace("_per_s", "/s"),
                            f"Throughput ({meta.get('device', '?')})")
-        if rel is None and name == "speedup" and ok and all(r.get("speedup") for r in ok):
+        if rel is None and name == "speedup" and ok and all(speedup(r) for r in ok):
             rel = _bar_png(figures.name(f"{_label(folder)}-speedup"),
                            [r.get("label") or r["method"] for r in ok],
-                           [r["speedup"] for r in ok], "x baseline",
-                           "Speedup over the fp32 baseline")
+                           [speedup(r) for r in ok], "x baseline", "Speedup over the baseline")
         if rel is not None:
             doc.image(rel, alt)
     return doc, random_init
@@ -377,9 +407,9 @@ def tune_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
     ident = s.get("identity", {})
     random_init = bool(ident.get("random_init"))
     if random_init:
-        doc.note(RANDOM_NOTE.format(what="this search").replace(
-            "anything biological (classification, clustering, perturbation hits) means nothing",
-            "the best setting for trained weights of the same architecture is the same"))
+        doc.note("RANDOM WEIGHTS: this search used a model with seeded random weights; speed "
+                 "does not depend on the weights' values, but consistency (cosine to fp32) can: "
+                 "re-check the chosen setting with the trained checkpoint")
     c = s.get("constraints", {})
     doc.paragraph(
         f"Objective: {s.get('objective', 'throughput')}. Constraints: mean cosine to the fp32 "
@@ -413,7 +443,9 @@ def tune_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
                      fmt(t.get("cos_mean"), 7), fmt(t.get("mem_peak_mib")),
                      "yes" if t.get("feasible") else "no", st.get("precision", "-"),
                      fmt(st.get("batch_tokens")), st.get("attention", "-"),
-                     fmt(st.get("compile")), fmt(st.get("int8")), t.get("reason") or ""])
+                     fmt(st.get("compile")), fmt(st.get("int8")),
+                     t.get("reason") or (f"same setting as trial {t['copied_from']}"
+                                         if t.get("copied_from") is not None else "")])
     doc.table(["trial", "state", "cells/s", "mean cosine", "peak MiB", "feasible", "precision",
                "batch tokens", "attention", "compile", "int8", "note"], rows)
     if len(trials) > TOP_TRIALS:

@@ -74,14 +74,18 @@ def embed_genes(s, genes: list[int], layer: int) -> tuple[torch.Tensor, torch.Te
 
 def move_target_ref(p: int, n: int, kind: str, shift: int) -> int:
     """Quartile moves of the facts doc, plain integers: quartile t of rank p is 4p // n; its
-    middle is (2t + 1) n // 8; past the top -> front (0), past the bottom -> end (n - 1)."""
+    middle is the middle one (upper for an even count) of the ranks in quartile t; past the top
+    -> front (0), past the bottom -> end (n - 1)."""
     t = (4 * p) // n
     t = t + shift if kind == "inhibit" else t - shift
     if t < 0:
         return 0
     if t > 3:
         return n - 1
-    return ((2 * t + 1) * n) // 8
+    ranks = [r for r in range(n) if (4 * r) // n == t]
+    if not ranks:  # fewer than 4 genes: an empty quartile; go where it would start
+        return min(-(-t * n // 4), n - 1)
+    return ranks[len(ranks) // 2]
 
 
 def surgery_all(genes: list[int], kind: str, shift: int) -> list[tuple[list[int], list[int]]]:
@@ -174,7 +178,8 @@ def reference(s, kind: str, *, surgery, emb_layer: int = -1, emb_mode: str = "ce
                 "n_genes": n,
                 "cos_sim": float(F.cosine_similarity(pcls, ocls, dim=0)) if cls
                 else float(gcos.mean()),
-                "cell_cos_sim": float(F.cosine_similarity(pcell, ocell, dim=0)),
+                # always the mean-pooled cells, whatever the mode (users ask for it)
+                "cell_cos_sim": float(F.cosine_similarity(ph.mean(0), oh.mean(0), dim=0)),
             }
             for st, emb in state_emb.items():
                 row[f"shift_{st}"] = float(F.cosine_similarity(pcell, emb, dim=0)
@@ -406,7 +411,8 @@ def test_cell_states_gene_list_overexpress_overflow(setup):
 def test_cls_mode_v2(setup_v2, kind):
     s = setup_v2
     exp, _ = reference(s, kind, surgery=lambda g: surgery_all(g, kind, 2), emb_mode="cls")
-    run_all_settings(s, exp, ["cos_sim"], perturb_type=kind, rank_shift=2, emb_mode="cls")
+    run_all_settings(s, exp, ["cos_sim", "cell_cos_sim"], perturb_type=kind, rank_shift=2,
+                     emb_mode="cls")
 
 
 def test_cls_mode_v2_states(setup_v2):
@@ -414,7 +420,7 @@ def test_cls_mode_v2_states(setup_v2):
     exp, _ = reference(s, "delete", surgery=lambda g: surgery_all(g, "delete", 1),
                        emb_mode="cls", states=STATES)
     df = perturb(s.adata, s.model, perturb_type="delete", emb_mode="cls", cell_states=STATES)
-    assert_table(df, exp, ["cos_sim", "shift_b", "shift_c"])
+    assert_table(df, exp, ["cos_sim", "cell_cos_sim", "shift_b", "shift_c"])
 
 
 # -- degenerate cells ------------------------------------------------------------------------

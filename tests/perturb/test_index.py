@@ -26,10 +26,7 @@ def T(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.long)
 
 
-def target_ref(p: int, n: int, kind: str, shift: int) -> int:
-    """Destination of rank ``p`` of ``n`` under the quartile rule (plain integers)."""
-    t = (4 * p) // n + (shift if kind == "inhibit" else -shift)
-    return 0 if t < 0 else n - 1 if t > 3 else ((2 * t + 1) * n) // 8
+from test_engine import move_target_ref as target_ref  # noqa: E402  (one reference rule)
 
 
 def check(spec, genes: list[int], expected: list[tuple[list[int], list[int]]], max_genes=BIG):
@@ -77,7 +74,7 @@ def test_move_target_quartile_rules(kind, shift):
 
 
 def test_move_target_small_n_hand_values():
-    # n = 8: quartiles {0,1} {2,3} {4,5} {6,7}, middles 1, 3, 5, 7 (floor((2t+1)n/8))
+    # n = 8: quartiles {0,1} {2,3} {4,5} {6,7}, middles (upper) 1, 3, 5, 7
     p = torch.arange(8)
     assert move_target(p, 8, "activate", 1).tolist() == [0, 0, 1, 1, 3, 3, 5, 5]
     assert move_target(p, 8, "inhibit", 2).tolist() == [5, 5, 7, 7, 7, 7, 7, 7]
@@ -99,9 +96,7 @@ def test_move_target_general(n):
 
 
 @pytest.mark.parametrize("n", [
-    pytest.param(5, marks=pytest.mark.xfail(strict=True, reason=(
-        "n=5: the middle of quartile 1 ((2t+1)n//8 = 1) lies in quartile 0 (4p//n)"))),
-    *range(6, 70)])
+    *range(5, 70)])
 def test_move_target_lands_in_target_quartile(n):
     """The destination is inside the target quartile (same quartile rule as the source)."""
     p = torch.arange(n)

@@ -222,7 +222,7 @@ def _reference_matrix(
             raise IspoError(f"reference {path} does not exist: pass an embedded .h5ad")
         source = str(path)
         try:
-            reference = ad.read_h5ad(path)
+            reference = ad.read_h5ad(path, backed="r")  # counts stay on disk
         except Exception as exc:
             raise IspoError(f"cannot read reference {path} as .h5ad ({type(exc).__name__}): "
                             "pass a file written by ispo embed") from exc

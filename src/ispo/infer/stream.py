@@ -139,8 +139,9 @@ class H5adSource(Source):
         try:
             self.h5 = h5py.File(path, "r")
         except Exception as exc:
-            raise IspoError(f"cannot read {path} ({type(exc).__name__}): is it a complete .h5ad "
-                            "file?") from exc
+            detail = " ".join(str(exc).split())[:120]
+            raise IspoError(f"cannot read {path} ({type(exc).__name__}: {detail}): is it a "
+                            "complete .h5ad file?") from exc
         try:
             obs, var = read_elem(self.h5["obs"]), read_elem(self.h5["var"])
         except Exception as exc:

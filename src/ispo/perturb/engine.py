@@ -77,7 +77,8 @@ class _Shard:
     specs: list[Perturbations]
     orig_hidden: torch.Tensor  # (sum of original lengths, h) original hidden states, stacked
     orig_start: list[int]  # row of each cell's first token in orig_hidden
-    orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings (mean or CLS)
+    orig_mean: torch.Tensor  # (n_cells, h) original mean-pooled cell embeddings
+    orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings of the mode (mean or CLS)
     gene_tokens: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -131,11 +132,12 @@ class Perturber:
         eos = torch.full((P, 1), self.vocab.eos_id, dtype=genes.dtype, device=genes.device)
         return torch.cat([cls, genes, eos], 1)
 
-    def _cell_emb(self, hidden: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        if self.emb_mode == "cls":
-            return hidden[:, 0].float()
+    def _cell_embs(self, hidden: torch.Tensor, lens: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean-pooled, state) cell embeddings; the state one is the CLS in ``cls`` mode."""
         m = gene_mask(lens, hidden.shape[1], self.has_cls).float()
-        return torch.bmm(m[:, None], hidden.float()).squeeze(1) / m.sum(1, keepdim=True)
+        mean = torch.bmm(m[:, None], hidden.float()).squeeze(1) / m.sum(1, keepdim=True)
+        return mean, hidden[:, 0].float() if self.emb_mode == "cls" else mean
 
     def _padded(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
                                                          torch.Tensor]:
@@ -165,17 +167,19 @@ class Perturber:
             seqs.append(self._wrap(cell[s : s + spec.orig_len][None])[0])
         lengths = np.array([len(q) for q in seqs])
         hidden_of: list[torch.Tensor | None] = [None] * len(seqs)
-        cell_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
+        mean_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
+        cell_emb = torch.empty_like(mean_emb)
         for batch in token_budget_batches(lengths, self.budget):
             for idx, (hidden, lens) in self.oom.run(
                     lambda j: self._forward([seqs[x][None] for x in j]), batch,
                     lambda j: len(j) * int(lengths[j].max())):
-                cell_emb[torch.as_tensor(idx, device=self.dev)] = self._cell_emb(hidden, lens)
+                rows = torch.as_tensor(idx, device=self.dev)
+                mean_emb[rows], cell_emb[rows] = self._cell_embs(hidden, lens)
                 for row, j in enumerate(idx):
                     hidden_of[j] = hidden[row, : lengths[j]]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
         return _Shard([i for i, _ in built], [sp for _, sp in built], torch.cat(hidden_of),
-                      starts, cell_emb)
+                      starts, mean_emb, cell_emb)
 
     def run_batch(self, shard: _Shard, chunks: list[tuple[int, int, int]],
                   states: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -186,10 +190,11 @@ class Perturber:
         hidden = self.enc(ids, mask_lens)  # (R, L, h)
         cell_of_row = torch.cat([torch.full((b - a,), c, device=self.dev) for c, a, b in chunks])
         orig_cell = shard.orig_cell[cell_of_row]
-        pert_cell = self._cell_emb(hidden, lens)
-        out = {"cell_cos_sim": F.cosine_similarity(pert_cell, orig_cell, dim=-1)}
+        pert_mean, pert_cell = self._cell_embs(hidden, lens)
+        orig_mean = shard.orig_mean[cell_of_row]
+        out = {"cell_cos_sim": F.cosine_similarity(pert_mean, orig_mean, dim=-1)}
         if self.emb_mode == "cls":
-            out["cos_sim"] = out["cell_cos_sim"]
+            out["cos_sim"] = F.cosine_similarity(pert_cell, orig_cell, dim=-1)
         else:
             k = max(shard.specs[c].aff_orig.shape[1] for c, _, _ in chunks)
             aff_o = torch.cat([F.pad(shard.specs[c].aff_orig[a:b] + shard.orig_start[c] + s,

@@ -41,12 +41,15 @@ class Perturbations:
 def move_target(p: torch.Tensor, n: int, kind: PerturbType, shift: int) -> torch.Tensor:
     """Where inhibit/activate move the gene at rank ``p`` of ``n`` (0 = highest).
 
-    The gene's quartile (0 = top) moves ``shift`` quartiles down (inhibit) or up (activate), to
-    the middle of that quartile; past the top it goes to the front, past the bottom to the end.
+    The gene's quartile (0 = top; rank p is in quartile 4p // n) moves ``shift`` quartiles down
+    (inhibit) or up (activate), to the middle rank of that quartile (the upper middle for an
+    even count); past the top it goes to the front, past the bottom to the end.
     """
     quart = (4 * p) // n
     target = quart + shift if kind == "inhibit" else quart - shift
-    middle = ((2 * target.clamp(0, 3) + 1) * n) // 8
+    t = target.clamp(0, 3)
+    first, last = (t * n + 3) // 4, ((t + 1) * n + 3) // 4 - 1  # ranks of quartile t
+    middle = (first + last + 1) // 2
     out = torch.where(target < 0, torch.zeros_like(p), middle)
     out = torch.where(target > 3, torch.full_like(p, n - 1), out)
     return out.clamp(0, n - 1)

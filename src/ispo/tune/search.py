@@ -1,6 +1,6 @@
 """Find the fastest safe setting of the fast path with an Optuna search.
 
-Objective: steady-state throughput (cells/s over full passes after a warm-up, median pass) of
+Objective: steady-state throughput (cells/s of full passes after a warm-up, median pass) of
 :func:`ispo.infer.embed.embed_cells` on the tuning cells. Constraints: mean per-cell cosine to
 the fp32 fast result of at least ``min_cosine`` (default 0.999), and peak memory (GPU
 ``max_memory_allocated``, or process RSS on CPU) under ``memory_cap_mib``. A trial that runs out
@@ -10,9 +10,11 @@ here, a compiler that fails), is *pruned* with its reason, never fatal.
 The study lives in ``OUT/study.db`` (SQLite): rerunning the same command resumes it, and
 ``n_trials`` is the total wanted, so a larger number continues the same search. A trial cut
 short by an interruption is run again. The default setting is always the first trial (the
-speedup's reference); when the whole space fits in the trial budget, every setting is tried. Outputs (rewritten after every call): ``best.yaml`` (a
-``--config`` for ``ispo embed`` / ``ispo perturb``), ``summary.json``, ``trials.csv`` and
-``config.yaml`` (this command's own settings).
+speedup's reference); when the whole space fits in the trial budget, every setting is tried.
+
+Outputs, rewritten after every call: ``best.yaml`` (a ``--config`` for ``ispo embed`` /
+``ispo perturb``), ``summary.json``, ``trials.csv`` and ``config.yaml`` (this command's own
+settings).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from ispo.bench.profiler import Profiler
 from ispo.errors import IspoError
+from ispo.infer.batching import token_budget_batches
 from ispo.infer.embed import default_batch_tokens, embed_cells
 from ispo.model.load import GeneformerModel
 from ispo.provenance import device_name, versions
@@ -101,8 +104,9 @@ class SearchSpace:
         bad = [p for p in precision if p not in PRECISIONS]
         if bad:
             raise IspoError(f"unknown precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
-        if attention is None:
-            attention = valid_attention_backends(device)
+        if attention is None:  # those that run with a padding mask in some searched precision
+            attention = [a for a in ATTENTION_BACKENDS
+                         if any(a in valid_attention_backends(device, p) for p in precision)]
         bad = [a for a in attention if a not in ATTENTION_BACKENDS]
         if bad:
             raise IspoError(f"unknown attention backend {bad[0]!r}: choose from "
@@ -291,6 +295,8 @@ def tune(
                 if k not in ("settings", "copied_from"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("copied_from", same.number)
+            log.info("trial %d %s: measured in trial %d already, reused", trial.number,
+                     _short(settings), same.number)
             if same.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(same.user_attrs.get("pruned", "pruned"))
             return float(same.value)
@@ -364,8 +370,8 @@ def measure(
 ) -> dict[str, Any]:
     """Throughput, consistency and peak memory of one setting (raises _Pruned when it cannot run).
 
-    Warm-up is one full pass (compiled modules compile per shape), then up to ``repeats``
-    timed full passes; throughput is from the median pass.
+    Warm-up is the first batch (a full pass when compiled: it compiles per shape), then up to
+    ``repeats`` timed full passes; throughput is from the median pass.
     """
     dev = model.device
     n_run = model.layers_for(emb_layer) if n_run is None else n_run
@@ -377,7 +383,11 @@ def measure(
             t0 = time.perf_counter()
             net, desc = prepare_encoder(model, settings, n_run)
             with attention_backend(settings.attention):
-                embed_cells(cells, model, net=net, **kwargs)  # warm-up
+                # warm-up: a full pass when compiled (it compiles per shape), else one batch
+                first = token_budget_batches(
+                    cells.lengths, settings.batch_tokens or default_batch_tokens(dev))[0]
+                embed_cells(cells if settings.compile else cells.subset(first), model, net=net,
+                            **kwargs)
                 _sync(dev)
                 warmup = time.perf_counter() - t0
                 prof.mark_steady()
