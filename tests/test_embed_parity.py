@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import make_adata, save_tiny_checkpoint
+from support import make_adata, save_tiny_checkpoint
 from ispo.errors import IspoError
 from ispo.infer.embed import embed, embed_cells
 from ispo.model.load import load_model

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import make_adata
+from support import make_adata
 from ispo.data.vocab import FILES, load_vocab
 from ispo.errors import IspoError
 from ispo.infer.embed import embed, embed_cells

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import ALIAS_IDS, TIED_MEDIAN, gene_id, make_adata, shared_path
+from support import ALIAS_IDS, TIED_MEDIAN, gene_id, make_adata, shared_path
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
 from ispo.tokenize import tokenize

@@ -399,6 +399,7 @@ def perturb(
         result = pd.concat(tables["cells"], ignore_index=True)
         gene_table = pd.concat(tables["genes"], ignore_index=True) if tables["genes"] else None
     metadata = {**model.metadata(), "vocab": vocab.source, "params": params,
+                "cell_states": params["cell_states"],
                 "n_cells_selected": int(len(sel)), "n_rows": int(len(result)),
                 "n_cells_this_run": n_cells_done, "n_perturbations_this_run": n_pert,
                 "seconds": {"total": time.perf_counter() - t0, "perturb": elapsed},
@@ -406,7 +407,7 @@ def perturb(
                 "perturbations_per_s": n_pert / elapsed if elapsed else None,
                 "device": device_name(model.device), "profile": prof.stats.to_dict(),
                 "versions": versions()}
-    result.attrs["cell_states"] = metadata["params"]["cell_states"]
+    result.attrs["cell_states"] = metadata["cell_states"]
     result.attrs["metadata"] = metadata
     if gene_table is not None and len(gene_table):
         result.attrs["gene_table"] = gene_table
