@@ -45,6 +45,17 @@ def test_blocks_cover_every_item_once(n, world):
     assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_work_still_to_do_is_dealt_once_and_evenly(monkeypatch, world):
+    todo = [2, 3, 7, 8, 9, 11, 12]  # e.g. the shards a killed run left
+    shares = []
+    for rank in range(world):
+        monkeypatch.setattr(dist, "_info", dist.DistInfo(rank, world, rank))
+        shares.append(list(dist.mine(todo)))
+    assert sorted(x for s in shares for x in s) == todo
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 def test_single_process_is_rank_0_of_1():
     info = dist.info()
     assert (info.rank, info.world, info.main, info.active) == (0, 1, True, False)

@@ -5,8 +5,8 @@ torchrun (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``
 those variables and joins the process group (NCCL on CUDA, gloo on CPU); without them it is a
 no-op and everything below behaves as in a single process (rank 0 of 1).
 
-The division of work is by index, never by duplication: work item ``i`` of ``n`` (a shard of
-cells, a chunk of rows) belongs to exactly one rank (:func:`owns`, :func:`block`), each rank
+The division of work is by index, never by duplication: each work item still to do (a shard of
+cells, a chunk of rows) belongs to exactly one rank (:func:`mine`, :func:`block`), each rank
 writes its own parts, and rank 0 merges them in input order after :func:`barrier`. Only rank 0
 prints progress and logs; the other ranks keep errors only.
 """
@@ -131,14 +131,13 @@ def gather(value: T) -> list[T]:
     return out
 
 
-def owns(i: int) -> bool:
-    """Whether work item ``i`` (a shard) is this rank's: items are dealt round-robin."""
-    return i % _info.world == _info.rank
+def mine(items: Iterable[T]) -> Iterator[T]:
+    """This rank's share of ``items``, dealt round-robin by position (every item once overall).
 
-
-def mine(items: Iterable[tuple[int, T]]) -> Iterator[tuple[int, T]]:
-    """The ``(index, item)`` pairs this rank owns (see :func:`owns`)."""
-    return ((i, x) for i, x in items if owns(i))
+    Deal only the work still to do (e.g. shards not yet recorded), so that a resumed run is
+    spread evenly whatever the earlier run finished.
+    """
+    return (x for k, x in enumerate(items) if k % _info.world == _info.rank)
 
 
 def block(n: int, rank: int | None = None, world: int | None = None) -> range:
@@ -163,6 +162,7 @@ def shard_writer(out, fingerprint: dict, *, resume: bool, overwrite: bool):
     if not _info.main:
         writer = ShardWriter(out, fingerprint, resume=resume, overwrite=overwrite,
                              rank=_info.rank)
+    barrier()  # every rank has read the same manifests before any rank writes a part
     return writer
 
 

@@ -184,6 +184,16 @@ def test_memory_guard_skips_with_the_estimate(tiny_model, small_adata) -> None:
     assert fast["status"] == "ok" and fast["speedup"] is None and fast["cos_min"] is None
 
 
+def test_time_guard_skips_slow_methods_but_never_the_baseline(tiny_model, small_adata) -> None:
+    config = BenchConfig(methods="bf16,fast", repeats=1, max_pass_s=1e-9)
+    res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
+    assert res.row("baseline")["status"] == "ok"
+    for name in ("bf16", "fast"):
+        r = res.row(name)
+        assert r["status"] == "skipped" and "--max-pass-s" in r["reason"]
+        assert r["warmup_s"] > 0 and r["cells_per_s"] is None
+
+
 def test_resolve_methods() -> None:
     specs = resolve_methods("fast,batching,mixed_precision", batch_sizes=(8, 16),
                             ref_batch_size=32)

@@ -100,6 +100,7 @@ def run_cli_benchmark(
     emb_layer: int = -1,
     device: str = "auto",
     repeats: int = 3,
+    max_pass_s: float = 900.0,
     layer: str | None = None,
     gene_key: str | None = None,
     out: Path | None = None,
@@ -130,7 +131,8 @@ def run_cli_benchmark(
         raise IspoError(f"--emb-layer must be -1 (penultimate) or 0 (last), not {emb_layer}")
     config = BenchConfig(methods=methods, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                          ref_batch_size=ref_batch_size, emb_layer=emb_layer,
-                         batch_tokens=batch_tokens, repeats=repeats)
+                         batch_tokens=batch_tokens, repeats=repeats,
+                         max_pass_s=max_pass_s if max_pass_s > 0 else None)
     specs = resolve_methods(config.methods, batch_sizes=config.batch_sizes,
                             ref_batch_size=ref_batch_size)  # unknown names fail before any work
     config.methods = [s.name for s in specs]
@@ -210,6 +212,10 @@ def benchmark(
     device: DeviceOpt = "auto",
     repeats: Annotated[int, typer.Option(
         help="timed passes per method at most (median; fewer when a pass is slow)")] = 3,
+    max_pass_s: Annotated[float, typer.Option(
+        "--max-pass-s", help="skip a method (not the baseline) whose warm-up predicts a pass "
+        "longer than this many seconds, e.g. fp16 on a CPU without fp16 units; 0: no limit")
+    ] = 900.0,
     layer: Annotated[Optional[str], typer.Option("--layer", help="layer of raw counts")] = None,
     gene_key: Annotated[Optional[str], typer.Option("--gene-key", help="var column of Ensembl "
                                                     "ids")] = None,
@@ -233,7 +239,7 @@ def benchmark(
         data=data, n_cells=n_cells, model=model, vocab=vocab, random_init=random_init,
         seed=seed, methods=methods, batch_sizes=batch_sizes, ref_batch_size=ref_batch_size,
         batch_tokens=batch_tokens, emb_layer=emb_layer, device=device, repeats=repeats,
-        layer=layer, gene_key=gene_key, out=out, overwrite=overwrite,
+        max_pass_s=max_pass_s, layer=layer, gene_key=gene_key, out=out, overwrite=overwrite,
         save_embeddings=save_embeddings, plots=plots, wandb=wandb, wandb_project=wandb_project,
         wandb_run_name=wandb_run_name)
 

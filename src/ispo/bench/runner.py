@@ -11,7 +11,8 @@ block:
 
 Every row has the same keys (None where a figure does not apply), so the table, CSV and JSON
 are complete even for rows that are ``unavailable`` (no backend: the reason is given),
-``skipped`` (would not fit in memory: the estimate is given) or ``failed``.
+``skipped`` (would not fit in host memory, or the warm-up predicts a pass longer than
+``max_pass_s``: the estimate is given) or ``failed``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,13 @@ class BenchConfig:
     repeats: int = 3
     repeat_budget_s: float = 10.0
     warmup_cells: int = 16
+    max_pass_s: float | None = 900.0
     memory_fraction: float = 0.6
     tokenize_repeats: int = 5
+
+
+class _TooSlow(Exception):
+    """The warm-up predicts a pass longer than ``max_pass_s``."""
 
 
 @dataclass
@@ -254,6 +260,14 @@ def run_method(
                 raise
             _sync(dev)
             warmup = time.perf_counter() - t1
+            # e.g. fp16 autocast on a CPU without fp16 arithmetic: hours, not minutes. The fp32
+            # baseline always runs (it is the reference); compiled warm-ups include compiling.
+            if config.max_pass_s and spec.name != "baseline" and not spec.compile:
+                estimate = warmup * len(cells) / len(warm)
+                if estimate > config.max_pass_s:
+                    raise _TooSlow(f"warm-up of {len(warm)} cells took {warmup:.0f} s: a pass "
+                                   f"would take ~{estimate:.0f} s, over the {config.max_pass_s:.0f}"
+                                   " s limit (--max-pass-s; 0 for none)")
             prof.mark_steady()
             while True:
                 _sync(dev)
@@ -268,6 +282,8 @@ def run_method(
                     break
     except Unavailable as exc:
         row.update(status="unavailable", reason=str(exc))
+    except _TooSlow as exc:
+        row.update(status="skipped", reason=str(exc), warmup_s=warmup)
     except torch.OutOfMemoryError as exc:
         row.update(status="failed", reason=f"out of {dev.type} memory: "
                                            f"{str(exc).splitlines()[0][:200]}")

@@ -14,7 +14,8 @@ are (``X`` and layers chunk-wise at the HDF5 level, or left out with ``copy_x=Fa
 
 A run stopped at any point (even ``kill -9``) continues with ``resume=True``: recorded units are
 skipped, a half-written part is never recorded. Under torchrun (:mod:`ispo.dist`) rank r embeds
-a contiguous block of units and records them in its own manifest; rank 0 assembles. Units and
+a contiguous block of the units still to do and records them in its own manifest; rank 0
+assembles. Units and
 their batches do not depend on the number of processes, so the output is the same, bit for bit,
 however many processes made it.
 """
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +487,8 @@ def embed_file(
         "chunk_cells": chunk_cells, "settings": extra_uns or {}}
     writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
     me = dist.info()
-    todo = [u for u in dist.block(n_units) if not writer.done(u)]
+    pending = [u for u in range(n_units) if not writer.done(u)]
+    todo = [pending[k] for k in dist.block(len(pending))]  # a contiguous block per rank
     rows_todo = sum(min((u + 1) * chunk_cells, src.n_obs) - u * chunk_cells for u in todo)
     if resume and me.main:
         log.info("resuming: %d of %d units already done", len(writer.manifest["done"]), n_units)
@@ -493,25 +496,25 @@ def embed_file(
     oom = OomSplitter(what="embed")
     n_cells = 0
     t0 = time.perf_counter()
-    pending: Future | None = None
+    in_flight: Future | None = None
     try:
         with Profiler(device=model.device) as prof, ThreadPoolExecutor(1) as pool_, tqdm(
                 total=rows_todo, unit="cell", disable=not progress,
-                desc=f"embed ({method})" + (f" rank 0/{me.world}" if me.active else "")) as bar:
-            units = _prefetch(_tokenized_units(src, matrix, vocab, todo, chunk_cells, layer,
-                                               gene_key, max_input))
+                desc=f"embed ({method})" + (f" rank 0/{me.world}" if me.active else "")
+                ) as bar, closing(_prefetch(_tokenized_units(
+                    src, matrix, vocab, todo, chunk_cells, layer, gene_key, max_input))) as units:
             for u, cells in units:
                 emb = embed_cells(cells, model, method=method, precision=precision,
                                   emb_layer=emb_layer, pool_mode=pool_mode,
                                   batch_tokens=batch_tokens, batch_size=batch_size, oom=oom)
                 table = _part_table(cells, emb)
-                if pending is not None:
-                    pending.result()  # one write in flight: memory stays bounded
-                pending = pool_.submit(writer.write, u, {"emb": table})
+                if in_flight is not None:
+                    in_flight.result()  # one write in flight: memory stays bounded
+                in_flight = pool_.submit(writer.write, u, {"emb": table})
                 n_cells += len(cells)
                 bar.update(min((u + 1) * chunk_cells, src.n_obs) - u * chunk_cells)
-            if pending is not None:
-                pending.result()
+            if in_flight is not None:
+                in_flight.result()
     except IspoError:
         # bad input found mid-run: a fresh single-process run that finished nothing leaves
         # nothing behind (a resumed or multi-process run keeps its parts folder)

@@ -365,10 +365,13 @@ def perturb(
     tables: dict[str, list[pd.DataFrame]] = {"cells": [], "genes": []}
     n_pert = n_cells_done = 0
     t_run = time.perf_counter()
+    # under torchrun the shards still to do are dealt to the ranks (all of them in one process)
+    mine = list(dist.mine([(i, x) for i, x in enumerate(shards)
+                           if writer is None or not writer.done(i)]))
     with Profiler(model.device) as prof, torch.inference_mode(), tqdm(
-            total=sum(len(x) for _, x in dist.mine(enumerate(shards))), unit="cell",
-            disable=not progress, desc=f"perturb ({perturb_type})") as bar:
-        for s_idx, shard_sel in dist.mine(enumerate(shards)):  # every shard under one process
+            total=sum(len(x) for _, x in mine), unit="cell", disable=not progress,
+            desc=f"perturb ({perturb_type})") as bar:
+        for s_idx, shard_sel in mine:
             if writer is not None and writer.done(s_idx):
                 bar.update(len(shard_sel))
                 continue
