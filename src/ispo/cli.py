@@ -207,10 +207,11 @@ def perturb(
              cell_filter=cell_filter or None, max_ncells=max_ncells, cell_range=rng,
              emb_layer=emb_layer, precision=precision, batch_tokens=batch_tokens,
              shard_cells=shard_cells, layer=layer, gene_key=gene_key, out=out, resume=resume,
-             overwrite=overwrite, progress=dist.is_main())
+             overwrite=overwrite, progress=dist.is_main(), load_result=False)
     if dist.is_main():
         meta = df.attrs["metadata"]
-        typer.echo(f"{len(df):,} perturbations of {meta['n_cells_selected']:,} cells -> {out} "
+        typer.echo(f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells "
+                   f"-> {out} "
                    f"({meta['perturbations_per_s'] or 0:.1f} perturbations/s this run"
                    + (f" on {dist.info().world} processes" if dist.info().active else "") + ")")
     dist.close()

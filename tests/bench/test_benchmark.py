@@ -19,7 +19,7 @@ import ispo
 from ispo.bench import int8 as int8_mod
 from ispo.bench.int8 import Int8Linear, count_float_linears, count_int8_linears
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
-from ispo.bench.report import write_results
+from ispo.bench.report import read_results, to_markdown, write_results
 from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
 from ispo.cli import app
 from ispo.errors import IspoError
@@ -230,6 +230,9 @@ def test_results_files_parse(result, tmp_path) -> None:
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     npz = np.load(tmp_path / "embeddings.npz")
     assert npz["fast"].shape == (N_CELLS, 16)
+    again = read_results(tmp_path)  # the JSON holds everything the report needs
+    assert [r["speedup"] for r in again.rows] == [r["speedup"] for r in result.rows]
+    assert to_markdown(again) == md
 
 
 # ----------------------------------------------------------------- command line

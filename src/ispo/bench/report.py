@@ -29,6 +29,13 @@ def _num(v: Any, fmt: str) -> str:
     return format(v, fmt)
 
 
+def _rate(v: float | None) -> str:
+    """Three significant digits for slow rows (0.034), one decimal for fast ones."""
+    if v is None:
+        return "—"
+    return format(v, ".3f" if v < 1 else ".2f" if v < 100 else ",.1f")
+
+
 def _mem(mib: float | None) -> str:
     if mib is None:
         return "—"
@@ -68,7 +75,7 @@ def _speed(r: dict) -> str:
 COLUMNS: list[tuple[str, Any]] = [
     ("Method", lambda r: r["label"] if r["status"] == "ok" else f"{r['label']} ({r['status']})"),
     ("Time (s)", lambda r: _num(r["time_s"], ".3f")),
-    ("Cells/s", lambda r: _num(r["cells_per_s"], ",.1f")),
+    ("Cells/s", lambda r: _rate(r["cells_per_s"])),
     ("Tokens/s", lambda r: _num(r["tokens_per_s"], ",.0f")),
     ("Speedup", _speed),
     ("MFU", _mfu),
@@ -136,6 +143,23 @@ def to_csv(result: BenchResult) -> str:
     return buf.getvalue()
 
 
+def _load_text(meta: dict) -> str:
+    load = meta.get("load_average") or {}
+    if load.get("start") is None:
+        return ""
+    busy = max(load["start"], load.get("end") or 0.0) > meta["cpu_count"]
+    return (f"; 1-min load average {load['start']:.1f} at start, {load.get('end') or 0:.1f} at "
+            "end" + (" — **other processes competed for the CPU: absolute figures are "
+                     "pessimistic and noisy**" if busy else ""))
+
+
+def read_results(out: str | Path) -> BenchResult:
+    """A :class:`BenchResult` from a results folder's ``results.json`` (no embeddings)."""
+    data = json.loads((Path(out) / "results.json").read_text())
+    rows = [{**dict.fromkeys(ROW_KEYS), **r} for r in data["rows"]]
+    return BenchResult(data["meta"], rows)
+
+
 def to_markdown(result: BenchResult) -> str:
     m = result.meta
     arch = m["model"]["architecture"]
@@ -144,13 +168,15 @@ def to_markdown(result: BenchResult) -> str:
     lines = [
         "# ispo benchmark: methods table",
         "",
-        f"- **device**: {m['device']} ({m['threads']} torch threads, {m['cpu_count']} CPUs)",
+        f"- **device**: {m['device']}; {m['cpu_count']} CPUs" + _load_text(m),
         f"- **model**: `{m['model']['model']}` — {arch['n_layers']} layers, hidden "
         f"{arch['hidden']}, intermediate {arch['intermediate']}, vocab {arch['vocab_size']:,}"
         + (" — **RANDOM WEIGHTS** (seed {}), speed only".format(m["model"]["seed"])
            if m["model"]["random_init"] else "")
         + f"; embeddings from layer {m['layers_run']} of {arch['n_layers']}",
-        f"- **data**: {data['source']}" + (" (SYNTHETIC)" if data["synthetic"] else "")
+        f"- **data**: {data['source']}"
+        + (" (SYNTHETIC)" if data["synthetic"] and "synthetic" not in data["source"].lower()
+           else "")
         + f", vocab `{data['vocab']}`: {data['n_cells']:,} cells, {data['tokens_total']:,} "
         f"tokens (mean {data['tokens_mean']:.0f}, median {data['tokens_median']:.0f}, max "
         f"{data['tokens_max']:,} per cell)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -101,6 +102,13 @@ def blank_row(**values: Any) -> dict[str, Any]:
     row = dict.fromkeys(ROW_KEYS)
     row.update(values)
     return row
+
+
+def _load_average() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def _sync(dev: torch.device) -> None:
@@ -343,6 +351,7 @@ def run_benchmark(
     n = len(all_cells) if n_cells is None else min(n_cells, len(all_cells))
     cells = all_cells.subset(np.arange(n))
     started = datetime.now(timezone.utc)
+    load_start = _load_average()
     rows: list[dict[str, Any]] = []
     embeddings: dict[str, np.ndarray] = {}
     reference: np.ndarray | None = None
@@ -391,6 +400,8 @@ def run_benchmark(
         "device_type": dev.type,
         "threads": torch.get_num_threads(),
         "cpu_count": psutil.cpu_count(),
+        # 1-minute load averages: above the CPU count, other processes competed for the cores
+        "load_average": {"start": load_start, "end": _load_average()},
         "platform": platform.platform(),
         "versions": versions(),
         "git_commit": git_commit(),

@@ -75,23 +75,35 @@ class ShardWriter:
         tmp.write_text(json.dumps(self.manifest))
         os.replace(tmp, self.manifest_path)
 
+    def _files(self, kind: str) -> list[Path]:
+        done = self.manifest["done"]
+        return [self.parts / done[s][kind] for s in sorted(done, key=int) if kind in done[s]]
+
     def read(self, kind: str) -> pd.DataFrame:
         """All recorded parts of one table, in shard order."""
-        done = self.manifest["done"]
-        files = [self.parts / done[s][kind] for s in sorted(done, key=int) if kind in done[s]]
+        files = self._files(kind)
         if not files:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
-    def finish(self, tables: dict[str, tuple[Path, pd.DataFrame]], metadata: dict,
-               meta_path: Path) -> None:
-        """Write the merged tables and metadata atomically, then drop the parts folder."""
-        for path, df in tables.values():
+    def n_rows(self, kind: str) -> int:
+        """Rows of one table over all recorded parts (from the Parquet footers only)."""
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self._files(kind))
+
+    def finish(self, outputs: dict[str, Path], metadata: dict, meta_path: Path) -> None:
+        """Merge each table's parts into one Parquet file, part by part (memory stays bounded),
+        write the metadata, all atomically, then drop the parts folder."""
+        for kind, path in outputs.items():
+            files = self._files(kind)
+            if not files:
+                continue
             tmp = path.with_name(f".{path.name}.tmp")
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            table = table.replace_schema_metadata(
-                {**(table.schema.metadata or {}), b"ispo": json.dumps(metadata).encode()})
-            pq.write_table(table, tmp)
+            schema = pq.read_schema(files[0])
+            schema = schema.with_metadata(
+                {**(schema.metadata or {}), b"ispo": json.dumps(metadata, default=str).encode()})
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for f in files:
+                    writer.write_table(pq.read_table(f).cast(schema))
             os.replace(tmp, path)
         tmp = meta_path.with_name(f".{meta_path.name}.tmp")
         tmp.write_text(json.dumps(metadata, indent=2, default=str))

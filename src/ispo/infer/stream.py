@@ -57,6 +57,7 @@ from ispo.tokenize import MAX_CHUNK, TokenizedCells, iter_tokenize
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_CELLS = MAX_CHUNK  # 4096 rows per unit (the tokenizer's chunk)
+TOKENIZE_ROWS = 1024  # rows ranked at a time: the ranking's temporaries scale with it
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -359,17 +360,36 @@ def _runs(units: list[int]) -> list[tuple[int, int]]:
 
 
 def _tokenized_units(src: Source, matrix: _Rows, vocab: Vocab, units: list[int], chunk: int,
-                     layer: str | None, gene_key: str | None, max_input: int
-                     ) -> Iterator[tuple[int, TokenizedCells]]:
-    """(unit, tokenized cells) of each unit; one tokenizer pass per run of consecutive units."""
+                     layer: str | None, gene_key: str | None, max_input: int,
+                     read_rows: int = TOKENIZE_ROWS) -> Iterator[tuple[int, TokenizedCells]]:
+    """(unit, tokenized cells) of each unit, in order.
+
+    One tokenizer pass per run of consecutive units (the gene map is built once per pass); the
+    rows are read and ranked ``read_rows`` at a time and regrouped into units, so the ranking's
+    temporaries stay small whatever the unit size. A unit's cells do not depend on
+    ``read_rows``, so neither do its batches or its embeddings.
+    """
     n = src.n_obs
+    sub = min(chunk, read_rows)
+    has_cls = vocab.version == 2
     for u0, u1 in _runs(units):
         a, b = u0 * chunk, min(u1 * chunk, n)
         window = _Window(src, matrix, layer, a, b)
-        for k, cells in enumerate(iter_tokenize(window, vocab, layer=layer, gene_key=gene_key,
-                                                max_input=max_input, chunk_size=chunk)):
-            cells.obs_index = cells.obs_index + a  # window rows -> input rows
-            yield u0 + k, cells
+        u, acc, rows_done = u0, [], a
+        for part in iter_tokenize(window, vocab, layer=layer, gene_key=gene_key,
+                                  max_input=max_input, chunk_size=sub):
+            part.obs_index = part.obs_index + a  # window rows -> input rows
+            rows_done = min(rows_done + sub, b)
+            while u < u1:  # a part ends inside a unit, or completes it (sub <= chunk)
+                end = min((u + 1) * chunk, n)
+                if rows_done < end:
+                    acc.append(part)
+                    break
+                k = int(np.searchsorted(part.obs_index, end))
+                acc.append(part.subset(np.arange(k)))
+                yield u, TokenizedCells.concat(acc, has_cls)
+                u, acc = u + 1, []
+                part = part.subset(np.arange(k, len(part)))
 
 
 def _prefetch(it: Iterator, depth: int = 1) -> Iterator:
@@ -405,6 +425,28 @@ def _prefetch(it: Iterator, depth: int = 1) -> Iterator:
             yield item
     finally:
         stop.set()
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Each unit's temporaries (ranking arrays, batches) are freed in several threads' malloc
+    arenas; glibc keeps them mapped, and the resident size creeps up to several times what is
+    live. Trimming once per unit keeps the peak near the live size.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pd.DataFrame:
@@ -513,6 +555,8 @@ def embed_file(
                 in_flight = pool_.submit(writer.write, u, {"emb": table})
                 n_cells += len(cells)
                 bar.update(min((u + 1) * chunk_cells, src.n_obs) - u * chunk_cells)
+                del cells, emb, table
+                _trim_heap()
             if in_flight is not None:
                 in_flight.result()
     except IspoError:

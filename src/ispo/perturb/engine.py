@@ -312,6 +312,7 @@ def perturb(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    load_result: bool = True,
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
@@ -321,7 +322,9 @@ def perturb(
     ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
     With ``emb_mode="cell_and_gene"`` the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
-    ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run.
+    ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
+    ``load_result=False`` the table is not read back (an empty table carrying the metadata in
+    ``attrs`` is returned), so memory stays bounded whatever the number of cells.
     """
     vocab = load_vocab(vocab) if vocab is not None else model.vocab
     if vocab is None:
@@ -397,30 +400,30 @@ def perturb(
         if missing:
             raise IspoError(f"shards {missing[:5]} were not written (a process stopped?): rerun "
                             "with --resume")
-        result, gene_table = writer.read("cells"), writer.read("genes")
+        n_rows = writer.n_rows("cells")
     else:
         result = pd.concat(tables["cells"], ignore_index=True)
         gene_table = pd.concat(tables["genes"], ignore_index=True) if tables["genes"] else None
+        n_rows = len(result)
     metadata = {**model.metadata(), "vocab": vocab.source, "params": params,
                 "cell_states": params["cell_states"],
-                "n_cells_selected": int(len(sel)), "n_rows": int(len(result)),
+                "n_cells_selected": int(len(sel)), "n_rows": int(n_rows),
                 "n_cells_this_run": n_cells_done, "n_perturbations_this_run": n_pert,
                 "seconds": {"total": time.perf_counter() - t0, "perturb": elapsed},
                 "cells_per_s": n_cells_done / elapsed if elapsed else None,
                 "perturbations_per_s": n_pert / elapsed if elapsed else None,
                 "device": device_name(model.device), "profile": prof.stats.to_dict(),
                 "versions": versions()}
+    if writer is not None:
+        genes_path = out.with_name(out.stem + ".genes.parquet")
+        writer.finish({"cells": out, "genes": genes_path}, metadata, out.with_suffix(".json"))
+        result = pd.read_parquet(out) if load_result else _empty_table(states)
+        gene_table = (pd.read_parquet(genes_path) if load_result and genes_path.exists()
+                      else None)
     result.attrs["cell_states"] = metadata["cell_states"]
     result.attrs["metadata"] = metadata
     if gene_table is not None and len(gene_table):
         result.attrs["gene_table"] = gene_table
-    if writer is not None:
-        plain = result.copy(deep=False)
-        plain.attrs = {}  # attrs hold the gene table (not JSON): pyarrow would warn, drop them
-        files = {"cells": (out, plain)}
-        if gene_table is not None and len(gene_table):
-            files["genes"] = (out.with_name(out.stem + ".genes.parquet"), gene_table)
-        writer.finish(files, metadata, out.with_suffix(".json"))
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
     return result
