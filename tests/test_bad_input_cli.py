@@ -133,6 +133,7 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")
 @pytest.mark.parametrize("command", ["embed", "perturb"])
 @pytest.mark.parametrize(("case", "make", "extra", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(command, case, make, extra, message, ckpt, small_ckpt,

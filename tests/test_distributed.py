@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from _scaleout import REPO, run, tiny_checkpoint, torchrun_cmd, write_small
@@ -81,6 +82,34 @@ def test_rank_manifests_merge_and_resume_with_any_world(tmp_path):
     assert all(again.done(s) for s in range(3)) and not again.done(3)
     with pytest.raises(Exception, match="other options"):
         ShardWriter(out, {"a": 2}, resume=True, overwrite=False)
+
+
+def test_units_are_the_same_however_they_are_read():
+    """A unit's cells (hence its batches and numbers) depend on neither the rows read at a time
+    nor which units are asked for: what makes any number of processes agree bit for bit."""
+    import ispo
+    from _scaleout import small_adata
+    from ispo.infer.stream import MemorySource, _tokenized_units
+
+    a = small_adata(23, seed=5)
+    X = a.X.toarray()
+    X[[3, 4, 17]] = 0  # empty cells: skipped
+    a.X = sp.csr_matrix(X)
+    a.obs["filter_pass"] = [int(i != 9) for i in range(23)]  # a filtered cell
+    voc = ispo.demo_vocab()
+    src = MemorySource(a)
+    whole = {u: c for u, c in _tokenized_units(src, src.matrix(None), voc, list(range(5)), 5,
+                                               None, None, 2048, read_rows=5)}
+    assert set(np.concatenate([c.obs_index for c in whole.values()])) == (
+        set(range(23)) - {3, 4, 9, 17})
+    for read_rows, units in [(2, [0, 1, 2, 3, 4]), (3, [1, 3, 4]), (1, [2]), (4, [0, 4])]:
+        got = list(_tokenized_units(src, src.matrix(None), voc, units, 5, None, None, 2048,
+                                    read_rows=read_rows))
+        assert [u for u, _ in got] == units
+        for u, c in got:
+            np.testing.assert_array_equal(c.obs_index, whole[u].obs_index)
+            np.testing.assert_array_equal(c.tokens, whole[u].tokens)
+            np.testing.assert_array_equal(c.offsets, whole[u].offsets)
 
 
 # -- torchrun ---------------------------------------------------------------------------------

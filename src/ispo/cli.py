@@ -69,7 +69,7 @@ def embed(
     compile: Annotated[bool, typer.Option(help="torch.compile the fast encoder")] = False,
     int8: Annotated[bool, typer.Option(help="int8 linear layers (fast path, fp32)")] = False,
     chunk_cells: Annotated[int, typer.Option(
-        help="input rows read, embedded and saved at a time (max 4096)")] = 4096,
+        help="input rows embedded and saved at a time (the unit --resume skips)")] = 4096,
     no_x: Annotated[bool, typer.Option(
         "--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,

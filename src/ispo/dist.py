@@ -67,18 +67,22 @@ def init(device: str = "auto", *, timeout_s: float = 3600.0) -> str:
     """Join the process group when launched by torchrun; returns the device this rank uses.
 
     ``device`` is the user's choice (``auto``, ``cpu``, ``cuda``, ``cuda:1``...). Under torchrun
-    ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` when CUDA is visible, so each process has its
-    own GPU; the backend is NCCL for CUDA, gloo otherwise. Idempotent. ``timeout_s`` bounds a wait
-    at a barrier (rank 0's merge of a large run can take a while).
+    any CUDA choice (and ``auto`` when CUDA is visible) becomes ``cuda:LOCAL_RANK``, so each
+    process has its own GPU; the backend is NCCL for CUDA, gloo otherwise. Idempotent.
+    ``timeout_s`` bounds a wait at a barrier or collective (work is dealt evenly, so ranks
+    meet within about one shard of each other).
     """
     global _info
     env = DistInfo.from_env()
     if not env.active:
         return device
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if cuda:
-        device = f"cuda:{env.local_rank}"
-        torch.cuda.set_device(env.local_rank)
+    if torch.cuda.is_available() and (device == "auto" or str(device).startswith("cuda")):
+        # one GPU per process; a launcher that shows each process only its own GPU works too
+        idx = env.local_rank % torch.cuda.device_count()
+        if str(device).startswith("cuda:") and device != f"cuda:{idx}":
+            log.warning("under torchrun each process uses its own GPU: %s -> cuda:%d", device, idx)
+        device = f"cuda:{idx}"
+        torch.cuda.set_device(idx)
     elif device == "auto":
         device = "cpu"
     if not torch.distributed.is_initialized():

@@ -202,8 +202,8 @@ def to_markdown(result: BenchResult) -> str:
               "GFLOP/s is shown instead.",
               "- **CPU %** is the process's CPU time over wall time (100 = one core busy), "
               "average over the timed passes and peak over 0.1 s samples; **GPU %** is NVML "
-              "utilisation; **RSS peak** is the process's resident memory (it includes earlier "
-              "rows: memory is rarely returned to the OS); **GPU mem peak** is "
+              "utilisation; **RSS peak** is the process's resident memory during the row (the "
+              "interpreter, torch, the model and the data included); **GPU mem peak** is "
               "`torch.cuda.max_memory_allocated` within the row.",
               "- **Pad %** is the share of computed positions that were padding.",
               "- **cos min / mean**: cosine similarity of each cell's embedding to the fp32 "
@@ -273,19 +273,21 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
         return []
     labels = [r["label"] for r in ok]
     colors = [_colour(r) for r in ok]
-    dev = result.meta["device"]
+    m = result.meta
+    what = f"{Path(m['model']['model']).name}, {m['data']['n_cells']:,} cells, {m['device']}"
     paths = [_bar_plot(labels, [r["cells_per_s"] for r in ok], out / "throughput.png",
-                       title=f"Throughput ({dev})", xlabel="cells/s (steady state, log scale)",
+                       title=f"Throughput: {what}", xlabel="cells/s (steady state, log scale)",
                        log=True, colors=colors)]
     if all(r["speedup"] is not None for r in ok):
         paths.append(_bar_plot(labels, [r["speedup"] for r in ok], out / "speedup.png",
-                               title="Speedup over the fp32 baseline", xlabel="x baseline",
+                               title=f"Speedup over the fp32 baseline: {what}",
+                               xlabel="x baseline (cells/s ratio, same run, same cells)",
                                ref=1.0, colors=colors))
     gpu = all(r["gpu_mem_peak_mib"] is not None for r in ok)
     mem = [(r["gpu_mem_peak_mib"] if gpu else r["rss_peak_mib"]) / _GIB for r in ok]
     paths.append(_bar_plot(labels, mem, out / "memory.png",
                            title="Peak GPU memory (max_memory_allocated)" if gpu
-                           else "Peak host memory (process RSS, cumulative over rows)",
+                           else "Peak host memory (process RSS during each row)",
                            xlabel="GiB", colors=colors))
     return paths
 

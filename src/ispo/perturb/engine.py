@@ -324,7 +324,9 @@ def perturb(
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
     ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
     ``load_result=False`` the table is not read back (an empty table carrying the metadata in
-    ``attrs`` is returned), so memory stays bounded whatever the number of cells.
+    ``attrs`` is returned), so memory stays bounded whatever the number of cells. Under
+    torchrun (:mod:`ispo.dist`; ``out`` required) each process runs its share of the shards
+    still to do; rank 0 merges them and returns the table, the other ranks an empty DataFrame.
     """
     vocab = load_vocab(vocab) if vocab is not None else model.vocab
     if vocab is None:
