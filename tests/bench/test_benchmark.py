@@ -20,6 +20,7 @@ from ispo.bench import int8 as int8_mod
 from ispo.bench.int8 import Int8Linear, count_float_linears, count_int8_linears
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
 from ispo.bench.report import read_results, to_markdown, write_results
+from ispo.bench import runner
 from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
 from ispo.cli import app
 from ispo.errors import IspoError
@@ -184,14 +185,20 @@ def test_memory_guard_skips_with_the_estimate(tiny_model, small_adata) -> None:
     assert fast["status"] == "ok" and fast["speedup"] is None and fast["cos_min"] is None
 
 
-def test_time_guard_skips_slow_methods_but_never_the_baseline(tiny_model, small_adata) -> None:
-    config = BenchConfig(methods="bf16,fast", repeats=1, max_pass_s=1e-9)
+def test_time_guard_skips_slow_methods_but_never_the_baseline(tiny_model, small_adata,
+                                                               monkeypatch) -> None:
+    monkeypatch.setattr(runner, "GUARD_FLOOR_S", 0.0)
+    config = BenchConfig(methods="bf16,fast", repeats=1, max_slowdown=1e-9)
     res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
     assert res.row("baseline")["status"] == "ok"
     for name in ("bf16", "fast"):
         r = res.row(name)
-        assert r["status"] == "skipped" and "--max-pass-s" in r["reason"]
+        assert r["status"] == "skipped" and "--max-slowdown" in r["reason"]
         assert r["warmup_s"] > 0 and r["cells_per_s"] is None
+    # off: everything runs
+    config = BenchConfig(methods="fast", repeats=1, max_slowdown=None)
+    res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
+    assert res.row("fast")["status"] == "ok"
 
 
 def test_resolve_methods() -> None:

@@ -79,6 +79,8 @@ COLUMNS: list[tuple[str, Any]] = [
     ("Tokens/s", lambda r: _num(r["tokens_per_s"], ",.0f")),
     ("Speedup", _speed),
     ("MFU", _mfu),
+    ("Work", lambda r: "—" if not r["model_flops"] or r["executed_flops"] is None
+     else f"{r['executed_flops'] / r['model_flops']:.2f}x"),
     ("CPU % avg/peak", _cpu),
     ("GPU % avg/peak", _gpu),
     ("RSS peak (GiB)", lambda r: _mem(r["rss_peak_mib"])),
@@ -205,7 +207,10 @@ def to_markdown(result: BenchResult) -> str:
               "utilisation; **RSS peak** is the process's resident memory during the row (the "
               "interpreter, torch, the model and the data included); **GPU mem peak** is "
               "`torch.cuda.max_memory_allocated` within the row.",
-              "- **Pad %** is the share of computed positions that were padding.",
+              "- **Work** is the FLOPs the method computes (every layer and the MLM head on "
+              "the reference path) over the FLOPs the embedding needs, both on unpadded "
+              "tokens; **Pad %** is the share of computed positions that were padding. "
+              "Together they bound what removing work alone can gain.",
               "- **cos min / mean**: cosine similarity of each cell's embedding to the fp32 "
               "baseline's.",
               "", "## Methods", ""]

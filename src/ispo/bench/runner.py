@@ -11,8 +11,8 @@ block:
 
 Every row has the same keys (None where a figure does not apply), so the table, CSV and JSON
 are complete even for rows that are ``unavailable`` (no backend: the reason is given),
-``skipped`` (would not fit in host memory, or the warm-up predicts a pass longer than
-``max_pass_s``: the estimate is given) or ``failed``.
+``skipped`` (would not fit in host memory, or, on CPU, the warm-up predicts a pass more than
+``max_slowdown`` times the baseline's: the estimate is given) or ``failed``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from ispo.tokenize import TokenizedCells, tokenize
 
 log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
+GUARD_FLOOR_S = 60.0  # the CPU time guard never skips a method whose pass would take less
 
 ROW_KEYS = [
     "method", "label", "family", "status", "reason", "path", "precision", "batching", "backend",
@@ -76,13 +77,31 @@ class BenchConfig:
     repeats: int = 3
     repeat_budget_s: float = 10.0
     warmup_cells: int = 16
-    max_pass_s: float | None = 900.0
+    max_slowdown: float | None = 5.0
     memory_fraction: float = 0.6
     tokenize_repeats: int = 5
 
 
 class _TooSlow(Exception):
-    """The warm-up predicts a pass longer than ``max_pass_s``."""
+    """The warm-up predicts a pass too slow to be worth running (see ``max_slowdown``)."""
+
+
+def _check_pace(seconds: float, done: int, total: int, base_rate: float,
+                max_slowdown: float) -> None:
+    """Raise :class:`_TooSlow` when ``done`` cells in ``seconds`` predict a pass more than
+    ``max_slowdown`` times the baseline's (``base_rate`` cells/s).
+
+    For instance fp16 autocast on a CPU without fp16 arithmetic runs 10-20x slower than fp32:
+    hours, not minutes. Used on CPU only, where a first call costs little extra; on a GPU a cold
+    first call (library initialisation) would make the estimate unreliable. A pass predicted
+    to take under ``GUARD_FLOOR_S`` always runs: it is not worth skipping.
+    """
+    estimate = seconds * total / max(done, 1)
+    base = total / base_rate
+    if estimate > max_slowdown * base and estimate > GUARD_FLOOR_S:
+        raise _TooSlow(f"warm-up of {done} cells took {seconds:.0f} s: a pass would take "
+                       f"~{estimate:.0f} s, {estimate / base:.0f}x the baseline's {base:.0f} s "
+                       f"(limit --max-slowdown {max_slowdown:g}; 0 for none)")
 
 
 @dataclass
@@ -201,9 +220,14 @@ def run_method(
     config: BenchConfig,
     *,
     reference: np.ndarray | None = None,
+    baseline_rate: float | None = None,
     on_pass: Callable[[str, float], None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Measure one method; returns its row and its embeddings (None if it did not run)."""
+    """Measure one method; returns its row and its embeddings (None if it did not run).
+
+    ``reference``: the baseline's embeddings (for consistency); ``baseline_rate``: its cells/s
+    (for the CPU time guard, ``config.max_slowdown``).
+    """
     dev = model.device
     n_run = model.layers_for(config.emb_layer)
     cfg = model.config
@@ -257,6 +281,16 @@ def run_method(
             # batch as large as the whole run is not paid twice on slow devices
             warm = cells if spec.compile else cells.subset(batches[0][:config.warmup_cells])
             t1 = time.perf_counter()
+            # the time guard: CPU only, never the baseline (the reference) nor compiled methods
+            # (their warm-up includes compiling)
+            guard = (bool(config.max_slowdown) and baseline_rate is not None
+                     and dev.type == "cpu" and not spec.compile)
+            if guard and len(warm) > 2:  # a 2-cell probe first: a hopeless method costs little
+                probe = cells.subset(batches[0][:2])
+                embed_cells(probe, model, net=prep.net, **kwargs)
+                warmup = time.perf_counter() - t1
+                _check_pace(warmup, len(probe), len(cells), baseline_rate, config.max_slowdown)
+            t2 = time.perf_counter()
             try:
                 embed_cells(warm, model, net=prep.net, **kwargs)
             except torch.OutOfMemoryError:
@@ -268,14 +302,9 @@ def run_method(
                 raise
             _sync(dev)
             warmup = time.perf_counter() - t1
-            # e.g. fp16 autocast on a CPU without fp16 arithmetic: hours, not minutes. The fp32
-            # baseline always runs (it is the reference); compiled warm-ups include compiling.
-            if config.max_pass_s and spec.name != "baseline" and not spec.compile:
-                estimate = warmup * len(cells) / len(warm)
-                if estimate > config.max_pass_s:
-                    raise _TooSlow(f"warm-up of {len(warm)} cells took {warmup:.0f} s: a pass "
-                                   f"would take ~{estimate:.0f} s, over the {config.max_pass_s:.0f}"
-                                   " s limit (--max-pass-s; 0 for none)")
+            if guard:
+                _check_pace(time.perf_counter() - t2, len(warm), len(cells), baseline_rate,
+                            config.max_slowdown)
             prof.mark_steady()
             while True:
                 _sync(dev)
@@ -355,6 +384,7 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     embeddings: dict[str, np.ndarray] = {}
     reference: np.ndarray | None = None
+    baseline_rate: float | None = None
     step = 0
 
     def on_pass(name: str, seconds: float) -> None:
@@ -368,7 +398,7 @@ def run_benchmark(
         log.info("benchmark: %s (%s) on %d cells", spec.name, spec.title(), n)
         try:
             row, emb = run_method(spec, model, cells, config, reference=reference,
-                                  on_pass=on_pass)
+                                  baseline_rate=baseline_rate, on_pass=on_pass)
         except Exception as exc:  # one broken method must not lose the others' rows
             log.exception("%s failed", spec.name)
             row, emb = blank_row(method=spec.name, label=spec.title(), family=spec.family,
@@ -376,7 +406,7 @@ def run_benchmark(
                                  reason=f"{type(exc).__name__}: {str(exc)[:200]}"), None
             _free(dev)
         if spec.name == "baseline" and emb is not None:
-            reference = emb
+            reference, baseline_rate = emb, row["cells_per_s"]
             row["cos_min"], row["cos_mean"] = 1.0, 1.0
         if emb is not None:
             embeddings[spec.name] = emb
