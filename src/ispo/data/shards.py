@@ -71,7 +71,7 @@ class ShardWriter:
             os.replace(tmp, self.parts / name)
             names[kind] = name
         self.manifest["done"][str(shard)] = names
-        tmp = self.parts / ".manifest.json.tmp"
+        tmp = self.parts / f".{self.manifest_path.name}.tmp"  # one per rank: ranks write at once
         tmp.write_text(json.dumps(self.manifest))
         os.replace(tmp, self.manifest_path)
 
