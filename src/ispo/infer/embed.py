@@ -102,7 +102,7 @@ def embed_cells(
             sub = cells.subset(idx)
             ids = to_device(torch.from_numpy(sub.tokens.astype(np.int64)), dev)
             ctx = Packed.from_lengths(to_device(torch.from_numpy(sub.lengths), dev))
-            return pool_packed(net.forward_packed(ids, ctx), ctx, cells.has_cls, pool_mode)
+            return pool_packed(net(ids, ctx), ctx, cells.has_cls, pool_mode)
         ids, lens = pad_batch(cells, idx, pad_id)
         ids, lens = to_device(ids, dev), to_device(lens, dev)
         if method == "fast":

@@ -124,20 +124,23 @@ class Encoder(nn.Module):
         self.emb = Embeddings(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_run))
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (B, L, h) of ``ids`` (B, L); ``lengths`` marks padding, None if none."""
-        mask = None
-        if lengths is not None:
-            pos = torch.arange(ids.shape[1], device=ids.device)
-            mask = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L) keep-mask
-        x = self.emb(ids)
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | Packed | None = None
+                ) -> torch.Tensor:
+        """Hidden states of the run layers.
 
-    def forward_packed(self, ids: torch.Tensor, ctx: Packed) -> torch.Tensor:
-        """Hidden states (T, h) of cells laid end to end in ``ids`` (T,), no padding."""
-        x = self.emb(ids, ctx.pos)
+        Padded: ``ids`` (B, L) -> (B, L, h); ``lengths`` (B,) marks padding, None if there is
+        none. Packed: ``ids`` (T,) of cells laid end to end, ``lengths`` a :class:`Packed`
+        -> (T, h). One entry point, so ``torch.compile(encoder)`` compiles both layouts.
+        """
+        if isinstance(lengths, Packed):
+            x = self.emb(ids, lengths.pos)
+            ctx: torch.Tensor | Packed | None = lengths
+        else:
+            ctx = None
+            if lengths is not None:
+                pos = torch.arange(ids.shape[1], device=ids.device)
+                ctx = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L) keep
+            x = self.emb(ids)
         for block in self.blocks:
             x = block(x, ctx)
         return x
