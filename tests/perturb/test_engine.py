@@ -27,7 +27,9 @@ ATOL = 1e-5
 # batch budgets x shard sizes: one row per forward and one cell per shard, everything in one
 # batch and one shard, something in between (shards split the length-sorted cell order)
 SETTINGS = [dict(batch_tokens=1, shard_cells=1), dict(batch_tokens=10**7, shard_cells=1000),
-            dict(batch_tokens=70, shard_cells=5)]
+            dict(batch_tokens=70, shard_cells=5),
+            # batches mixing cells of different lengths run packed (varlen attention on CUDA)
+            dict(batch_tokens=70, shard_cells=5, layout="packed")]
 ID_COLS = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "perturb_type",
            "n_genes"]
 MISSING = 45  # a vocabulary gene no cell expresses (index >= N_DATA)

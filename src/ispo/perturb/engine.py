@@ -30,10 +30,10 @@ from ispo.bench.profiler import Profiler
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
 from ispo.infer.batching import token_budget_batches
-from ispo.infer.embed import default_batch_tokens, embed_cells
+from ispo.infer.embed import Layout, default_batch_tokens, embed_cells
 from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import gene_mask
-from ispo.model.encoder import Encoder
+from ispo.model.encoder import Encoder, Packed
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
 from ispo.perturb.index import PerturbType, Perturbations, each_gene, gene_set, with_anchor
 from ispo.provenance import device_name, versions
@@ -87,7 +87,7 @@ class Perturber:
 
     def __init__(self, model: GeneformerModel, vocab: Vocab, *, perturb_type: PerturbType,
                  rank_shift: int, emb_mode: EmbMode, emb_layer: int, precision: Precision,
-                 batch_tokens: int | None) -> None:
+                 batch_tokens: int | None, layout: Layout = "auto") -> None:
         self.model, self.vocab = model, vocab
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
         self.dev = model.device
@@ -97,6 +97,10 @@ class Perturber:
         self.max_genes = min(vocab.max_input, model.config.max_len) - 2 * self.has_cls
         self.pad = model.config.pad_id
         self.oom = OomSplitter(what="perturb")  # splits a batch that runs out of memory
+        # batches mixing cells of different lengths need a mask, which rules out flash
+        # attention; packed, they run varlen flash attention with no padding (CUDA, fp16/bf16)
+        half_cuda = self.dev.type == "cuda" and precision in ("fp16", "bf16")
+        self.packed = layout == "packed" or (layout == "auto" and half_cuda)
 
     # -- building ---------------------------------------------------------------------------
     def specs(self, cells: TokenizedCells, idx: list[int], targets: torch.Tensor | None,
@@ -148,9 +152,21 @@ class Perturber:
         uniform = all(r.shape[1] == width for r in rows)
         return ids, None if uniform else lens, lens
 
+    def _encode(self, ids: torch.Tensor, mask_lens: torch.Tensor | None,
+                lens: torch.Tensor) -> torch.Tensor:
+        """Hidden states (R, L, h) of a padded batch; packed when lengths differ (see
+        ``self.packed``), then laid back out padded (zeros past each row's length)."""
+        if mask_lens is None or not self.packed:
+            return self.enc(ids, mask_lens)
+        keep = torch.arange(ids.shape[1], device=ids.device)[None] < lens[:, None]
+        flat = self.enc(ids[keep], Packed.from_lengths(lens))  # row-major: the packing order
+        hidden = flat.new_zeros(*ids.shape, flat.shape[-1])
+        hidden[keep] = flat
+        return hidden
+
     def _forward(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask_lens, lens = self._padded(rows)
-        return self.enc(ids, mask_lens), lens
+        return self._encode(ids, mask_lens, lens), lens
 
     def chunk_tokens(self, shard: _Shard, chunks: list[tuple[int, int, int]]) -> int:
         """Padded tokens of a batch of (cell, row range) chunks (what the budget counts)."""
@@ -187,7 +203,7 @@ class Perturber:
         s = int(self.has_cls)
         ids, mask_lens, lens = self._padded(
             [self._wrap(shard.specs[c].tokens[a:b]) for c, a, b in chunks])
-        hidden = self.enc(ids, mask_lens)  # (R, L, h)
+        hidden = self._encode(ids, mask_lens, lens)  # (R, L, h)
         cell_of_row = torch.cat([torch.full((b - a,), c, device=self.dev) for c, a, b in chunks])
         orig_cell = shard.orig_cell[cell_of_row]
         pert_mean, pert_cell = self._cell_embs(hidden, lens)
@@ -305,6 +321,7 @@ def perturb(
     emb_layer: int = -1,
     precision: Precision = "fp32",
     batch_tokens: int | None = None,
+    layout: Layout = "auto",
     shard_cells: int = 64,
     layer: str | None = None,
     gene_key: str | None = None,
@@ -327,6 +344,8 @@ def perturb(
     ``attrs`` is returned), so memory stays bounded whatever the number of cells. Under
     torchrun (:mod:`ispo.dist`; ``out`` required) each process runs its share of the shards
     still to do; rank 0 merges them and returns the table, the other ranks an empty DataFrame.
+    ``layout`` is how batches that mix cells of different lengths run: ``packed`` (no padding,
+    varlen flash attention; the ``auto`` choice on CUDA in fp16/bf16) or ``padded`` (a mask).
     """
     vocab = load_vocab(vocab) if vocab is not None else model.vocab
     if vocab is None:
@@ -364,7 +383,7 @@ def perturb(
         writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
     perturber = Perturber(model, vocab, perturb_type=perturb_type, rank_shift=rank_shift,
                           emb_mode=emb_mode, emb_layer=emb_layer, precision=precision,
-                          batch_tokens=batch_tokens)
+                          batch_tokens=batch_tokens, layout=layout)
     id_of_token = vocab.id_of_token()
     shards = [sel[i : i + shard_cells] for i in range(0, len(sel), shard_cells)]
     tables: dict[str, list[pd.DataFrame]] = {"cells": [], "genes": []}
