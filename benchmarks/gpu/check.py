@@ -80,8 +80,11 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
     base = ispo.embed_cells(cells, model, precision="bf16", layout="packed")
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
-    room = 256 * 2**20  # what is in use now (the models) plus 256 MiB for activations
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + room) / total)
+    # the cap counts reserved segments (the models', with their fragmentation) plus 256 MiB
+    room = 256 * 2**20
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + room) / total)
+    print(f"capped at {(torch.cuda.memory_reserved() + room) / 2**20:,.0f} MiB "
+          f"({torch.cuda.memory_allocated() / 2**20:,.0f} MiB allocated)")
     splitter = OomSplitter(what="check")
     t0 = time.perf_counter()
     try:
