@@ -195,3 +195,15 @@ def test_document_renders_markdown_and_html():
     html = doc.to_html()
     assert "a &lt; b" in html and '<div class="note">careful</div>' in html
     assert fmt(0.000012345) == "1.23e-05" and fmt(True) == "yes" and fmt(float("nan")) == "-"
+
+
+def test_git_commit_names_the_checkout(monkeypatch) -> None:
+    """The commit is recorded with every result: an override for copies without .git, else
+    git's own answer (a short hash, '+dirty' when tracked files were changed), or 'unknown'."""
+    from ispo.provenance import git_commit
+
+    monkeypatch.setenv("ISPO_GIT_COMMIT", "abc1234+dirty")
+    assert git_commit() == "abc1234+dirty"
+    monkeypatch.delenv("ISPO_GIT_COMMIT")
+    got = git_commit()
+    assert got == "unknown" or re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", got), got

@@ -16,3 +16,5 @@ pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementa
 S=../shared/data
 cp -r "$S/geneformer-v1" "$S/geneformer-v2" "$S/kang2018_pbmc_ifnb_2000.h5ad" .device/data/
 du -sh .device
+# the device copy travels without .git: record the commit for the result files
+python -c "from ispo.provenance import git_commit; print(git_commit())" > .device/COMMIT

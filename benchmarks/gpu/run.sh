@@ -10,6 +10,7 @@
 # STEPS="check isp-kang-gf-6L" runs only the named steps.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+export ISPO_GIT_COMMIT=${ISPO_GIT_COMMIT:-$(cat .device/COMMIT 2>/dev/null || echo unknown)}
 DEV=${DEV:-cuda}; N_KANG=${N_KANG:-2000}; N_DEMO=${N_DEMO:-1000}; N_ISP=${N_ISP:-20}; T=${T:-1}
 OUT=${OUT:-$(mktemp -d)}
 if [ "$DEV" = cuda ]; then

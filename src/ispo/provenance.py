@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -30,11 +31,22 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit() -> str:
-    """The commit of the ispo checkout in use, or 'unknown' for an installed wheel."""
+    """The commit of the ispo checkout in use, ``+dirty`` when tracked files differ from it.
+
+    ``ISPO_GIT_COMMIT`` names it where the code was copied without its ``.git`` (a GPU
+    machine); 'unknown' for an installed wheel.
+    """
+    if os.environ.get("ISPO_GIT_COMMIT"):
+        return os.environ["ISPO_GIT_COMMIT"]
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, cwd=here).stdout.strip()
+        if not head:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, cwd=here).stdout
+        return head + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
