@@ -3,8 +3,8 @@
 For each cell, gene values are ``count / n_counts * 10_000 / median[gene]``; non-zero genes are
 sorted by value, highest first, and their tokens kept up to the model input size (V1: 2048; V2:
 4094 between ``<cls>`` and ``<eos>``). Geneformer's sort is unstable; ispo breaks ties by token
-id, so the same cell always gives the same tokens. The whole chunk is ranked with one ``lexsort``
-— no Python loop per cell or gene.
+id, so the same cell always gives the same tokens. The whole chunk is ranked with one sort of
+64-bit keys — no Python loop per cell or gene.
 
 Cells are stored ragged: one flat ``int32`` token array plus offsets, which is what batching wants.
 """
@@ -94,34 +94,45 @@ def _vocab_entries(counts: sp.csr_matrix, gmap: GeneMap) -> tuple[np.ndarray, ..
         cols = counts.indices
     else:
         cols = gmap.col_of_input[counts.indices]
-    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr))
-    keep = (cols >= 0) & (counts.data != 0)
+    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int32), np.diff(counts.indptr))
+    keep = np.flatnonzero((cols >= 0) & (counts.data != 0))
     return rows[keep], cols[keep], counts.data[keep]
 
 
-def _rank_order(rows: np.ndarray, values: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Order of entries by row, then value descending, then token id: exact, radix-fast.
+def _rank_order(rows: np.ndarray, pos: np.ndarray, values: np.ndarray,
+                tokens: np.ndarray) -> np.ndarray:
+    """Order of entries by row, then value descending, then token id: exact, and fast.
 
-    One (SIMD quicksort) argsort over a 64-bit key: the row in the high bits, the complemented
-    bit pattern of the (positive) float64 value in the low 51 (bit patterns of positive floats
-    sort like the floats). Entries whose truncated keys collide are re-sorted exactly among
-    themselves by (value, token) — a tiny subset, so the whole chunk never needs a lexsort, and
-    the result does not depend on the sort's stability.
+    Entries come row by row (CSR order; ``pos`` is each one's position within its row). One
+    ``np.sort`` (SIMD, no index array to carry) of a 64-bit key does the work: the row in the
+    high bits, the top bits of the complemented (positive) float64 value in the middle, ``pos``
+    in the low bits, from which the order is read back (rows keep their places, so entry i of
+    the result belongs to row ``rows[i]`` too). Entries whose truncated values collide are
+    re-sorted exactly among themselves by (value, token) — a tiny subset — so the result is
+    exact and does not depend on the sort's stability.
     """
-    row_bits = max(1, int(rows.max(initial=0)).bit_length())
-    assert row_bits <= 12, "ranking chunks hold at most MAX_CHUNK cells"
-    vbits = (values.view(np.uint64) >> np.uint64(12)) & np.uint64((1 << 51) - 1)
-    key = (rows.astype(np.uint64) << np.uint64(51)) | (np.uint64((1 << 51) - 1) - vbits)
-    order = np.argsort(key)
-    ks = key[order]
-    tied = np.zeros(len(ks), dtype=bool)
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    row_bits = max(1, int(rows[-1]).bit_length())
+    pos_bits = max(1, int(pos.max()).bit_length())
+    vbits = 64 - row_bits - pos_bits  # >= 37 for 4,096 cells of at most 32,768 genes
+    assert vbits >= 24, "ranking chunks hold at most MAX_CHUNK cells"
+    u = np.uint64
+    top = values.view(u) >> u(63 - vbits)  # positive floats: the sign bit is 0
+    key = (rows.astype(u) << u(vbits + pos_bits)) | ((u((1 << vbits) - 1) - top) << u(pos_bits))
+    key |= pos.astype(u)
+    key.sort()
+    order = np.arange(n, dtype=np.int64) - pos + (key & u((1 << pos_bits) - 1)).astype(np.int64)
+    ks = key >> u(pos_bits)  # (row, truncated value) in sorted order
     eq = ks[1:] == ks[:-1]
-    tied[1:] |= eq
-    tied[:-1] |= eq
-    if tied.any():
-        pos = np.flatnonzero(tied)
-        sub = order[pos]
-        order[pos] = sub[np.lexsort((tokens[sub], -values[sub], ks[pos]))]
+    if eq.any():
+        tied = np.zeros(n, dtype=bool)
+        tied[1:] |= eq
+        tied[:-1] |= eq
+        at = np.flatnonzero(tied)
+        sub = order[at]
+        order[at] = sub[np.lexsort((tokens[sub], -values[sub], ks[at]))]
     return order
 
 
@@ -139,12 +150,12 @@ def rank_value_encode(
     rows, cols, data = _vocab_entries(counts, gmap)
     values = data.astype(np.float64) / n_counts[rows] * TARGET_SUM / gmap.medians[cols]
     tokens = gmap.tokens[cols]
-    order = _rank_order(rows, values, tokens)
     nnz_per_row = np.bincount(rows, minlength=counts.shape[0])
     first = np.zeros(len(nnz_per_row), dtype=np.int64)
     np.cumsum(nnz_per_row[:-1], out=first[1:])
-    rank = np.arange(len(order)) - first[rows[order]]
-    genes = tokens[order[rank < max_genes]]
+    pos = np.arange(len(rows), dtype=np.int64) - np.repeat(first, nnz_per_row)
+    order = _rank_order(rows, pos, values, tokens)
+    genes = tokens[order[pos < max_genes]]  # the order keeps rows in place: pos is the rank
     gene_lens = np.minimum(nnz_per_row, max_genes)
     if special is None:
         return genes.astype(np.int32), gene_lens

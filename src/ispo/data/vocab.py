@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ispo.errors import IspoError
 
@@ -95,6 +97,27 @@ class Vocab:
                 "give an Ensembl id or symbol the model knows"
             )
         return gid
+
+    @cached_property
+    def canonical_lookup(self) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        """``ensembl_mapping_dict`` as arrays: (its keys as an Index, the canonical id of each
+        key, the token of that id or -1 when it cannot be tokenized). Mapping a data set's genes
+        is then one hashed ``get_indexer`` in C instead of a Python loop per gene (the
+        tokenizer's fixed cost per file)."""
+        keys = pd.Index(list(self.mapping_dict), dtype=object)
+        canon = np.array(list(self.mapping_dict.values()), dtype=object)
+        token = np.array([self.token_dict.get(c, -1) if c in self.median_dict else -1
+                          for c in canon], dtype=np.int64)
+        return keys, canon, token
+
+    @cached_property
+    def median_of_token(self) -> np.ndarray:
+        """Normalisation median per token id (NaN for tokens that are not genes)."""
+        out = np.full(self.size, np.nan)
+        for gene, tok in self.token_dict.items():
+            if gene in self.median_dict:
+                out[tok] = self.median_dict[gene]
+        return out
 
     def symbol(self, gene_id: str) -> str:
         return self.id_to_symbol.get(gene_id, gene_id)
