@@ -130,6 +130,19 @@ def embed_cells(
     return result
 
 
+def checked_vocab(model: GeneformerModel, vocab: Vocab | str | None,
+                  pool_mode: PoolMode = "mean") -> Vocab:
+    """The vocabulary a run uses (``vocab``, else the model's), checked against the model and
+    the pooling: one place for the errors every entry point (embed, stream, perturb) gives."""
+    vocab = load_vocab(vocab) if vocab is not None else model.vocab
+    if vocab is None:
+        raise IspoError("no vocabulary: pass vocab= (--vocab DIR) with the model's dictionaries")
+    model.check_vocab(vocab)
+    if pool_mode == "cls" and vocab.version != 2:
+        raise IspoError("pool 'cls' needs a V2 vocabulary (with <cls>); use pool 'mean' for V1")
+    return vocab
+
+
 def embed(
     adata: ad.AnnData,
     model: GeneformerModel,
@@ -151,12 +164,7 @@ def embed(
     Cells that were not embedded (``filter_pass == 0``, no vocabulary gene) get NaN rows and
     ``obs["geneformer_embedded"] == False``. Returns the (n_obs, hidden) array.
     """
-    vocab = load_vocab(vocab) if vocab is not None else model.vocab
-    if vocab is None:
-        raise IspoError("no vocabulary: pass vocab= (--vocab DIR) with the model's dictionaries")
-    model.check_vocab(vocab)
-    if pool_mode == "cls" and vocab.version != 2:
-        raise IspoError("pool 'cls' needs a V2 vocabulary (with <cls>); use pool 'mean' for V1")
+    vocab = checked_vocab(model, vocab, pool_mode)
     # The same profiler as the benchmark's, so every run records comparable figures.
     with Profiler(device=model.device) as prof:
         t0 = time.perf_counter()

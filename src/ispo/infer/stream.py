@@ -47,7 +47,7 @@ from ispo.data.genes import build_gene_map
 from ispo.data.vocab import Vocab, load_vocab
 from ispo.data.write import atomic_output
 from ispo.errors import IspoError
-from ispo.infer.embed import Method, embed_cells
+from ispo.infer.embed import Method, checked_vocab, embed_cells
 from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import PoolMode
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
@@ -510,12 +510,7 @@ def embed_file(
     if not isinstance(source, Source):
         source, vocab = open_source(source, vocab if vocab is not None else model.vocab)
     src = source
-    vocab = load_vocab(vocab) if vocab is not None else model.vocab
-    if vocab is None:
-        raise IspoError("no vocabulary: pass vocab= (--vocab DIR) with the model's dictionaries")
-    model.check_vocab(vocab)
-    if pool_mode == "cls" and vocab.version != 2:
-        raise IspoError("pool 'cls' needs a V2 vocabulary (with <cls>); use pool 'mean' for V1")
+    vocab = checked_vocab(model, vocab, pool_mode)
     if chunk_cells < 1:
         raise IspoError(f"--chunk-cells must be at least 1, not {chunk_cells}")
     if src.n_obs == 0:

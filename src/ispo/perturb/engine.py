@@ -11,7 +11,6 @@ shard. Shards are written as they finish, so a stopped run resumes where it was.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +26,10 @@ from tqdm.auto import tqdm
 
 from ispo import dist
 from ispo.bench.profiler import Profiler
-from ispo.data.vocab import Vocab, load_vocab
+from ispo.data.vocab import Vocab
 from ispo.errors import IspoError
 from ispo.infer.batching import token_budget_batches
-from ispo.infer.embed import Layout, default_batch_tokens, embed_cells
+from ispo.infer.embed import Layout, checked_vocab, default_batch_tokens, embed_cells
 from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import gene_mask
 from ispo.model.encoder import Encoder, Packed
@@ -347,10 +346,7 @@ def perturb(
     ``layout`` is how batches that mix cells of different lengths run: ``packed`` (no padding,
     varlen flash attention; the ``auto`` choice on CUDA in fp16/bf16) or ``padded`` (a mask).
     """
-    vocab = load_vocab(vocab) if vocab is not None else model.vocab
-    if vocab is None:
-        raise IspoError("no vocabulary: pass vocab= (--vocab DIR) with the model's dictionaries")
-    model.check_vocab(vocab)
+    vocab = checked_vocab(model, vocab)
     states = CellStates.parse(cell_states)
     targets, anchor = _check_options(vocab, genes, perturb_type, rank_shift, anchor_gene, combos,
                                      emb_mode)
