@@ -248,3 +248,30 @@ def test_embed_key_added_and_model_vocab(models, vocab_v2):
 def test_embed_cls_needs_v2(models, vocab_v1):
     with pytest.raises(IspoError):
         embed(_adata(4), models[1], vocab=vocab_v1, pool_mode="cls")
+
+
+def test_random_weights_have_the_reference_layout() -> None:
+    """Random-weight presets are built without transformers (it costs seconds to import): the
+    state dict must still be exactly BertForMaskedLM's (names, shapes, tied decoder), seeded,
+    so the reference model loads every tensor and agrees with the fast path."""
+    from transformers import BertForMaskedLM
+
+    from ispo.model.load import _random_state_dict
+    from ispo.model.presets import GeneformerConfig
+
+    cfg = GeneformerConfig(n_layers=2, hidden=16, heads=2, intermediate=32, max_len=64,
+                           vocab_size=40)
+    sd = _random_state_dict(cfg, seed=3)
+    ref = BertForMaskedLM(cfg.to_hf()).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    assert sd["cls.predictions.decoder.weight"] is sd["bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(sd["bert.embeddings.word_embeddings.weight"][cfg.pad_id], torch.zeros(16))
+    assert 0.015 < float(sd["bert.encoder.layer.0.intermediate.dense.weight"].std()) < 0.025
+    again = _random_state_dict(cfg, seed=3)
+    assert all(torch.equal(sd[k], again[k]) for k in sd)
+    other = _random_state_dict(cfg, seed=4)
+    assert not torch.equal(sd["bert.embeddings.word_embeddings.weight"],
+                           other["bert.embeddings.word_embeddings.weight"])
+    model = BertForMaskedLM(cfg.to_hf())
+    result = model.load_state_dict(sd, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys

@@ -21,10 +21,19 @@ from torch import nn
 
 from ispo.model.presets import GeneformerConfig
 
-try:  # torch >= 2.10: flash-attention over packed sequences (CUDA only)
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - older torch
-    varlen_attn = None
+# torch >= 2.10: flash attention over packed sequences (CUDA only). Imported on first use on a
+# GPU (Packed.from_lengths): importing it pulls in torch._dynamo, ~2 s of every CPU start.
+varlen_attn = None
+
+
+def _load_varlen() -> None:
+    global varlen_attn
+    if varlen_attn is None:
+        try:
+            from torch.nn.attention.varlen import varlen_attn as fn
+        except ImportError:  # pragma: no cover - older torch
+            return
+        varlen_attn = fn
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Packed:
 
     @classmethod
     def from_lengths(cls, lengths: torch.Tensor) -> "Packed":
+        if lengths.is_cuda:
+            _load_varlen()
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
         cu[1:] = torch.cumsum(lengths, 0)
         seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device),
@@ -54,8 +65,12 @@ class Packed:
 class Embeddings(nn.Module):
     def __init__(self, cfg: GeneformerConfig) -> None:
         super().__init__()
-        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.position = nn.Embedding(cfg.max_len, cfg.hidden)
+        # built on the meta device and filled by from_hf_state_dict: ``_weight`` skips the
+        # random init, whose meta-device path imports torch._dynamo (~3 s of every start)
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden,
+                                 _weight=torch.empty(cfg.vocab_size, cfg.hidden))
+        self.position = nn.Embedding(cfg.max_len, cfg.hidden,
+                                     _weight=torch.empty(cfg.max_len, cfg.hidden))
         self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
         self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
 

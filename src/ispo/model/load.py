@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "bf16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
+INIT_STD = 0.02  # BertConfig.initializer_range, the init of random-weight presets
 RANDOM_WARNING = ("RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
                   "(seed {seed}); fine for speed work, meaningless for biology")
 
@@ -89,11 +90,44 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
 
 
 def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tensor]:
-    from transformers import BertForMaskedLM
+    """Seeded random weights under ``BertForMaskedLM``'s names, with BERT's init (normal(0,
+    0.02) weights, zero biases and padding row, unit LayerNorms; decoder tied to the word
+    embeddings). Built here rather than by instantiating the Hugging Face model: importing
+    it costs ~5 s of every start, and the fast path never needs it."""
+    gen = torch.Generator().manual_seed(seed)
+    h, i = cfg.hidden, cfg.intermediate
 
-    torch.manual_seed(seed)
-    model = BertForMaskedLM(cfg.to_hf())
-    return {k: v.detach() for k, v in model.state_dict().items()}
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.empty(shape).normal_(0.0, INIT_STD, generator=gen)
+
+    def linear(name: str, n_out: int, n_in: int) -> dict[str, torch.Tensor]:
+        return {f"{name}.weight": normal(n_out, n_in), f"{name}.bias": torch.zeros(n_out)}
+
+    def layer_norm(name: str) -> dict[str, torch.Tensor]:
+        return {f"{name}.weight": torch.ones(h), f"{name}.bias": torch.zeros(h)}
+
+    word = normal(cfg.vocab_size, h)
+    word[cfg.pad_id] = 0.0
+    e = "bert.embeddings."
+    sd = {e + "word_embeddings.weight": word,
+          e + "position_embeddings.weight": normal(cfg.max_len, h),
+          e + "token_type_embeddings.weight": normal(cfg.type_vocab_size, h),
+          **layer_norm(e + "LayerNorm")}
+    for n in range(cfg.n_layers):
+        p = f"bert.encoder.layer.{n}."
+        for qkv in ("query", "key", "value"):
+            sd.update(linear(p + "attention.self." + qkv, h, h))
+        sd.update(linear(p + "attention.output.dense", h, h))
+        sd.update(layer_norm(p + "attention.output.LayerNorm"))
+        sd.update(linear(p + "intermediate.dense", i, h))
+        sd.update(linear(p + "output.dense", h, i))
+        sd.update(layer_norm(p + "output.LayerNorm"))
+    head_bias = torch.zeros(cfg.vocab_size)
+    sd.update(linear("cls.predictions.transform.dense", h, h))
+    sd.update(layer_norm("cls.predictions.transform.LayerNorm"))
+    sd.update({"cls.predictions.bias": head_bias, "cls.predictions.decoder.weight": word,
+               "cls.predictions.decoder.bias": head_bias})
+    return sd
 
 
 @dataclass
