@@ -185,10 +185,12 @@ class Profiler:
 
     def _sample(self) -> int:
         """Append one sample and return its index."""
-        cpu = self._process.cpu_times()
+        # process_time: CPU time of every thread, at ns resolution (psutil's cpu_times ticks in
+        # 10 ms, which reads 0 % over a short block)
+        cpu_s = time.process_time()
         rss = self._process.memory_info().rss
         util, used = self._read_nvml()
-        sample = _Sample(time.perf_counter(), cpu.user + cpu.system, rss, util, used)
+        sample = _Sample(time.perf_counter(), cpu_s, rss, util, used)
         with self._lock:
             self._samples.append(sample)
             return len(self._samples) - 1
