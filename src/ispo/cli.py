@@ -162,6 +162,10 @@ def perturb(
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16")] = "fp32",
     batch_tokens: Annotated[Optional[int], typer.Option(help="token budget per batch")] = None,
     shard_cells: Annotated[int, typer.Option(help="cells per written shard")] = 64,
+    attention: Annotated[str, typer.Option(
+        help="SDPA kernel: default, math, flash, efficient, cudnn")] = "default",
+    compile: Annotated[bool, typer.Option(help="torch.compile the encoder")] = False,
+    int8: Annotated[bool, typer.Option(help="int8 linear layers (fp32 activations)")] = False,
     random_init: RandomOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -202,12 +206,19 @@ def perturb(
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
-    df = run(adata, mdl, genes=genes, perturb_type=perturb_type, rank_shift=rank_shift,
-             anchor_gene=anchor_gene, combos=combos, cell_states=states, emb_mode=emb_mode,
-             cell_filter=cell_filter or None, max_ncells=max_ncells, cell_range=rng,
-             emb_layer=emb_layer, precision=precision, batch_tokens=batch_tokens,
-             shard_cells=shard_cells, layer=layer, gene_key=gene_key, out=out, resume=resume,
-             overwrite=overwrite, progress=dist.is_main(), load_result=False)
+    from ispo.tune.settings import FastSettings, fast_path
+
+    settings = FastSettings(batch_tokens, precision, attention, compile, int8)  # ispo tune's
+    extra = None if settings.is_plain() else {
+        k: v for k, v in settings.to_dict().items() if k in ("attention", "compile", "int8")}
+    with fast_path(mdl, settings):
+        df = run(adata, mdl, genes=genes, perturb_type=perturb_type, rank_shift=rank_shift,
+                 anchor_gene=anchor_gene, combos=combos, cell_states=states, emb_mode=emb_mode,
+                 cell_filter=cell_filter or None, max_ncells=max_ncells, cell_range=rng,
+                 emb_layer=emb_layer, precision=precision, batch_tokens=batch_tokens,
+                 shard_cells=shard_cells, layer=layer, gene_key=gene_key, out=out,
+                 resume=resume, overwrite=overwrite, progress=dist.is_main(),
+                 load_result=False, fast_settings=extra)
     if dist.is_main():
         meta = df.attrs["metadata"]
         typer.echo(f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells "

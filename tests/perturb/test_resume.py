@@ -157,8 +157,9 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("change", [
     dict(perturb_type="overexpress"), dict(shard_cells=3), dict(emb_mode="cell"),
-    dict(emb_layer=0), dict(genes=["ENSG00000000003"]), dict(max_ncells=8)],
-    ids=["type", "shard_cells", "emb_mode", "layer", "genes", "cells"])
+    dict(emb_layer=0), dict(genes=["ENSG00000000003"]), dict(max_ncells=8),
+    dict(fast_settings={"attention": "default", "compile": False, "int8": True})],
+    ids=["type", "shard_cells", "emb_mode", "layer", "genes", "cells", "int8"])
 def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, change):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)

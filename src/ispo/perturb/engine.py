@@ -329,6 +329,7 @@ def perturb(
     overwrite: bool = False,
     progress: bool = False,
     load_result: bool = True,
+    fast_settings: dict | None = None,
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
@@ -343,6 +344,9 @@ def perturb(
     ``attrs`` is returned), so memory stays bounded whatever the number of cells. Under
     torchrun (:mod:`ispo.dist`; ``out`` required) each process runs its share of the shards
     still to do; rank 0 merges them and returns the table, the other ranks an empty DataFrame.
+    ``fast_settings`` records encoder variants the caller put in place
+    (:func:`ispo.tune.settings.fast_path`: attention kernel, compile, int8) in the metadata
+    and the resume fingerprint, so a resumed run cannot mix them.
     ``layout`` is how batches that mix cells of different lengths run: ``packed`` (no padding,
     varlen flash attention; the ``auto`` choice on CUDA in fp16/bf16) or ``padded`` (a mask).
     """
@@ -369,7 +373,8 @@ def perturb(
                   anchor_gene=anchor_gene, combos=combos, emb_mode=emb_mode,
                   cell_states=None if states is None else asdict(states),
                   cell_filter=cell_filter, max_ncells=max_ncells, cell_range=cell_range,
-                  emb_layer=emb_layer, precision=precision, shard_cells=shard_cells)
+                  emb_layer=emb_layer, precision=precision, shard_cells=shard_cells,
+                  fast_settings=fast_settings)
     fingerprint = {**params, "model": model.name, "vocab": vocab.source,
                    "data": hashlib.sha1(cells.tokens.tobytes()).hexdigest(),
                    "cells": hashlib.sha1(sel.tobytes()).hexdigest()}
