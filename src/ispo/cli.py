@@ -481,11 +481,13 @@ def bench_isp(
     lines = [f"# ISP delete-all speed ({res['device']})", "",
              f"model {mdl.name} (random_init={mdl.random_init}), data {data}, "
              f"{res['n_cells']} cells, median {res['genes_per_cell_median']:.0f} tokens",
-             "", "| method | s | cells/s | perturbations/s | speedup | max abs diff |",
-             "|---|---|---|---|---|---|"]
+             "", "| method | s | cells/s | perturbations/s | speedup | TFLOP/s | MFU | "
+             "max abs diff |", "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        util = "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['cells_per_s']:.3f} | "
                      f"{r['perturbations_per_s']:.1f} | {r.get('speedup_vs_original', 1):.2f} | "
+                     f"{r['tflop_per_s']:.3f} | {util} | "
                      f"{r.get('max_abs_diff_vs_original', 0):.2e} |")
     with atomic_output(out, overwrite) as tmp:
         tmp.mkdir()

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ispo.model.load import GeneformerModel
+from ispo.bench.flops import encoder_flops, mfu, peak_flops
+from ispo.model.load import DTYPES, GeneformerModel
 from ispo.perturb.engine import perturb
 from ispo.tokenize import TokenizedCells
 
@@ -67,7 +68,10 @@ def isp_speed(
     adata: ad.AnnData, model: GeneformerModel, *, n_cells: int = 2, precisions=("fp32",),
     batch_tokens: int | None = None, with_original: bool = True,
 ) -> dict:
-    """Cells/s and perturbations/s of delete-all ISP, ispo vs the original loop, same cells."""
+    """Cells/s and perturbations/s of delete-all ISP, ispo vs the original loop, same cells,
+    each with its MFU: the encoder FLOPs the result needs (every original once, every
+    perturbed sequence, one token shorter, once; the run layers only, no MLM head) per second,
+    over the device's peak for the precision."""
     from ispo.tokenize import tokenize
 
     vocab = model.vocab
@@ -75,6 +79,20 @@ def isp_speed(
     sub = adata[np.sort(cells.obs_index)].copy()
     rows: list[dict] = []
     values: dict[str, np.ndarray] = {}
+    cfg = model.config
+    shape = dict(n_layers=model.layers_for(-1), hidden=cfg.hidden, intermediate=cfg.intermediate)
+    length_of = dict(zip(cells.obs_index.tolist(), cells.lengths.tolist()))
+
+    def work(obs_index: np.ndarray) -> float:
+        """Needed FLOPs: the originals, plus one sequence of length n-1 per perturbation."""
+        pert = np.array([length_of[o] - 1 for o in obs_index.tolist()])
+        return encoder_flops(cells.lengths, **shape) + encoder_flops(pert, **shape)
+
+    def rates(row: dict, flops: float, precision: str) -> dict:
+        peak = peak_flops(model.device, DTYPES[precision])
+        return {**row, "model_tflop": flops / 1e12,
+                "tflop_per_s": flops / row["seconds"] / 1e12,
+                "mfu": mfu(flops, row["seconds"], peak)}
     # warm-up on one cell so one-time costs (weights to device, kernels) are not timed
     perturb(sub[:1].copy(), model, genes="all", perturb_type="delete", precision=precisions[0],
             batch_tokens=batch_tokens, max_ncells=1)
@@ -86,20 +104,23 @@ def isp_speed(
         _sync(model)
         dt = time.perf_counter() - t
         values[f"ispo-{precision}"] = df["cos_sim"].to_numpy()
-        rows.append({"method": f"ispo fast ({precision})", "seconds": dt,
-                     "cells_per_s": len(cells) / dt, "perturbations_per_s": len(df) / dt,
-                     "n_perturbations": len(df)})
+        rows.append(rates({"method": f"ispo fast ({precision})", "seconds": dt,
+                           "cells_per_s": len(cells) / dt, "perturbations_per_s": len(df) / dt,
+                           "n_perturbations": len(df)},
+                          work(df["obs_index"].to_numpy()), precision))
     if with_original:
         _sync(model)
         t = time.perf_counter()
-        orig = original_delete_all(cells.subset(np.argsort(cells.obs_index)), model)
+        in_order = cells.subset(np.argsort(cells.obs_index))
+        orig = original_delete_all(in_order, model)
         _sync(model)
         dt = time.perf_counter() - t
         n_pert = sum(len(v) for v in orig)
         values["original"] = np.concatenate(orig)
-        rows.append({"method": "original loop (fp32, MLM, batch 100)", "seconds": dt,
-                     "cells_per_s": len(cells) / dt, "perturbations_per_s": n_pert / dt,
-                     "n_perturbations": n_pert})
+        obs = np.repeat(in_order.obs_index, [len(v) for v in orig])
+        rows.append(rates({"method": "original loop (fp32, MLM, batch 100)", "seconds": dt,
+                           "cells_per_s": len(cells) / dt, "perturbations_per_s": n_pert / dt,
+                           "n_perturbations": n_pert}, work(obs), "fp32"))
         base = rows[-1]["seconds"]
         for r in rows:
             r["speedup_vs_original"] = base / r["seconds"]

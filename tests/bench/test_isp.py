@@ -1,0 +1,52 @@
+"""`ispo bench-isp`: ispo's delete-all against the original loop on the same cells: the values
+agree, the counts and FLOPs are those of the cells, and the files are written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import ispo
+from _scaleout import small_adata, tiny_checkpoint
+from ispo.bench.flops import encoder_flops
+from ispo.bench.isp import isp_speed
+from ispo.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("isp") / "ckpt")
+
+
+def test_isp_speed_rows(ckpt, monkeypatch):
+    monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1e12")
+    model = ispo.load_model(ckpt, vocab=ispo.demo_vocab(), device="cpu")
+    adata = small_adata(5)
+    res = isp_speed(adata, model, n_cells=3, precisions=("fp32",))
+    ours, orig = res["rows"]
+    cells = ispo.tokenize(adata, model.vocab).subset(np.arange(3))
+    assert res["n_cells"] == 3
+    assert ours["n_perturbations"] == orig["n_perturbations"] == int(cells.lengths.sum())
+    assert ours["max_abs_diff_vs_original"] < 1e-5
+    shape = dict(n_layers=model.layers_for(-1), hidden=16, intermediate=model.config.intermediate)
+    need = (encoder_flops(cells.lengths, **shape)
+            + encoder_flops(np.repeat(cells.lengths - 1, cells.lengths), **shape))
+    for r in (ours, orig):
+        assert r["model_tflop"] == pytest.approx(need / 1e12)
+        assert r["mfu"] == pytest.approx(need / r["seconds"] / 1e12)
+    assert orig["speedup_vs_original"] == 1.0
+
+
+def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
+    data = tmp_path / "d.h5ad"
+    small_adata(4).write_h5ad(data)
+    out = tmp_path / "isp"
+    main(["-q", "bench-isp", "--data", str(data), "--vocab", "demo", "--model", str(ckpt),
+          "--n-cells", "2", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["rows"]][-1].startswith("original loop")
+    assert res["rows"][0]["mfu"] is None  # no CPU peak known: no MFU made up
+    table = (out / "results.md").read_text()
+    assert "| MFU |" in table and "perturbations/s" in capsys.readouterr().out
