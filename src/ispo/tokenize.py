@@ -28,6 +28,8 @@ from ispo.errors import IspoError
 
 log = logging.getLogger(__name__)
 TARGET_SUM = 10_000
+NO_CELLS = ("no cell has counts in vocabulary genes (all empty or filtered out): check the "
+            "counts matrix, the gene ids and obs['filter_pass']")
 MAX_CHUNK = 4096  # cells per ranking chunk: the row index must fit 12 bits of the sort key
 
 
@@ -188,11 +190,13 @@ def iter_tokenize(
     gene_key: str | None = None,
     max_input: int | None = None,
     chunk_size: int = 4096,
+    warn_empty: bool = True,
 ) -> Iterator[TokenizedCells]:
     """Tokenize ``adata`` chunk by chunk (streaming; works on backed files).
 
     Cells with ``obs["filter_pass"] == 0`` are skipped; cells with no counted vocabulary gene are
-    skipped with a warning. ``n_counts`` comes from ``obs["n_counts"]`` or, when absent, from all
+    skipped with a warning (``warn_empty=False``: silently, for a second pass over the same
+    data). ``n_counts`` comes from ``obs["n_counts"]`` or, when absent, from all
     genes of the raw counts (before any is dropped), as Geneformer does.
     """
     vocab = load_vocab(vocab)
@@ -218,7 +222,7 @@ def iter_tokenize(
         with np.errstate(divide="ignore", invalid="ignore"):
             tokens, lens = rank_value_encode(chunk, n_counts, gmap, max_genes, special)
         empty = lens == 0
-        if empty.any():
+        if empty.any() and warn_empty:
             log.warning("skipping %d cell(s) with no counted vocabulary gene (e.g. %s)",
                         int(empty.sum()), adata.obs_names[start + rows[np.flatnonzero(empty)[0]]])
         kept = ~empty
@@ -242,6 +246,5 @@ def tokenize(
                                max_input=max_input, chunk_size=chunk_size))
     cells = TokenizedCells.concat(parts, vocab.version == 2)
     if len(cells) == 0:
-        raise IspoError("no cell has counts in vocabulary genes (all empty or filtered out): "
-                        "check the counts matrix, the gene ids and obs['filter_pass']")
+        raise IspoError(NO_CELLS)
     return cells

@@ -52,7 +52,7 @@ from ispo.infer.oom import OomSplitter
 from ispo.infer.pool import PoolMode
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
 from ispo.provenance import device_name, h5ad_safe, versions
-from ispo.tokenize import MAX_CHUNK, TokenizedCells, iter_tokenize
+from ispo.tokenize import MAX_CHUNK, NO_CELLS, TokenizedCells, iter_tokenize
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_CELLS = MAX_CHUNK  # 4096 rows per unit
@@ -582,8 +582,7 @@ def embed_file(
     parts = [writer.parts / done[str(u)]["emb"] for u in range(n_units)]
     if sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 0:
         shutil.rmtree(writer.parts, ignore_errors=True)  # finished, with nothing to write
-        raise IspoError("no cell has counts in vocabulary genes (all empty or filtered out): "
-                        "check the counts matrix, the gene ids and obs['filter_pass']")
+        raise IspoError(NO_CELLS)
 
     def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for u, path in enumerate(parts):

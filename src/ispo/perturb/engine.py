@@ -6,6 +6,10 @@ are packed into token-budget batches (length-sorted, so padding stays small; one
 perturbations all share a length); the encoder runs only up to the needed layer without the MLM
 head; pooling, cosines and state shifts are batched tensor ops on the device, read back once per
 shard. Shards are written as they finish, so a stopped run resumes where it was.
+
+The input is streamed: one pass tokenizes it chunk by chunk to choose the cells (keeping ~16
+bytes per cell, no tokens), one embeds the target states' cells, and one tokenizes each shard's
+cells again as it comes, so host memory does not grow with the number of cells.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,7 +41,7 @@ from ispo.model.encoder import Encoder, Packed
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
 from ispo.perturb.index import PerturbType, Perturbations, each_gene, gene_set, with_anchor
 from ispo.provenance import device_name, versions
-from ispo.tokenize import TokenizedCells, tokenize
+from ispo.tokenize import NO_CELLS, TokenizedCells, iter_tokenize
 
 log = logging.getLogger(__name__)
 EmbMode = Literal["cell", "cell_and_gene", "cls"]
@@ -254,12 +259,12 @@ class Perturber:
         return batches
 
 
-def _select_cells(adata: ad.AnnData, cells: TokenizedCells, cell_filter: dict | None,
+def _select_cells(adata: ad.AnnData, obs_index: np.ndarray, cell_filter: dict | None,
                   states: CellStates | None, max_ncells: int | None,
                   cell_range: tuple[int, int] | None) -> np.ndarray:
-    """Positions (in ``cells``) of the cells to perturb, in input order."""
-    keep = np.ones(len(cells), dtype=bool)
-    obs = adata.obs.iloc[cells.obs_index]
+    """Positions (among the tokenized cells, rows ``obs_index``) of the cells to perturb."""
+    keep = np.ones(len(obs_index), dtype=bool)
+    obs = adata.obs.iloc[obs_index]
     for key, allowed in (cell_filter or {}).items():
         if key not in obs.columns:
             raise IspoError(f"filter key {key!r} is not an obs column: choose one of "
@@ -283,23 +288,81 @@ def _select_cells(adata: ad.AnnData, cells: TokenizedCells, cell_filter: dict | 
     return sel
 
 
-def _state_embeddings(adata: ad.AnnData, cells: TokenizedCells, model: GeneformerModel,
-                      states: CellStates, **kw) -> torch.Tensor:
-    """Mean cell embedding of each target state (same layer and pooling as the run)."""
+def _state_embeddings(adata: ad.AnnData, obs_index: np.ndarray, model: GeneformerModel,
+                      states: CellStates, chunks: Callable[[], Iterator[TokenizedCells]],
+                      **kw) -> torch.Tensor:
+    """Mean cell embedding of each target state (same layer and pooling as the run), embedded
+    chunk by chunk as ``chunks()`` tokenizes the input (no state's cells are held at once)."""
     if states.state_key not in adata.obs.columns:
         raise IspoError(f"state_key {states.state_key!r} is not an obs column: choose one of "
                         f"{list(adata.obs.columns)[:10]}")
-    labels = adata.obs[states.state_key].astype(str).to_numpy()[cells.obs_index]
-    known = sorted(set(labels))
+    all_labels = adata.obs[states.state_key].astype(str).to_numpy()
+    known = sorted(set(all_labels[obs_index]))
     for st in (states.start_state, *states.targets):
         if st not in known:
             raise IspoError(f"state {st!r} not found in obs[{states.state_key!r}]: known states "
                             f"are {known[:10]}")
-    embs = []
-    for st in states.targets:
-        sub = cells.subset(np.flatnonzero(labels == st))
-        embs.append(torch.from_numpy(embed_cells(sub, model, **kw).mean(0)))
-    return torch.stack(embs).to(model.device)
+    sums = np.zeros((len(states.targets), model.config.hidden))
+    counts = np.zeros(len(states.targets))
+    for part in chunks():
+        labels = all_labels[part.obs_index]
+        for j, st in enumerate(states.targets):
+            idx = np.flatnonzero(labels == st)
+            if len(idx):
+                sums[j] += embed_cells(part.subset(idx), model, **kw).sum(0, dtype=np.float64)
+                counts[j] += len(idx)
+    return torch.from_numpy((sums / counts[:, None]).astype(np.float32)).to(model.device)
+
+
+@dataclass
+class _Scan:
+    """What one streaming pass over the input keeps: no tokens, only what selection, the
+    expression check and the resume fingerprint need (~16 bytes per cell)."""
+
+    obs_index: np.ndarray  # input row of each tokenized cell
+    digest: str  # sha1 of every cell's tokens, in order (the data in the fingerprint)
+    present: np.ndarray  # (n_cells, n_wanted): the cell expresses wanted token j
+
+
+def _scan(chunks: Iterator[TokenizedCells], wanted: list[int]) -> _Scan:
+    sha = hashlib.sha1()
+    obs, present = [], []
+    for part in chunks:
+        sha.update(part.tokens.tobytes())
+        obs.append(part.obs_index)
+        hit = np.zeros((len(part), len(wanted)), dtype=bool)
+        cell_of = np.repeat(np.arange(len(part)), part.lengths)
+        for j, tok in enumerate(wanted):
+            hit[cell_of[part.tokens == tok], j] = True
+        present.append(hit)
+    return _Scan(np.concatenate(obs) if obs else np.zeros(0, np.int64), sha.hexdigest(),
+                 np.concatenate(present) if present else np.zeros((0, len(wanted)), bool))
+
+
+def _shard_tokens(chunks: Iterator[TokenizedCells], shards: list[np.ndarray],
+                  wanted: set[int]) -> Iterator[tuple[int, TokenizedCells]]:
+    """``(i, cells of shard i)`` for the shards in ``wanted``, in order, from one streaming
+    pass (shards hold positions among the tokenized cells, ascending): a shard's tokens are
+    kept only until it is yielded, so memory does not grow with the number of cells."""
+    if not wanted:
+        return
+    k, base, pieces = 0, 0, []
+    for part in chunks:
+        top = base + len(part)
+        while k < len(shards):
+            pos = shards[k]
+            if k in wanted:
+                here = pos[(pos >= base) & (pos < top)]
+                if len(here):
+                    pieces.append(part.subset(here - base))
+            if pos[-1] >= top:
+                break  # shard k goes on in the next chunk
+            if k in wanted:
+                yield k, TokenizedCells.concat(pieces, part.has_cls)
+            k, pieces = k + 1, []
+        base = top
+        if k > max(wanted):
+            return  # every wanted shard is out: read no further
 
 
 def perturb(
@@ -361,14 +424,25 @@ def perturb(
 
         check_output(out, overwrite)
     t0 = time.perf_counter()
-    cells = tokenize(adata, vocab, layer=layer, gene_key=gene_key,
-                     max_input=min(vocab.max_input, model.config.max_len))
-    sel = _select_cells(adata, cells, cell_filter, states, max_ncells, cell_range)
-    _check_expressed(cells, sel, targets, anchor, perturb_type, vocab)
+    # streaming passes over the input (tokenizing chunk by chunk, no pass keeps every cell's
+    # tokens): what to select and check, then the target states, then each shard's cells
+    max_input = min(vocab.max_input, model.config.max_len)
+
+    def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
+        return iter_tokenize(adata, vocab, layer=layer, gene_key=gene_key, max_input=max_input,
+                             warn_empty=warn)
+
+    wanted = _wanted(targets, anchor, perturb_type)
+    scan = _scan(chunks(warn=True), wanted)
+    if len(scan.obs_index) == 0:
+        raise IspoError(NO_CELLS)
+    sel = _select_cells(adata, scan.obs_index, cell_filter, states, max_ncells, cell_range)
+    _check_expressed(scan, sel, wanted, vocab)
     pool_mode = "cls" if emb_mode == "cls" else "mean"
     kw = dict(method="fast", precision=precision, emb_layer=emb_layer, pool_mode=pool_mode,
               batch_tokens=batch_tokens)
-    state_emb = _state_embeddings(adata, cells, model, states, **kw) if states else None
+    state_emb = (_state_embeddings(adata, scan.obs_index, model, states, chunks, **kw)
+                 if states else None)
     params = dict(genes=genes, perturb_type=perturb_type, rank_shift=rank_shift,
                   anchor_gene=anchor_gene, combos=combos, emb_mode=emb_mode,
                   cell_states=None if states is None else asdict(states),
@@ -376,7 +450,7 @@ def perturb(
                   emb_layer=emb_layer, precision=precision, shard_cells=shard_cells,
                   fast_settings=fast_settings)
     fingerprint = {**params, "model": model.name, "vocab": vocab.source,
-                   "data": hashlib.sha1(cells.tokens.tobytes()).hexdigest(),
+                   "data": scan.digest,
                    "cells": hashlib.sha1(sel.tobytes()).hexdigest()}
     if out is None and dist.info().active:
         raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
@@ -396,20 +470,17 @@ def perturb(
     with Profiler(model.device) as prof, torch.inference_mode(), tqdm(
             total=sum(len(x) for _, x in mine), unit="cell", disable=not progress,
             desc=f"perturb ({perturb_type})") as bar:
-        for s_idx, shard_sel in mine:
-            if writer is not None and writer.done(s_idx):
-                bar.update(len(shard_sel))
-                continue
-            got = _run_shard(perturber, adata, cells, shard_sel, targets, anchor, state_emb,
-                             states, id_of_token, vocab)
+        for s_idx, cells in _shard_tokens(chunks(), shards, {i for i, _ in mine}):
+            got = _run_shard(perturber, adata, cells, np.arange(len(cells)), targets, anchor,
+                             state_emb, states, id_of_token, vocab)
             n_pert += len(got["cells"])
-            n_cells_done += len(shard_sel)
+            n_cells_done += len(cells)
             if writer is not None:
                 writer.write(s_idx, got)
             else:
                 for k, v in got.items():
                     tables[k].append(v)
-            bar.update(len(shard_sel))
+            bar.update(len(cells))
             bar.set_postfix(perturbations_per_s=f"{n_pert / (time.perf_counter() - t_run):.1f}")
     # under torchrun: totals of all ranks, and a wait until every rank's shards are written
     n_pert, n_cells_done = (int(v) for v in dist.all_sum(n_pert, n_cells_done))
@@ -488,18 +559,18 @@ def _check_options(vocab: Vocab, genes, perturb_type, rank_shift, anchor_gene, c
     return torch.tensor([vocab.token_dict[g] for g in ids], dtype=torch.long), None
 
 
-def _check_expressed(cells: TokenizedCells, sel: np.ndarray, targets, anchor, perturb_type,
-                     vocab: Vocab) -> None:
+def _wanted(targets: torch.Tensor | None, anchor: int | None, perturb_type: str) -> list[int]:
+    """Tokens some selected cell must express (a gene to delete or move, an anchor)."""
+    if anchor is not None:
+        return [anchor]
+    return [] if targets is None or perturb_type == "overexpress" else targets.tolist()
+
+
+def _check_expressed(scan: "_Scan", sel: np.ndarray, wanted: list[int], vocab: Vocab) -> None:
     """A gene that no selected cell expresses cannot be deleted/moved: say so before running."""
-    wanted = [anchor] if anchor is not None else (
-        [] if targets is None or perturb_type == "overexpress" else targets.tolist())
-    if not wanted:
-        return
-    sub = cells.subset(sel)
-    present = set(np.unique(sub.tokens).tolist())
     id_of = vocab.id_of_token()
-    for tok in wanted:
-        if tok not in present:
+    for j, tok in enumerate(wanted):
+        if not scan.present[sel, j].any():
             gid = id_of[tok]
             raise IspoError(f"gene {vocab.symbol(gid)} ({gid}) is not expressed in any selected "
                             "cell: choose another gene or other cells")
