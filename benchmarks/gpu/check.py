@@ -4,7 +4,8 @@
    the Hugging Face reference in fp32, on real Kang cells: min cosine and relative error.
 2. A real CUDA out-of-memory: the process is capped to 32 MiB above what it has reserved, one
    huge token budget is asked for, and the run must split, finish, and give the same embeddings.
-3. A profile of a steady-state fast bf16 pass (wall vs kernel time, the costliest kernels).
+3. Profiles of a steady-state fast bf16 embedding pass and of delete-all ISP in bf16 (wall vs
+   kernel time, the costliest kernels).
 
 Prints one line per check and exits non-zero if any fails. Usage:
     python benchmarks/gpu/check.py DATA.h5ad VOCAB_DIR [N_CELLS]
@@ -16,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,13 +32,12 @@ def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(cos.min()), float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
 
 
-def profile(cells, model) -> None:
-    """Where a steady-state fast-bf16 pass spends its time: wall clock against GPU kernel time
+def profile(name: str, run: Callable[[], object], n_cells: int) -> None:
+    """Where a steady-state pass of ``run`` spends its time: wall clock against GPU kernel time
     (the gap is host and launch overhead), and the kernels that cost most."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    run = lambda: ispo.embed_cells(cells, model, precision="bf16")  # noqa: E731
     run()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -49,9 +50,9 @@ def profile(cells, model) -> None:
     events = prof.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events  # the kernels, not the ops too
                  if e.device_type == torch.autograd.DeviceType.CUDA)
-    print(f"profile fast-bf16 packed: {len(cells)} cells in {wall * 1e3:.1f} ms wall "
-          f"({len(cells) / wall:,.0f} cells/s); GPU kernels {gpu_us / 1e3:.1f} ms")
-    print(events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+    print(f"profile {name}: {n_cells} cells in {wall * 1e3:.1f} ms wall "
+          f"({n_cells / wall:,.1f} cells/s); GPU kernels {gpu_us / 1e3:.1f} ms")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
 def main(data: str, vocab: str, n_cells: int = 300) -> int:
@@ -77,7 +78,11 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
 
     if device != "cuda":
         return 1 if failed else 0
-    profile(every, model)
+    profile("embed fast-bf16 packed", lambda: ispo.embed_cells(every, model, precision="bf16"),
+            len(every))
+    isp = ispo.read_input(data, backed=False)[:10].copy()  # ISP bf16 reached 4.6 % MFU: why?
+    profile("perturb delete-all bf16",
+            lambda: ispo.perturb(isp, model, genes="all", precision="bf16"), len(isp))
     base = ispo.embed_cells(every, model, precision="bf16", layout="packed")
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
