@@ -217,8 +217,10 @@ def iter_tokenize(
             n_counts = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
         rows = np.arange(chunk.shape[0])
         if filter_pass is not None:
-            rows = rows[_passes(filter_pass[start:stop])]
-        chunk, n_counts = chunk[rows], n_counts[rows]
+            passing = _passes(filter_pass[start:stop])
+            if not passing.all():  # a CSR row selection copies the chunk: only when needed
+                rows = rows[passing]
+                chunk, n_counts = chunk[rows], n_counts[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             tokens, lens = rank_value_encode(chunk, n_counts, gmap, max_genes, special)
         empty = lens == 0
