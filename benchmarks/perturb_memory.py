@@ -11,7 +11,7 @@ cell's tokens (N x genes x 4 bytes: 400 MB at the defaults). Synthetic data, ran
 memory only. Prints and saves ``results.json``.
 
 Measured (2-core CPU VM, torch 2.13 CPU; results in benchmarks/results/cpu-perturb-memory/):
-peak RSS 0.85 GiB for 100,000 x 1,000 (805 MB h5ad) and 0.83 GiB for 10,000 x 1,000: flat.
+peak RSS 0.85 GiB for 100,000 x 1,000 (805 MB h5ad) and 0.80 GiB for 10,000 x 1,000: flat.
 With the commit before perturb streamed (it tokenized every cell up front), 100,000 x 1,000
 peaked at 1.36 GiB against 0.81 GiB streaming (a tiny 2-layer model there), identical rows.
 """
