@@ -331,9 +331,10 @@ def _scan(chunks: Iterator[TokenizedCells], wanted: list[int]) -> _Scan:
         sha.update(part.tokens.tobytes())
         obs.append(part.obs_index)
         hit = np.zeros((len(part), len(wanted)), dtype=bool)
-        cell_of = np.repeat(np.arange(len(part)), part.lengths)
-        for j, tok in enumerate(wanted):
-            hit[cell_of[part.tokens == tok], j] = True
+        if wanted:  # genes=all and overexpress lists need no check: skip the per-token pass
+            cell_of = np.repeat(np.arange(len(part)), part.lengths)
+            for j, tok in enumerate(wanted):
+                hit[cell_of[part.tokens == tok], j] = True
         present.append(hit)
     return _Scan(np.concatenate(obs) if obs else np.zeros(0, np.int64), sha.hexdigest(),
                  np.concatenate(present) if present else np.zeros((0, len(wanted)), bool))
