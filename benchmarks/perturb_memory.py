@@ -38,7 +38,7 @@ def make_input(path: Path, n_cells: int, per_cell: int, seed: int = 0) -> None:
     import pandas as pd
     import scipy.sparse as sp
 
-    from ispo.data.demo import demo_gene_ids
+    from ispo.io.demo import demo_gene_ids
 
     rng = np.random.default_rng(seed)
     cols = np.empty((n_cells, per_cell), dtype=np.int32)
@@ -50,12 +50,15 @@ def make_input(path: Path, n_cells: int, per_cell: int, seed: int = 0) -> None:
         cols[i : i + m, 1:] = others[pick]
     cols.sort(axis=1)
     data = rng.integers(1, 50, size=cols.size).astype(np.float32)
-    X = sp.csr_matrix((data, cols.ravel(), np.arange(0, cols.size + 1, per_cell)),
-                      shape=(n_cells, N_GENES))
+    X = sp.csr_matrix(
+        (data, cols.ravel(), np.arange(0, cols.size + 1, per_cell)), shape=(n_cells, N_GENES)
+    )
     ids = demo_gene_ids()[:N_GENES]
-    ad.AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
-               var=pd.DataFrame({"ensembl_id": ids}, index=[f"g{i}" for i in range(N_GENES)])
-               ).write_h5ad(path)
+    ad.AnnData(
+        X,
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+        var=pd.DataFrame({"ensembl_id": ids}, index=[f"g{i}" for i in range(N_GENES)]),
+    ).write_h5ad(path)
 
 
 def main() -> None:
@@ -74,18 +77,41 @@ def main() -> None:
     gene = "ENSGSYN00000000"  # gene 0 of the demo vocabulary
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ispo", "-q", "perturb", str(data), "--vocab", "demo",
-         "--model", "gf-6L-10M-i2048", "--random-init", "--genes", gene, "--max-ncells", "64",
-         "--out", str(args.out / "isp.parquet"), "--overwrite"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "ispo",
+            "-q",
+            "perturb",
+            str(data),
+            "--vocab",
+            "demo",
+            "--model",
+            "gf-6L-10M-i2048",
+            "--random-init",
+            "--genes",
+            gene,
+            "--max-ncells",
+            "64",
+            "--out",
+            str(args.out / "isp.parquet"),
+            "--overwrite",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     # that process's own rusage (RUSAGE_CHILDREN would also count anything else this one ran)
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         sys.exit(f"perturb failed: {proc.stderr.read().decode().strip()[-500:]}")
-    res = {"n_cells": args.n_cells, "genes_per_cell": args.genes_per_cell,
-           "input_bytes": data.stat().st_size,
-           "tokens_bytes_if_held": 4 * args.n_cells * args.genes_per_cell,
-           "wall_s": time.perf_counter() - t0, "peak_rss_gib": usage.ru_maxrss / 2**20}
+    res = {
+        "n_cells": args.n_cells,
+        "genes_per_cell": args.genes_per_cell,
+        "input_bytes": data.stat().st_size,
+        "tokens_bytes_if_held": 4 * args.n_cells * args.genes_per_cell,
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+    }
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 

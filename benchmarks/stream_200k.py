@@ -46,8 +46,9 @@ GIB = float(1 << 30)
 
 def write_synthetic(path: Path, n_cells: int, block: int = 8192, seed: int = 0) -> float:
     """Write ``n_cells`` demo-like cells to ``path`` block by block; returns seconds."""
-    import ispo
     from anndata.io import sparse_dataset, write_elem
+
+    import ispo
 
     t0 = time.perf_counter()
     tmp = path.with_name(path.name + ".partial")
@@ -63,8 +64,10 @@ def write_synthetic(path: Path, n_cells: int, block: int = 8192, seed: int = 0) 
                 sparse_dataset(f["X"]).append(a.X)
             labels.append(a.obs["condition"].astype(str).to_numpy())
             print(f"  synthetic: {start + a.n_obs:,}/{n_cells:,} cells", end="\r", flush=True)
-        obs = pd.DataFrame({"condition": pd.Categorical(np.concatenate(labels))},
-                           index=[f"cell{i}" for i in range(n_cells)])
+        obs = pd.DataFrame(
+            {"condition": pd.Categorical(np.concatenate(labels))},
+            index=[f"cell{i}" for i in range(n_cells)],
+        )
         write_elem(f, "obs", obs)
         write_elem(f, "var", var)
         for name in ("obsm", "varm", "obsp", "varp", "layers"):
@@ -111,8 +114,9 @@ def uns_of(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n-cells", type=int, default=200_000)
     p.add_argument("--subset", type=int, default=256, help="cells of the real-model run")
     p.add_argument("--workdir", type=Path, default=Path("runs/stream_200k"))
@@ -124,10 +128,22 @@ def main(argv: list[str] | None = None) -> None:
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "ispo", "-q", "embed"]
-    common = ["--vocab", "demo", "--device", args.device, "--chunk-cells",
-              str(args.chunk_cells), "--overwrite"]
-    res: dict = {"n_cells": args.n_cells, "subset": args.subset, "device": args.device,
-                 "chunk_cells": args.chunk_cells, "cpus": os.cpu_count()}
+    common = [
+        "--vocab",
+        "demo",
+        "--device",
+        args.device,
+        "--chunk-cells",
+        str(args.chunk_cells),
+        "--overwrite",
+    ]
+    res: dict = {
+        "n_cells": args.n_cells,
+        "subset": args.subset,
+        "device": args.device,
+        "chunk_cells": args.chunk_cells,
+        "cpus": os.cpu_count(),
+    }
 
     if not args.skip_full:
         big = wd / f"synthetic_{args.n_cells}.h5ad"
@@ -140,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
             zero_layer_checkpoint(ckpt)
         out = wd / "full.h5ad"
         print(f"run 1: {args.n_cells:,} cells, whole pipeline, 0 encoder layers ...")
-        full = run_measured(py + [str(big), "--model", str(ckpt), "--out", str(out), *common],
-                            wd / "full.log")
+        full = run_measured(
+            py + [str(big), "--model", str(ckpt), "--out", str(out), *common], wd / "full.log"
+        )
         full["output_gib"] = out.stat().st_size / GIB
         u = uns_of(out)
         full["n_cells_embedded"] = int(u["n_cells_embedded"])
@@ -156,8 +173,19 @@ def main(argv: list[str] | None = None) -> None:
             write_synthetic(small, args.subset)
         out = wd / "model.h5ad"
         print(f"run 2: {args.subset:,} cells, random gf-6L-10M-i2048, fast path fp32 ...")
-        model = run_measured(py + [str(small), "--model", "gf-6L-10M-i2048", "--random-init",
-                                   "--out", str(out), *common], wd / "model.log")
+        model = run_measured(
+            py
+            + [
+                str(small),
+                "--model",
+                "gf-6L-10M-i2048",
+                "--random-init",
+                "--out",
+                str(out),
+                *common,
+            ],
+            wd / "model.log",
+        )
         u = uns_of(out)
         model["embed_loop_s"] = float(u["seconds"]["embed"])
         model["cells_per_s"] = args.subset / model["embed_loop_s"]
@@ -173,18 +201,24 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| run | cells | wall s | peak RSS GiB | note |\n|---|---|---|---|---|")
     if "full_pipeline" in res:
         f = res["full_pipeline"]
-        print(f"| full pipeline, 0 layers | {args.n_cells:,} | {f['wall_s']:.0f} | "
-              f"{f['peak_rss_gib']:.2f} | measured; input {res['input_gib']:.1f} GiB, "
-              f"X copied to the output |")
+        print(
+            f"| full pipeline, 0 layers | {args.n_cells:,} | {f['wall_s']:.0f} | "
+            f"{f['peak_rss_gib']:.2f} | measured; input {res['input_gib']:.1f} GiB, "
+            f"X copied to the output |"
+        )
     if "gf6L_model" in res:
         m = res["gf6L_model"]
-        print(f"| random gf-6L fp32 | {args.subset:,} | {m['wall_s']:.0f} | "
-              f"{m['peak_rss_gib']:.2f} | measured; {m['cells_per_s']:.2f} cells/s "
-              f"({args.device}) |")
+        print(
+            f"| random gf-6L fp32 | {args.subset:,} | {m['wall_s']:.0f} | "
+            f"{m['peak_rss_gib']:.2f} | measured; {m['cells_per_s']:.2f} cells/s "
+            f"({args.device}) |"
+        )
     if "extrapolated_full_s" in res:
-        print(f"| random gf-6L fp32 | {args.n_cells:,} | "
-              f"{res['extrapolated_full_s']:.0f} | <= ~{res['peak_rss_gib_bound']:.2f} | "
-              "EXTRAPOLATED time |")
+        print(
+            f"| random gf-6L fp32 | {args.n_cells:,} | "
+            f"{res['extrapolated_full_s']:.0f} | <= ~{res['peak_rss_gib_bound']:.2f} | "
+            "EXTRAPOLATED time |"
+        )
     print(f"\nresults -> {wd / 'results.json'}")
 
 

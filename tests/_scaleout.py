@@ -25,17 +25,25 @@ def tiny_checkpoint(path: Path, vocab_size: int = 25_426, seed: int = 0) -> Path
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
-    BertForMaskedLM(BertConfig(
-        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=2048, hidden_act="relu",
-    )).eval().save_pretrained(path)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=2048,
+            hidden_act="relu",
+        )
+    ).eval().save_pretrained(path)
     return path
 
 
-def small_adata(n_cells: int = 12, *, n_genes: int = 60, min_genes: int = 4, max_genes: int = 20,
-                seed: int = 0) -> ad.AnnData:
+def small_adata(
+    n_cells: int = 12, *, n_genes: int = 60, min_genes: int = 4, max_genes: int = 20, seed: int = 0
+) -> ad.AnnData:
     """Raw integer counts over the first ``n_genes`` demo vocabulary genes, few per cell."""
-    from ispo.data.demo import demo_gene_ids
+    from ispo.io.demo import demo_gene_ids
 
     rng = np.random.default_rng(seed)
     X = np.zeros((n_cells, n_genes), dtype=np.float32)
@@ -43,10 +51,13 @@ def small_adata(n_cells: int = 12, *, n_genes: int = 60, min_genes: int = 4, max
         k = int(rng.integers(min_genes, max_genes + 1))
         cols = rng.choice(n_genes, size=k, replace=False)
         X[i, cols] = rng.choice(np.arange(1, 200), size=k, replace=False)  # no ties
-    obs = pd.DataFrame({"state": [("a", "b", "c")[i % 3] for i in range(n_cells)]},
-                       index=[f"cell{i}" for i in range(n_cells)])
-    var = pd.DataFrame({"ensembl_id": demo_gene_ids()[:n_genes]},
-                       index=[f"SYN{i}" for i in range(n_genes)])
+    obs = pd.DataFrame(
+        {"state": [("a", "b", "c")[i % 3] for i in range(n_cells)]},
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(
+        {"ensembl_id": demo_gene_ids()[:n_genes]}, index=[f"SYN{i}" for i in range(n_genes)]
+    )
     return ad.AnnData(sp.csr_matrix(X), obs=obs, var=var)
 
 
@@ -69,8 +80,16 @@ def ispo_cmd(*args: str) -> list[str]:
 
 
 def torchrun_cmd(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "ispo", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "ispo",
+        *args,
+    ]
 
 
 def run(cmd: list[str], timeout: float = 180, **kw) -> subprocess.CompletedProcess:

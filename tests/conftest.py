@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import make_adata, make_vocab, save_tiny_checkpoint
 
-from ispo.data.vocab import Vocab
+from ispo.io.vocab import Vocab
+from support import make_adata, make_vocab, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -43,5 +43,6 @@ def ckpt_v1(tmp_path_factory, vocab_v1) -> Path:
 @pytest.fixture(scope="session")
 def ckpt_v2(tmp_path_factory, vocab_v2) -> Path:
     """V2-style tiny checkpoint (<pad>=0, <mask>=1, <cls>=2, <eos>=3; positions up to 4096)."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt_v2"), vocab_v2.size, max_len=4096,
-                                seed=1)
+    return save_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt_v2"), vocab_v2.size, max_len=4096, seed=1
+    )

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from ispo.data.vocab import CLS, EOS, MASK, PAD, Vocab
+from ispo.io.vocab import CLS, EOS, MASK, PAD, Vocab
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -68,8 +68,13 @@ def make_vocab(version: int = 1, seed: int = 0) -> Vocab:
     mapping = {g: g for g in genes}
     mapping.update({s.upper(): g for s, g in name_id.items()})
     mapping.update({alias: gene_id(i) for alias, i in ALIAS_IDS.items()})
-    return Vocab(token_dict=token_dict, median_dict=median_dict, name_id_dict=name_id,
-                 mapping_dict=mapping, source=f"test-v{version}")
+    return Vocab(
+        token_dict=token_dict,
+        median_dict=median_dict,
+        name_id_dict=name_id,
+        mapping_dict=mapping,
+        source=f"test-v{version}",
+    )
 
 
 def make_adata(
@@ -131,9 +136,16 @@ def save_tiny_checkpoint(
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=max_len, hidden_act="relu",
-        layer_norm_eps=1e-12, pad_token_id=0, initializer_range=0.2,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_len,
+        hidden_act="relu",
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        initializer_range=0.2,
     )
     torch.manual_seed(seed)
     model = BertForMaskedLM(config).eval()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import typer
 import yaml
 
-import anndata as ad
-from ispo.cli import app, main
+from ispo.cli.main import app, main
 from ispo.config import (
     apply_config,
     command_defaults,
@@ -30,7 +30,9 @@ def write(path, text):
 
 
 def test_flat_keys_sections_and_spellings(tmp_path):
-    cfg = write(tmp_path / "run.yaml", """
+    cfg = write(
+        tmp_path / "run.yaml",
+        """
 model: gf-6L-10M-i2048
 random-init: true
 --batch-tokens: 2048
@@ -40,12 +42,20 @@ embed:
   batch_tokens: 4096       # the section wins over the flat key
 evaluate:
   k: 5
-""")
-    args, defaults = apply_config(["embed", "demo:4", "--config", str(cfg), "--out", "x.h5ad"],
-                                  GROUP)
+""",
+    )
+    args, defaults = apply_config(
+        ["embed", "demo:4", "--config", str(cfg), "--out", "x.h5ad"], GROUP
+    )
     assert args == ["embed", "demo:4", "--out", "x.h5ad"]
-    assert defaults == {"embed": {"model": "gf-6L-10M-i2048", "random_init": True,
-                                  "batch_tokens": 4096, "precision": "bf16"}}
+    assert defaults == {
+        "embed": {
+            "model": "gf-6L-10M-i2048",
+            "random_init": True,
+            "batch_tokens": 4096,
+            "precision": "bf16",
+        }
+    }
     _, defaults = apply_config([f"--config={cfg}", "evaluate", "e.h5ad"], GROUP)
     assert defaults["evaluate"] == {"label_key": "condition", "k": 5}
     # a repeatable option takes a list, or one value
@@ -57,14 +67,17 @@ def test_no_config_leaves_the_command_line_alone():
     assert apply_config(["embed", "--help"], GROUP) == (["embed", "--help"], None)
 
 
-@pytest.mark.parametrize(("text", "args", "message"), [
-    ("precison: bf16\n", ["embed"], "unknown key 'precison' for `ispo embed`"),
-    ("embed:\n  label-key: x\n", ["embed"], "unknown key 'label-key'"),
-    ("config: other.yaml\n", ["embed"], "'config' cannot be set"),
-    ("- a\n- b\n", ["embed"], "must be a mapping"),
-    ("model: [unclosed\n", ["embed"], "not valid YAML"),
-    ("model: m\n", [], "needs a command"),
-])
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ("precison: bf16\n", ["embed"], "unknown key 'precison' for `ispo embed`"),
+        ("embed:\n  label-key: x\n", ["embed"], "unknown key 'label-key'"),
+        ("config: other.yaml\n", ["embed"], "'config' cannot be set"),
+        ("- a\n- b\n", ["embed"], "must be a mapping"),
+        ("model: [unclosed\n", ["embed"], "not valid YAML"),
+        ("model: m\n", [], "needs a command"),
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path, text, args, message):
     cfg = write(tmp_path / "bad.yaml", text)
     with pytest.raises(IspoError) as info:
@@ -103,8 +116,10 @@ def _embedded_file(path, n=40, seed=0):
 
 def test_flags_override_the_config_and_the_used_config_is_saved(tmp_path):
     emb = _embedded_file(tmp_path / "emb.h5ad")
-    cfg = write(tmp_path / "run.yaml", f"input: {emb}\nlabel-key: condition\nseed: 3\nk: 4\n"
-                                       f"out: {tmp_path / 'from_config'}\n")
+    cfg = write(
+        tmp_path / "run.yaml",
+        f"input: {emb}\nlabel-key: condition\nseed: 3\nk: 4\nout: {tmp_path / 'from_config'}\n",
+    )
     main(["evaluate", "--config", str(cfg), "--seed", "7", "--out", str(tmp_path / "ev")])
     assert not (tmp_path / "from_config").exists()
     saved = yaml.safe_load((tmp_path / "ev" / "config.yaml").read_text())
@@ -112,8 +127,15 @@ def test_flags_override_the_config_and_the_used_config_is_saved(tmp_path):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["params"]["seed"] == 7 and metrics["params"]["k"] == 4
     # The saved file is itself a valid --config for the same command: same run again.
-    main(["evaluate", "--config", str(tmp_path / "ev" / "config.yaml"), "--out",
-          str(tmp_path / "ev2")])
+    main(
+        [
+            "evaluate",
+            "--config",
+            str(tmp_path / "ev" / "config.yaml"),
+            "--out",
+            str(tmp_path / "ev2"),
+        ]
+    )
     again = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert again["classification"] == metrics["classification"]
 
@@ -124,8 +146,14 @@ def test_save_run_config_places_and_round_trips(tmp_path):
     assert run_config_path(folder) == folder / "config.yaml"
     assert run_config_path(tmp_path / "new_folder") == tmp_path / "new_folder" / "config.yaml"
     assert run_config_path(tmp_path / "emb.h5ad") == tmp_path / "emb.h5ad.config.yaml"
-    params = {"input": "demo:4", "out": tmp_path / "emb.h5ad", "batch_tokens": 4096,
-              "precision": "bf16", "random_init": True, "layer": None}
+    params = {
+        "input": "demo:4",
+        "out": tmp_path / "emb.h5ad",
+        "batch_tokens": 4096,
+        "precision": "bf16",
+        "random_init": True,
+        "layer": None,
+    }
     written = save_run_config(tmp_path / "emb.h5ad", params, command="embed")
     assert written == tmp_path / "emb.h5ad.config.yaml"
     text = written.read_text()

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from support import make_adata
-from ispo.data.vocab import FILES, load_vocab
+from ispo.embedding.embed import embed, embed_cells
 from ispo.errors import IspoError
-from ispo.infer.embed import embed, embed_cells
+from ispo.io.vocab import FILES, load_vocab
 from ispo.model.load import load_model
-from ispo.tokenize import tokenize
+from ispo.tokens import tokenize
+from support import make_adata
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import ispo
-from ispo.infer.oom import OomSplitter
+from ispo.runtime.oom import OomSplitter
 
 
 def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -48,10 +48,15 @@ def profile(name: str, run: Callable[[], object], n_cells: int) -> None:
         run()
         torch.cuda.synchronize()
     events = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in events  # the kernels, not the ops too
-                 if e.device_type == torch.autograd.DeviceType.CUDA)
-    print(f"profile {name}: {n_cells} cells in {wall * 1e3:.1f} ms wall "
-          f"({n_cells / wall:,.1f} cells/s); GPU kernels {gpu_us / 1e3:.1f} ms")
+    gpu_us = sum(
+        e.self_device_time_total
+        for e in events  # the kernels, not the ops too
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    print(
+        f"profile {name}: {n_cells} cells in {wall * 1e3:.1f} ms wall "
+        f"({n_cells / wall:,.1f} cells/s); GPU kernels {gpu_us / 1e3:.1f} ms"
+    )
     print(events.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
@@ -62,8 +67,10 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
     cells = every.subset(np.arange(min(n_cells, len(every))))  # checked against the reference
     model = ispo.load_model("gf-6L-10M-i2048", vocab=vocab, random_init=True, device=device)
     name = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"device {name}; torch {torch.__version__}; "
-          f"{len(cells)} cells, {int(cells.lengths.sum())} tokens")
+    print(
+        f"device {name}; torch {torch.__version__}; "
+        f"{len(cells)} cells, {int(cells.lengths.sum())} tokens"
+    )
     ref = ispo.embed_cells(cells, model, method="baseline", precision="fp32", batch_size=10)
     failed = 0
     floors = {"fp32": 0.99999, "bf16": 0.999, "fp16": 0.9995}
@@ -73,16 +80,24 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
             cmin, rel = compare(got, ref)
             ok = np.isfinite(got).all() and cmin >= floor
             failed += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} fast {layout:6s} {precision}: min cosine {cmin:.7f}, "
-                  f"rel err {rel:.2e} (floor {floor})")
+            print(
+                f"{'ok  ' if ok else 'FAIL'} fast {layout:6s} {precision}: min cosine {cmin:.7f}, "
+                f"rel err {rel:.2e} (floor {floor})"
+            )
 
     if device != "cuda":
         return 1 if failed else 0
-    profile("embed fast-bf16 packed", lambda: ispo.embed_cells(every, model, precision="bf16"),
-            len(every))
+    profile(
+        "embed fast-bf16 packed",
+        lambda: ispo.embed_cells(every, model, precision="bf16"),
+        len(every),
+    )
     isp = ispo.read_input(data, backed=False)[:10].copy()  # ISP bf16 reached 4.6 % MFU: why?
-    profile("perturb delete-all bf16",
-            lambda: ispo.perturb(isp, model, genes="all", precision="bf16"), len(isp))
+    profile(
+        "perturb delete-all bf16",
+        lambda: ispo.perturb(isp, model, genes="all", precision="bf16"),
+        len(isp),
+    )
     base = ispo.embed_cells(every, model, precision="bf16", layout="packed")
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
@@ -93,14 +108,22 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
     # and the batch is all 2,000 cells at once (~1M tokens, GiBs of activations).
     room = 32 * 2**20
     torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + room) / total)
-    print(f"capped at {(torch.cuda.memory_reserved() + room) / 2**20:,.0f} MiB "
-          f"({torch.cuda.memory_allocated() / 2**20:,.0f} MiB allocated)")
+    print(
+        f"capped at {(torch.cuda.memory_reserved() + room) / 2**20:,.0f} MiB "
+        f"({torch.cuda.memory_allocated() / 2**20:,.0f} MiB allocated)"
+    )
     splitter = OomSplitter(what="check")
     t0 = time.perf_counter()
     try:
-        got = ispo.embed_cells(every, model, precision="bf16", layout="packed",
-                               batch_tokens=int(every.lengths.sum()), oom=splitter)
-    except Exception as exc:  # noqa: BLE001 -- the check reports any failure as a line
+        got = ispo.embed_cells(
+            every,
+            model,
+            precision="bf16",
+            layout="packed",
+            batch_tokens=int(every.lengths.sum()),
+            oom=splitter,
+        )
+    except Exception as exc:
         print(f"FAIL real OOM: {type(exc).__name__}: {str(exc)[:200]}")
         return 1
     finally:
@@ -108,8 +131,10 @@ def main(data: str, vocab: str, n_cells: int = 300) -> int:
     cmin, rel = compare(got, base)
     ok = cmin >= 0.999 and splitter.cap is not None
     failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} real OOM: split to a budget of {splitter.cap} tokens, "
-          f"finished in {time.perf_counter() - t0:.1f} s, min cosine vs unsplit {cmin:.6f}")
+    print(
+        f"{'ok  ' if ok else 'FAIL'} real OOM: split to a budget of {splitter.cap} tokens, "
+        f"finished in {time.perf_counter() - t0:.1f} s, min cosine vs unsplit {cmin:.6f}"
+    )
     return 1 if failed else 0
 
 

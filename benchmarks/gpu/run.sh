@@ -16,7 +16,7 @@ OUT=${OUT:-$(mktemp -d)}
 if [ "$DEV" = cuda ]; then
     python3 -m pip install -q --no-deps .device/wheels/*.whl 2>&1 | tail -1
     python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
-    python3 -c "import anndata, ispo.cli" || exit 1  # a missing wheel: stop before the steps
+    python3 -c "import anndata, ispo.cli.main" || exit 1  # a missing wheel: stop before the steps
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 fi
 D=.device/data

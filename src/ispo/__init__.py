@@ -8,20 +8,36 @@ The data path, one way: read -> validate -> tokenize -> batch -> model -> pool/c
 >>> X = ispo.embed(adata, model)                        # adata.obsm["X_geneformer"]
 """
 
-from ispo.data.demo import demo_adata, demo_vocab
-from ispo.data.read import read_input
-from ispo.data.vocab import Vocab, load_vocab
+from ispo.embedding.embed import embed, embed_cells
 from ispo.errors import IspoError
-from ispo.evaluate.run import evaluate
-from ispo.infer.embed import embed, embed_cells
+from ispo.evaluation.run import evaluate
+from ispo.io.demo import demo_adata, demo_vocab
+from ispo.io.read import read_input
+from ispo.io.vocab import Vocab, load_vocab
 from ispo.model.load import GeneformerModel, load_model
 from ispo.model.presets import PRESETS, GeneformerConfig
-from ispo.perturb.engine import CellStates, perturb
-from ispo.perturb.stats import perturb_stats
-from ispo.tokenize import TokenizedCells, tokenize
+from ispo.perturbation.engine import perturb
+from ispo.perturbation.options import CellStates
+from ispo.perturbation.stats import perturb_stats
+from ispo.tokens import TokenizedCells, tokenize
 
 __all__ = [
-    "PRESETS", "CellStates", "GeneformerConfig", "GeneformerModel", "IspoError", "TokenizedCells", "Vocab",
-    "demo_adata", "demo_vocab", "embed", "embed_cells", "evaluate", "load_model", "load_vocab",
-    "perturb", "perturb_stats", "read_input", "tokenize",
+    "PRESETS",
+    "CellStates",
+    "GeneformerConfig",
+    "GeneformerModel",
+    "IspoError",
+    "TokenizedCells",
+    "Vocab",
+    "demo_adata",
+    "demo_vocab",
+    "embed",
+    "embed_cells",
+    "evaluate",
+    "load_model",
+    "load_vocab",
+    "perturb",
+    "perturb_stats",
+    "read_input",
+    "tokenize",
 ]

@@ -63,8 +63,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise IspoError(f"config file {path} must be a mapping of option: value, not a "
-                        f"{type(data).__name__}")
+        raise IspoError(
+            f"config file {path} must be a mapping of option: value, not a {type(data).__name__}"
+        )
     return data
 
 
@@ -87,8 +88,9 @@ def _param_names(command) -> dict[str, str]:
     return names
 
 
-def command_defaults(config: Mapping[str, Any], commands: Mapping[str, Any], name: str, *,
-                     source: str = "config") -> dict:
+def command_defaults(
+    config: Mapping[str, Any], commands: Mapping[str, Any], name: str, *, source: str = "config"
+) -> dict:
     """The ``default_map`` of command ``name`` from a loaded configuration.
 
     Flat keys are taken first, then the section named ``name`` (if any) on top; sections named
@@ -130,8 +132,7 @@ def command_defaults(config: Mapping[str, Any], commands: Mapping[str, Any], nam
             if not in_section and _key(key) in elsewhere:
                 continue
             valid = ", ".join(sorted(k.replace("_", "-") for k in set(known.values())))
-            raise IspoError(f"{source}: unknown key {key!r} for `ispo {name}`; valid keys: "
-                            f"{valid}")
+            raise IspoError(f"{source}: unknown key {key!r} for `ispo {name}`; valid keys: {valid}")
         value = _plain(value)
         if _is_multiple(commands[name], param) and not isinstance(value, (list, type(None))):
             value = [value]  # `batch-tokens: 4096` for a repeatable option
@@ -140,8 +141,10 @@ def command_defaults(config: Mapping[str, Any], commands: Mapping[str, Any], nam
 
 
 def _is_multiple(command, name: str) -> bool:
-    return any(p.name == name and (getattr(p, "multiple", False) or getattr(p, "nargs", 1) == -1)
-               for p in command.params)
+    return any(
+        p.name == name and (getattr(p, "multiple", False) or getattr(p, "nargs", 1) == -1)
+        for p in command.params
+    )
 
 
 def apply_config(args: Sequence[str], group) -> tuple[list[str], dict | None]:
@@ -241,14 +244,19 @@ def save_run_config(
     if command is None and ctx is not None:
         command = ctx.info_name
     target = Path(path) if path is not None else run_config_path(out)
-    body = {_key(k).replace("_", "-"): _plain(v) for k, v in params.items()
-            if _key(k) not in ("config", "ctx")}
+    body = {
+        _key(k).replace("_", "-"): _plain(v)
+        for k, v in params.items()
+        if _key(k) not in ("config", "ctx")
+    }
     from ispo.provenance import versions
 
-    header = (f"# ispo {command or ''} run configuration, written "
-              f"{_dt.datetime.now().astimezone().isoformat(timespec='seconds')} by ispo "
-              f"{versions()['ispo']}\n# rerun with: ispo {command or 'COMMAND'} --config "
-              f"{target.name}  (command-line flags override these values)\n")
+    header = (
+        f"# ispo {command or ''} run configuration, written "
+        f"{_dt.datetime.now().astimezone().isoformat(timespec='seconds')} by ispo "
+        f"{versions()['ispo']}\n# rerun with: ispo {command or 'COMMAND'} --config "
+        f"{target.name}  (command-line flags override these values)\n"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     tmp.write_text(header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False))

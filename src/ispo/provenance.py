@@ -19,8 +19,11 @@ def _version(pkg: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"ispo": _version("ispo"), "python": platform.python_version(),
-            **{p: _version(p) for p in ("torch", "transformers", "anndata", "numpy")}}
+    return {
+        "ispo": _version("ispo"),
+        "python": platform.python_version(),
+        **{p: _version(p) for p in ("torch", "transformers", "anndata", "numpy")},
+    }
 
 
 def device_name(device: torch.device | str) -> str:
@@ -40,12 +43,22 @@ def git_commit() -> str:
         return os.environ["ISPO_GIT_COMMIT"]
     here = Path(__file__).parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5, cwd=here).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=here,
+        ).stdout.strip()
         if not head:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, cwd=here).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=here,
+        ).stdout
         return head + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -63,8 +63,12 @@ class Tracker:
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.finish()
 
     @property
@@ -175,30 +179,46 @@ class MultiTracker(Tracker):
             t.finish()
 
 
-def _wandb_tracker(project: str, run_name: str | None, config: dict | None,
-                   dir: str | Path | None, tags: list[str] | None) -> Tracker | None:
+def _wandb_tracker(
+    project: str,
+    run_name: str | None,
+    config: dict | None,
+    dir: str | Path | None,
+    tags: list[str] | None,
+) -> Tracker | None:
     if os.environ.get("WANDB_MODE", "").lower() == "disabled":
         log.info("wandb: WANDB_MODE=disabled, not tracking")
         return None
     try:
         import wandb
     except ImportError:
-        log.warning("wandb tracking asked for but wandb is not installed (pip install wandb); "
-                    "continuing without it")
+        log.warning(
+            "wandb tracking asked for but wandb is not installed (pip install wandb); "
+            "continuing without it"
+        )
         return None
-    kwargs: dict[str, Any] = {"project": project, "name": run_name, "config": config or {},
-                              "tags": tags}
+    kwargs: dict[str, Any] = {
+        "project": project,
+        "name": run_name,
+        "config": config or {},
+        "tags": tags,
+    }
     if dir is not None:
         Path(dir).mkdir(parents=True, exist_ok=True)
         kwargs["dir"] = str(dir)
     try:
         run = wandb.init(**kwargs)
     except Exception as exc:  # no login, no network: tracking must never break the run
-        log.warning("wandb: could not start a run (%s: %s); set WANDB_MODE=offline to track "
-                    "offline; continuing without it", type(exc).__name__, str(exc)[:200])
+        log.warning(
+            "wandb: could not start a run (%s: %s); set WANDB_MODE=offline to track "
+            "offline; continuing without it",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
         return None
-    log.info("wandb: tracking to project %r (mode %s)", project,
-             os.environ.get("WANDB_MODE", "online"))
+    log.info(
+        "wandb: tracking to project %r (mode %s)", project, os.environ.get("WANDB_MODE", "online")
+    )
     return WandbTracker(wandb, run)
 
 
@@ -206,8 +226,9 @@ def _mlflow_tracker(project: str, run_name: str | None, config: dict | None) -> 
     try:
         import mlflow
     except ImportError:
-        log.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed; not tracking to "
-                    "MLflow")
+        log.warning(
+            "MLFLOW_TRACKING_URI is set but mlflow is not installed; not tracking to MLflow"
+        )
         return None
     try:
         mlflow.set_experiment(project)
@@ -215,8 +236,11 @@ def _mlflow_tracker(project: str, run_name: str | None, config: dict | None) -> 
         if config:
             mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
     except Exception as exc:
-        log.warning("mlflow: could not start a run (%s: %s); continuing without it",
-                    type(exc).__name__, str(exc)[:200])
+        log.warning(
+            "mlflow: could not start a run (%s: %s); continuing without it",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
         return None
     return MlflowTracker(mlflow)
 

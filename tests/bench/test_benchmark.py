@@ -16,17 +16,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ispo
-from ispo.bench import int8 as int8_mod
-from ispo.bench.int8 import Int8Linear, count_float_linears, count_int8_linears
-from ispo.bench.methods import REGISTRY, prepare, resolve_methods
-from ispo.bench.report import read_results, to_markdown, write_results
 from ispo.bench import runner
+from ispo.bench.methods import REGISTRY, prepare, resolve_methods
 from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
-from ispo.cli import app
+from ispo.bench.tables import read_results, to_markdown, write_results
+from ispo.cli.main import app
 from ispo.errors import IspoError
+from ispo.model import int8 as int8_mod
+from ispo.model.int8 import Int8Linear, count_float_linears, count_int8_linears
 
 N_CELLS = 4
-ALL_BUT_COMPILE = ("baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast-fp16,fast-int8")
+ALL_BUT_COMPILE = "baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast-fp16,fast-int8"
 FP32 = ("baseline", "batching-2", "batching-4", "fast")
 
 
@@ -34,10 +34,17 @@ def _save_tiny(path: Path) -> Path:
     """A seeded BertForMaskedLM with the demo vocabulary's size (hidden 16, 2 layers)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(vocab_size=ispo.demo_vocab().size, hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=2048, hidden_act="relu", pad_token_id=0,
-                        initializer_range=0.2)
+    config = BertConfig(
+        vocab_size=ispo.demo_vocab().size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=2048,
+        hidden_act="relu",
+        pad_token_id=0,
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).eval().save_pretrained(path)
     return path
@@ -69,28 +76,59 @@ def tiny_model(tiny_ckpt):
 @pytest.fixture(scope="module")
 def result(tiny_model, small_adata):
     # a second timed pass only where a pass is cheap (the median logic, without the cost)
-    config = BenchConfig(methods=ALL_BUT_COMPILE, batch_sizes=(2, 4), ref_batch_size=4,
-                         repeats=2, repeat_budget_s=0.2,
-                         max_slowdown=None)  # tiny model: timing noise must not skip a row
+    config = BenchConfig(
+        methods=ALL_BUT_COMPILE,
+        batch_sizes=(2, 4),
+        ref_batch_size=4,
+        repeats=2,
+        repeat_budget_s=0.2,
+        max_slowdown=None,
+    )  # tiny model: timing noise must not skip a row
     return run_benchmark(small_adata, tiny_model, ispo.demo_vocab(), config, n_cells=N_CELLS)
 
 
 def test_every_method_gives_a_complete_row(result) -> None:
     names = [r["method"] for r in result.rows]
-    assert names == ["baseline", "batching-2", "batching-4", "fp16", "bf16", "int8", "fast",
-                     "fast-bf16", "fast-fp16", "fast-int8", "tokenize"]
+    assert names == [
+        "baseline",
+        "batching-2",
+        "batching-4",
+        "fp16",
+        "bf16",
+        "int8",
+        "fast",
+        "fast-bf16",
+        "fast-fp16",
+        "fast-int8",
+        "tokenize",
+    ]
     for r in result.rows:
         assert list(r) == ROW_KEYS
         assert r["status"] == "ok", (r["method"], r["reason"])
-        for key in ("time_s", "cells_per_s", "tokens_per_s", "cpu_percent_avg",
-                    "cpu_percent_peak", "rss_peak_mib", "wall_s"):
+        for key in (
+            "time_s",
+            "cells_per_s",
+            "tokens_per_s",
+            "cpu_percent_avg",
+            "cpu_percent_peak",
+            "rss_peak_mib",
+            "wall_s",
+        ):
             assert r[key] is not None and r[key] > 0, (r["method"], key)
         if r["method"] == "tokenize":
             continue
         assert r["n_cells"] == N_CELLS
         assert r["cells_per_s"] == pytest.approx(N_CELLS / r["time_s"])
-        for key in ("speedup", "achieved_tflops", "model_flops", "executed_flops", "cos_min",
-                    "cos_mean", "setup_s", "warmup_s"):
+        for key in (
+            "speedup",
+            "achieved_tflops",
+            "model_flops",
+            "executed_flops",
+            "cos_min",
+            "cos_mean",
+            "setup_s",
+            "warmup_s",
+        ):
             assert r[key] is not None, (r["method"], key)
         assert r["gpu_util_avg"] is None and r["gpu_mem_peak_mib"] is None  # CPU: not faked
         assert r["mfu"] is None  # no CPU peak known unless ISPO_CPU_PEAK_FLOPS is set
@@ -149,8 +187,7 @@ def test_int8_linear_kernel_matches_float() -> None:
     assert q.w_int8.dtype == torch.int8
 
 
-def test_missing_int8_backend_is_reported_not_faked(tiny_model, small_adata,
-                                                    monkeypatch) -> None:
+def test_missing_int8_backend_is_reported_not_faked(tiny_model, small_adata, monkeypatch) -> None:
     def no_backend(module):
         raise int8_mod.Int8Unavailable("no quantized engine in this build (test)")
 
@@ -166,6 +203,7 @@ def test_failed_compile_is_reported_not_faked(tiny_model, small_adata, monkeypat
     def broken_compile(module, **kw):
         def run(*a, **k):
             raise RuntimeError("no C++ compiler (test)")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -186,8 +224,9 @@ def test_memory_guard_skips_with_the_estimate(tiny_model, small_adata) -> None:
     assert fast["status"] == "ok" and fast["speedup"] is None and fast["cos_min"] is None
 
 
-def test_time_guard_skips_slow_methods_but_never_the_baseline(tiny_model, small_adata,
-                                                               monkeypatch) -> None:
+def test_time_guard_skips_slow_methods_but_never_the_baseline(
+    tiny_model, small_adata, monkeypatch
+) -> None:
     monkeypatch.setattr(runner, "GUARD_FLOOR_S", 0.0)
     config = BenchConfig(methods="bf16,fast", repeats=1, max_slowdown=1e-9)
     res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
@@ -203,14 +242,22 @@ def test_time_guard_skips_slow_methods_but_never_the_baseline(tiny_model, small_
 
 
 def test_resolve_methods() -> None:
-    specs = resolve_methods("fast,batching,mixed_precision", batch_sizes=(8, 16),
-                            ref_batch_size=32)
-    assert [s.name for s in specs] == ["baseline", "fast", "batching-8", "batching-16", "fp16",
-                                       "bf16"]
+    specs = resolve_methods("fast,batching,mixed_precision", batch_sizes=(8, 16), ref_batch_size=32)
+    assert [s.name for s in specs] == [
+        "baseline",
+        "fast",
+        "batching-8",
+        "batching-16",
+        "fp16",
+        "bf16",
+    ]
     assert specs[0].batch_size == 10
     assert specs[-1].batch_size == 32 and specs[-1].title() == "Mixed precision bf16 (bs=32)"
     assert [s.name for s in resolve_methods("int8,baseline,batching-3")] == [
-        "baseline", "int8", "batching-3"]
+        "baseline",
+        "int8",
+        "batching-3",
+    ]
     assert "fast+compile" in [s.name for s in resolve_methods(None)]
     with pytest.raises(IspoError, match="unknown benchmark method"):
         resolve_methods("warp-drive")
@@ -219,8 +266,15 @@ def test_resolve_methods() -> None:
 def test_results_files_parse(result, tmp_path) -> None:
     files = write_results(result, tmp_path)
     names = {f.name for f in files}
-    assert {"results.json", "results.csv", "results.md", "throughput.png", "speedup.png",
-            "memory.png", "embeddings.npz"} <= names
+    assert {
+        "results.json",
+        "results.csv",
+        "results.md",
+        "throughput.png",
+        "speedup.png",
+        "memory.png",
+        "embeddings.npz",
+    } <= names
     data = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in data["rows"]] == [r["method"] for r in result.rows]
     meta = data["meta"]
@@ -258,15 +312,30 @@ def _common(tiny_ckpt: Path, small_h5ad: Path) -> list[str]:
 
 def test_cli_benchmark(tiny_ckpt, small_h5ad, tmp_path) -> None:
     out = tmp_path / "bench"
-    res = _cli(["benchmark", *_common(tiny_ckpt, small_h5ad), "--n-cells", "3", "--methods",
-                "fast,batching", "--batch-sizes", "2", "--repeats", "1", "--out", str(out),
-                "--no-save-embeddings"])
+    res = _cli(
+        [
+            "benchmark",
+            *_common(tiny_ckpt, small_h5ad),
+            "--n-cells",
+            "3",
+            "--methods",
+            "fast,batching",
+            "--batch-sizes",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--no-save-embeddings",
+        ]
+    )
     assert "ispo benchmark" in res.output and "Speedup" in res.output  # the rich table
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", "fast", "batching-2", "tokenize"]
     assert not (out / "embeddings.npz").exists()
-    again = CliRunner().invoke(app, ["benchmark", *_common(tiny_ckpt, small_h5ad), "--out",
-                                     str(out)])
+    again = CliRunner().invoke(
+        app, ["benchmark", *_common(tiny_ckpt, small_h5ad), "--out", str(out)]
+    )
     assert isinstance(again.exception, IspoError)  # results exist: no silent overwrite
 
 
@@ -274,15 +343,33 @@ def test_cli_benchmark(tiny_ckpt, small_h5ad, tmp_path) -> None:
     ("args", "method"),
     [
         (["optimized", "--method", "batching", "--batch_size", "2"], "batching-2"),
-        (["optimized", "--method", "mixed_precision", "--precision", "bf16", "--batch_size",
-          "4"], "bf16"),
+        (
+            [
+                "optimized",
+                "--method",
+                "mixed_precision",
+                "--precision",
+                "bf16",
+                "--batch_size",
+                "4",
+            ],
+            "bf16",
+        ),
         (["optimized", "--method", "quantization", "--batch_size", "4"], "int8"),
     ],
 )
 def test_reference_command_forms(tiny_ckpt, small_h5ad, tmp_path, args, method) -> None:
     out = tmp_path / "out"
-    _cli([*args, "--num_perturbations", "3", *_common(tiny_ckpt, small_h5ad), "--output_dir",
-          str(out)])
+    _cli(
+        [
+            *args,
+            "--num_perturbations",
+            "3",
+            *_common(tiny_ckpt, small_h5ad),
+            "--output_dir",
+            str(out),
+        ]
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", method, "tokenize"]
     assert all(r["status"] == "ok" for r in rows) and rows[0]["n_cells"] == 3
@@ -292,8 +379,16 @@ def test_reference_command_forms(tiny_ckpt, small_h5ad, tmp_path, args, method) 
 
 def test_baseline_form(tiny_ckpt, small_h5ad, tmp_path) -> None:
     out = tmp_path / "baseline"
-    _cli(["baseline", "--num_perturbations", "2", *_common(tiny_ckpt, small_h5ad),
-          "--output_dir", str(out)])
+    _cli(
+        [
+            "baseline",
+            "--num_perturbations",
+            "2",
+            *_common(tiny_ckpt, small_h5ad),
+            "--output_dir",
+            str(out),
+        ]
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", "tokenize"]
     assert rows[0]["n_cells"] == 2 and rows[0]["batching"].startswith("10 cells")
@@ -302,19 +397,25 @@ def test_baseline_form(tiny_ckpt, small_h5ad, tmp_path) -> None:
 def test_python_m_ispo_has_the_reference_commands() -> None:
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "ispo", "optimized", "--help"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "250"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ispo", "optimized", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert proc.returncode == 0, proc.stderr
     for option in ("--num_perturbations", "--batch_size", "--method", "--precision"):
         assert option in proc.stdout
 
 
 def test_cli_rejects_bad_options(tiny_ckpt, small_h5ad, tmp_path) -> None:
-    for args in (["benchmark", "--methods", "warp", "--out", str(tmp_path / "a")],
-                 ["benchmark", "--batch-sizes", "8,x", "--out", str(tmp_path / "b")],
-                 ["benchmark", "--data", str(small_h5ad), "--out", str(tmp_path / "c")],
-                 ["optimized", "--method", "onnx", "--output_dir", str(tmp_path / "d")]):
+    for args in (
+        ["benchmark", "--methods", "warp", "--out", str(tmp_path / "a")],
+        ["benchmark", "--batch-sizes", "8,x", "--out", str(tmp_path / "b")],
+        ["benchmark", "--data", str(small_h5ad), "--out", str(tmp_path / "c")],
+        ["optimized", "--method", "onnx", "--output_dir", str(tmp_path / "d")],
+    ):
         res = CliRunner().invoke(app, args)
         assert isinstance(res.exception, IspoError), args
 

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import ispo
-from ispo.cli import app
+from ispo.cli.main import app
 from ispo.tracking import Tracker, make_tracker
 
 
@@ -48,19 +48,48 @@ def test_benchmark_with_wandb_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = BertConfig(vocab_size=ispo.demo_vocab().size, hidden_size=16, num_hidden_layers=1,
-                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=2048,
-                     hidden_act="relu", pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=ispo.demo_vocab().size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=2048,
+        hidden_act="relu",
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
     BertForMaskedLM(cfg).eval().save_pretrained(ckpt)
     data = tmp_path / "small.h5ad"
     ispo.demo_adata(3)[:, :1000].copy().write_h5ad(data)
     out = tmp_path / "bench"
-    res = CliRunner().invoke(app, [
-        "benchmark", "--model", str(ckpt), "--data", str(data), "--vocab", "demo",
-        "--n-cells", "2", "--methods", "fast", "--repeats", "1", "--no-plots", "--out", str(out),
-        "--wandb", "--wandb-project", "ispo-test", "--wandb-run-name", "tiny"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--vocab",
+            "demo",
+            "--n-cells",
+            "2",
+            "--methods",
+            "fast",
+            "--repeats",
+            "1",
+            "--no-plots",
+            "--out",
+            str(out),
+            "--wandb",
+            "--wandb-project",
+            "ispo-test",
+            "--wandb-run-name",
+            "tiny",
+        ],
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     assert json.loads((out / "results.json").read_text())["rows"][0]["status"] == "ok"
     runs = list((out / "wandb").glob("offline-run-*"))
@@ -72,16 +101,30 @@ def test_embed_records_the_profile() -> None:
     from transformers import BertConfig, BertForMaskedLM
 
     adata = ispo.demo_adata(3)[:, :800].copy()
-    cfg = BertConfig(vocab_size=ispo.demo_vocab().size, hidden_size=16, num_hidden_layers=1,
-                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=2048,
-                     hidden_act="relu", pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=ispo.demo_vocab().size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=2048,
+        hidden_act="relu",
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     sd = {k: v for k, v in BertForMaskedLM(cfg).state_dict().items()}
     from ispo.model.load import GeneformerModel
     from ispo.model.presets import GeneformerConfig
 
-    model = GeneformerModel(GeneformerConfig.from_hf(cfg.to_dict()), sd, "tiny", True, 0,
-                            torch.device("cpu"), ispo.demo_vocab())
+    model = GeneformerModel(
+        GeneformerConfig.from_hf(cfg.to_dict()),
+        sd,
+        "tiny",
+        True,
+        0,
+        torch.device("cpu"),
+        ispo.demo_vocab(),
+    )
     ispo.embed(adata, model)
     prof = adata.uns["geneformer"]["profile"]
     assert prof["wall_s"] > 0 and prof["rss_peak_bytes"] > 0 and prof["n_samples"] >= 2

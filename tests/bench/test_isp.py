@@ -12,7 +12,7 @@ import ispo
 from _scaleout import small_adata, tiny_checkpoint
 from ispo.bench.flops import encoder_flops
 from ispo.bench.isp import isp_speed
-from ispo.cli import main
+from ispo.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def test_isp_speed_rows(ckpt, monkeypatch):
     assert ours["n_perturbations"] == orig["n_perturbations"] == int(cells.lengths.sum())
     assert ours["max_abs_diff_vs_original"] < 1e-5
     shape = dict(n_layers=model.layers_for(-1), hidden=16, intermediate=model.config.intermediate)
-    need = (encoder_flops(cells.lengths, **shape)
-            + encoder_flops(np.repeat(cells.lengths - 1, cells.lengths), **shape))
+    need = encoder_flops(cells.lengths, **shape) + encoder_flops(
+        np.repeat(cells.lengths - 1, cells.lengths), **shape
+    )
     for r in (ours, orig):
         assert r["model_tflop"] == pytest.approx(need / 1e12)
         assert r["mfu"] == pytest.approx(need / r["seconds"] / 1e12)
@@ -43,8 +44,22 @@ def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
     data = tmp_path / "d.h5ad"
     small_adata(4).write_h5ad(data)
     out = tmp_path / "isp"
-    main(["-q", "bench-isp", "--data", str(data), "--vocab", "demo", "--model", str(ckpt),
-          "--n-cells", "2", "--out", str(out)])
+    main(
+        [
+            "-q",
+            "bench-isp",
+            "--data",
+            str(data),
+            "--vocab",
+            "demo",
+            "--model",
+            str(ckpt),
+            "--n-cells",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["rows"]][-1].startswith("original loop")
     assert res["rows"][0]["mfu"] is None  # no CPU peak known: no MFU made up

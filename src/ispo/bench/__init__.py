@@ -10,15 +10,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Profiler": "ispo.bench.profiler",
-    "ProfileStats": "ispo.bench.profiler",
+    "Profiler": "ispo.runtime.profiler",
+    "ProfileStats": "ispo.runtime.profiler",
     "MethodSpec": "ispo.bench.methods",
     "register": "ispo.bench.methods",
     "resolve_methods": "ispo.bench.methods",
     "BenchConfig": "ispo.bench.runner",
     "BenchResult": "ispo.bench.runner",
     "run_benchmark": "ispo.bench.runner",
-    "write_results": "ispo.bench.report",
+    "write_results": "ispo.bench.tables",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ispo.bench.flops import encoder_flops, mfu, peak_flops
 from ispo.model.load import DTYPES, GeneformerModel
-from ispo.perturb.engine import perturb
-from ispo.tokenize import TokenizedCells
+from ispo.perturbation.engine import perturb
+from ispo.tokens import TokenizedCells
 
 
 def _sync(model: GeneformerModel) -> None:
@@ -29,7 +29,10 @@ def _sync(model: GeneformerModel) -> None:
 
 
 def original_delete_all(
-    cells: TokenizedCells, model: GeneformerModel, *, emb_layer: int = -1,
+    cells: TokenizedCells,
+    model: GeneformerModel,
+    *,
+    emb_layer: int = -1,
     forward_batch_size: int = 100,
 ) -> list[np.ndarray]:
     """Geneformer's per-cell delete-all loop; returns each cell's per-gene values."""
@@ -51,9 +54,11 @@ def original_delete_all(
                 width = max(len(x) for x in batch)
                 padded = [x + [pad] * (width - len(x)) for x in batch]
                 mask = [[1] * len(x) + [0] * (width - len(x)) for x in batch]
-                out = hf(input_ids=torch.tensor(padded, device=model.device),
-                         attention_mask=torch.tensor(mask, device=model.device),
-                         output_hidden_states=True).hidden_states[layer]
+                out = hf(
+                    input_ids=torch.tensor(padded, device=model.device),
+                    attention_mask=torch.tensor(mask, device=model.device),
+                    output_hidden_states=True,
+                ).hidden_states[layer]
                 for r in range(len(batch)):
                     p = b + r
                     orig = torch.cat([original[: s + p], original[s + p + 1 :]])
@@ -65,14 +70,19 @@ def original_delete_all(
 
 
 def isp_speed(
-    adata: ad.AnnData, model: GeneformerModel, *, n_cells: int = 2, precisions=("fp32",),
-    batch_tokens: int | None = None, with_original: bool = True,
+    adata: ad.AnnData,
+    model: GeneformerModel,
+    *,
+    n_cells: int = 2,
+    precisions=("fp32",),
+    batch_tokens: int | None = None,
+    with_original: bool = True,
 ) -> dict:
     """Cells/s and perturbations/s of delete-all ISP, ispo vs the original loop, same cells,
     each with its MFU: the encoder FLOPs the result needs (every original once, every
     perturbed sequence, one token shorter, once; the run layers only, no MLM head) per second,
     over the device's peak for the precision."""
-    from ispo.tokenize import tokenize
+    from ispo.tokens import tokenize
 
     vocab = model.vocab
     cells = tokenize(adata, vocab).subset(np.arange(min(n_cells, adata.n_obs)))
@@ -90,24 +100,50 @@ def isp_speed(
 
     def rates(row: dict, flops: float, precision: str) -> dict:
         peak = peak_flops(model.device, DTYPES[precision])
-        return {**row, "model_tflop": flops / 1e12,
-                "tflop_per_s": flops / row["seconds"] / 1e12,
-                "mfu": mfu(flops, row["seconds"], peak)}
+        return {
+            **row,
+            "model_tflop": flops / 1e12,
+            "tflop_per_s": flops / row["seconds"] / 1e12,
+            "mfu": mfu(flops, row["seconds"], peak),
+        }
+
     # warm-up on one cell so one-time costs (weights to device, kernels) are not timed
-    perturb(sub[:1].copy(), model, genes="all", perturb_type="delete", precision=precisions[0],
-            batch_tokens=batch_tokens, max_ncells=1)
+    perturb(
+        sub[:1].copy(),
+        model,
+        genes="all",
+        perturb_type="delete",
+        precision=precisions[0],
+        batch_tokens=batch_tokens,
+        max_ncells=1,
+    )
     for precision in precisions:
         _sync(model)
         t = time.perf_counter()
-        df = perturb(sub, model, genes="all", perturb_type="delete", precision=precision,
-                     batch_tokens=batch_tokens)
+        df = perturb(
+            sub,
+            model,
+            genes="all",
+            perturb_type="delete",
+            precision=precision,
+            batch_tokens=batch_tokens,
+        )
         _sync(model)
         dt = time.perf_counter() - t
         values[f"ispo-{precision}"] = df["cos_sim"].to_numpy()
-        rows.append(rates({"method": f"ispo fast ({precision})", "seconds": dt,
-                           "cells_per_s": len(cells) / dt, "perturbations_per_s": len(df) / dt,
-                           "n_perturbations": len(df)},
-                          work(df["obs_index"].to_numpy()), precision))
+        rows.append(
+            rates(
+                {
+                    "method": f"ispo fast ({precision})",
+                    "seconds": dt,
+                    "cells_per_s": len(cells) / dt,
+                    "perturbations_per_s": len(df) / dt,
+                    "n_perturbations": len(df),
+                },
+                work(df["obs_index"].to_numpy()),
+                precision,
+            )
+        )
     if with_original:
         _sync(model)
         t = time.perf_counter()
@@ -118,14 +154,29 @@ def isp_speed(
         n_pert = sum(len(v) for v in orig)
         values["original"] = np.concatenate(orig)
         obs = np.repeat(in_order.obs_index, [len(v) for v in orig])
-        rows.append(rates({"method": "original loop (fp32, MLM, batch 100)", "seconds": dt,
-                           "cells_per_s": len(cells) / dt, "perturbations_per_s": n_pert / dt,
-                           "n_perturbations": n_pert}, work(obs), "fp32"))
+        rows.append(
+            rates(
+                {
+                    "method": "original loop (fp32, MLM, batch 100)",
+                    "seconds": dt,
+                    "cells_per_s": len(cells) / dt,
+                    "perturbations_per_s": n_pert / dt,
+                    "n_perturbations": n_pert,
+                },
+                work(obs),
+                "fp32",
+            )
+        )
         base = rows[-1]["seconds"]
         for r in rows:
             r["speedup_vs_original"] = base / r["seconds"]
         for r, key in zip(rows, values):
             if key != "original":
-                r["max_abs_diff_vs_original"] = float(np.abs(values[key] - values["original"]).max())
-    return {"n_cells": len(cells), "genes_per_cell_median": float(np.median(cells.lengths)),
-            "rows": rows}
+                r["max_abs_diff_vs_original"] = float(
+                    np.abs(values[key] - values["original"]).max()
+                )
+    return {
+        "n_cells": len(cells),
+        "genes_per_cell_median": float(np.median(cells.lengths)),
+        "rows": rows,
+    }

@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
-from ispo.bench.int8 import Int8Unavailable, count_int8_linears, quantize_int8
 from ispo.errors import IspoError
+from ispo.model.int8 import Int8Unavailable, count_int8_linears, quantize_int8
 from ispo.model.load import GeneformerModel, Precision
 
 Path_ = Literal["baseline", "fast"]
@@ -54,7 +54,7 @@ class MethodSpec:
         Cells per batch on the reference path; ``None`` means the run's ``ref_batch_size``.
         The fast path batches by a token budget instead.
     int8
-        Quantize every ``nn.Linear`` to int8 (see :mod:`ispo.bench.int8`).
+        Quantize every ``nn.Linear`` to int8 (see :mod:`ispo.model.int8`).
     compile
         Wrap the fast encoder in ``torch.compile`` (warm-up is then a full pass).
     """
@@ -78,7 +78,8 @@ class MethodSpec:
         if self.int8:
             return torch.int8
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            self.precision]
+            self.precision
+        ]
 
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -93,38 +94,102 @@ def register(spec: MethodSpec) -> MethodSpec:
 BASELINE_BATCH = 10  # the reference's baseline: Helical's default of 10 cells per batch
 
 for _spec in [
-    MethodSpec("baseline", "Baseline (bs={bs})", "baseline", "baseline",
-               batch_size=BASELINE_BATCH,
-               description="Hugging Face BertForMaskedLM, fp32, 10 cells per batch in input "
-                           "order, padded, output_hidden_states=True"),
-    MethodSpec("fp16", "Mixed precision fp16 (bs={bs})", "mixed_precision", "baseline", "fp16",
-               description="reference path under torch.autocast(float16)"),
-    MethodSpec("bf16", "Mixed precision bf16 (bs={bs})", "mixed_precision", "baseline", "bf16",
-               description="reference path under torch.autocast(bfloat16)"),
-    MethodSpec("int8", "Quantization int8 (bs={bs})", "quantization", "baseline", int8=True,
-               description="reference path with every nn.Linear computed in int8"),
-    MethodSpec("fast", "ispo fast fp32", "fast", "fast",
-               description="ispo encoder: needed layers only, no MLM head, length-sorted "
-                           "token-budget batches, SDPA, inference_mode"),
-    MethodSpec("fast-bf16", "ispo fast bf16", "fast", "fast", "bf16",
-               description="ispo fast path with bf16 weights and activations"),
-    MethodSpec("fast-fp16", "ispo fast fp16", "fast", "fast", "fp16",
-               description="ispo fast path with fp16 weights and activations"),
-    MethodSpec("fast-int8", "ispo fast int8", "fast", "fast", int8=True,
-               description="ispo fast path with every nn.Linear computed in int8"),
-    MethodSpec("fast+compile", "ispo fast fp32 + compile", "fast", "fast", compile=True,
-               description="ispo fast path under torch.compile(dynamic=True)"),
-    MethodSpec("fast-bf16+compile", "ispo fast bf16 + compile", "fast", "fast", "bf16",
-               compile=True, description="ispo fast bf16 under torch.compile(dynamic=True)"),
+    MethodSpec(
+        "baseline",
+        "Baseline (bs={bs})",
+        "baseline",
+        "baseline",
+        batch_size=BASELINE_BATCH,
+        description="Hugging Face BertForMaskedLM, fp32, 10 cells per batch in input "
+        "order, padded, output_hidden_states=True",
+    ),
+    MethodSpec(
+        "fp16",
+        "Mixed precision fp16 (bs={bs})",
+        "mixed_precision",
+        "baseline",
+        "fp16",
+        description="reference path under torch.autocast(float16)",
+    ),
+    MethodSpec(
+        "bf16",
+        "Mixed precision bf16 (bs={bs})",
+        "mixed_precision",
+        "baseline",
+        "bf16",
+        description="reference path under torch.autocast(bfloat16)",
+    ),
+    MethodSpec(
+        "int8",
+        "Quantization int8 (bs={bs})",
+        "quantization",
+        "baseline",
+        int8=True,
+        description="reference path with every nn.Linear computed in int8",
+    ),
+    MethodSpec(
+        "fast",
+        "ispo fast fp32",
+        "fast",
+        "fast",
+        description="ispo encoder: needed layers only, no MLM head, length-sorted "
+        "token-budget batches, SDPA, inference_mode",
+    ),
+    MethodSpec(
+        "fast-bf16",
+        "ispo fast bf16",
+        "fast",
+        "fast",
+        "bf16",
+        description="ispo fast path with bf16 weights and activations",
+    ),
+    MethodSpec(
+        "fast-fp16",
+        "ispo fast fp16",
+        "fast",
+        "fast",
+        "fp16",
+        description="ispo fast path with fp16 weights and activations",
+    ),
+    MethodSpec(
+        "fast-int8",
+        "ispo fast int8",
+        "fast",
+        "fast",
+        int8=True,
+        description="ispo fast path with every nn.Linear computed in int8",
+    ),
+    MethodSpec(
+        "fast+compile",
+        "ispo fast fp32 + compile",
+        "fast",
+        "fast",
+        compile=True,
+        description="ispo fast path under torch.compile(dynamic=True)",
+    ),
+    MethodSpec(
+        "fast-bf16+compile",
+        "ispo fast bf16 + compile",
+        "fast",
+        "fast",
+        "bf16",
+        compile=True,
+        description="ispo fast bf16 under torch.compile(dynamic=True)",
+    ),
 ]:
     register(_spec)
 
 
 def batching_spec(batch_size: int) -> MethodSpec:
     """The reference path in fp32 with ``batch_size`` cells per batch (the reference's batching)."""
-    return MethodSpec(f"batching-{batch_size}", "Batching (bs={bs})", "batching", "baseline",
-                      batch_size=batch_size,
-                      description=f"reference path, fp32, {batch_size} cells per batch")
+    return MethodSpec(
+        f"batching-{batch_size}",
+        "Batching (bs={bs})",
+        "batching",
+        "baseline",
+        batch_size=batch_size,
+        description=f"reference path, fp32, {batch_size} cells per batch",
+    )
 
 
 GROUPS: dict[str, list[str]] = {
@@ -132,11 +197,30 @@ GROUPS: dict[str, list[str]] = {
     "mixed_precision": ["fp16", "bf16"],
     "quantization": ["int8"],
     "compile": ["fast+compile", "fast-bf16+compile"],
-    "all": ["baseline", "batching", "fp16", "bf16", "int8", "fast", "fast-bf16", "fast-fp16",
-            "fast-int8", "fast+compile", "fast-bf16+compile"],
+    "all": [
+        "baseline",
+        "batching",
+        "fp16",
+        "bf16",
+        "int8",
+        "fast",
+        "fast-bf16",
+        "fast-fp16",
+        "fast-int8",
+        "fast+compile",
+        "fast-bf16+compile",
+    ],
 }
-DEFAULT_METHODS = ["baseline", "batching", "fp16", "bf16", "int8", "fast", "fast-bf16",
-                   "fast+compile"]
+DEFAULT_METHODS = [
+    "baseline",
+    "batching",
+    "fp16",
+    "bf16",
+    "int8",
+    "fast",
+    "fast-bf16",
+    "fast+compile",
+]
 DEFAULT_BATCH_SIZES = (8, 16, 64, 256, 512)
 REF_BATCH_SIZE = 256  # the reference ran mixed precision and quantization at 256 cells per batch
 
@@ -170,8 +254,11 @@ def resolve_methods(
             specs = [batching_spec(int(name[9:]))]
         elif name in REGISTRY:
             spec = REGISTRY[name]
-            specs = [replace(spec, batch_size=ref_batch_size)
-                     if spec.path == "baseline" and spec.batch_size is None else spec]
+            specs = [
+                replace(spec, batch_size=ref_batch_size)
+                if spec.path == "baseline" and spec.batch_size is None
+                else spec
+            ]
         else:
             known = ", ".join([*GROUPS, "batching", "batching-N", *REGISTRY])
             raise IspoError(f"unknown benchmark method {name!r}: choose from {known}")

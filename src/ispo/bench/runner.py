@@ -1,6 +1,6 @@
 """Run the methods table: every method on the same tokenized cells, in one process.
 
-For each method (see :mod:`ispo.bench.methods`), inside one :class:`~ispo.bench.profiler.Profiler`
+For each method (see :mod:`ispo.bench.methods`), inside one :class:`~ispo.runtime.profiler.Profiler`
 block:
 
 1. setup: build the module (quantize, wrap in ``torch.compile``) — timed, not in throughput;
@@ -24,7 +24,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import anndata as ad
@@ -41,27 +41,57 @@ from ispo.bench.methods import (
     prepare,
     resolve_methods,
 )
-from ispo.bench.profiler import Profiler
-from ispo.data.vocab import Vocab
-from ispo.infer.batching import fixed_batches, token_budget_batches
-from ispo.infer.embed import default_batch_tokens, embed_cells
+from ispo.embedding.embed import default_batch_tokens, embed_cells
+from ispo.io.vocab import Vocab
 from ispo.model.load import GeneformerModel
 from ispo.provenance import device_name, git_commit, versions
-from ispo.tokenize import TokenizedCells, tokenize
+from ispo.runtime.batching import fixed_batches, token_budget_batches
+from ispo.runtime.profiler import Profiler
+from ispo.tokens import TokenizedCells, tokenize
 
 log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
 GUARD_FLOOR_S = 60.0  # the CPU time guard never skips a method whose pass would take less
 
 ROW_KEYS = [
-    "method", "label", "family", "status", "reason", "path", "precision", "batching", "backend",
-    "n_cells", "n_tokens", "n_padded_tokens", "pad_fraction", "n_batches",
-    "setup_s", "warmup_s", "time_s", "time_s_passes", "wall_s",
-    "cells_per_s", "tokens_per_s", "speedup",
-    "model_flops", "executed_flops", "achieved_tflops", "peak_tflops", "mfu",
-    "cpu_percent_avg", "cpu_percent_peak", "gpu_util_avg", "gpu_util_peak",
-    "rss_peak_mib", "gpu_mem_peak_mib", "gpu_mem_used_peak_mib", "est_batch_mem_mib",
-    "int8_linear_layers", "cos_min", "cos_mean",
+    "method",
+    "label",
+    "family",
+    "status",
+    "reason",
+    "path",
+    "precision",
+    "batching",
+    "backend",
+    "n_cells",
+    "n_tokens",
+    "n_padded_tokens",
+    "pad_fraction",
+    "n_batches",
+    "setup_s",
+    "warmup_s",
+    "time_s",
+    "time_s_passes",
+    "wall_s",
+    "cells_per_s",
+    "tokens_per_s",
+    "speedup",
+    "model_flops",
+    "executed_flops",
+    "achieved_tflops",
+    "peak_tflops",
+    "mfu",
+    "cpu_percent_avg",
+    "cpu_percent_peak",
+    "gpu_util_avg",
+    "gpu_util_peak",
+    "rss_peak_mib",
+    "gpu_mem_peak_mib",
+    "gpu_mem_used_peak_mib",
+    "est_batch_mem_mib",
+    "int8_linear_layers",
+    "cos_min",
+    "cos_mean",
 ]
 
 
@@ -86,8 +116,9 @@ class _TooSlow(Exception):
     """The warm-up predicts a pass too slow to be worth running (see ``max_slowdown``)."""
 
 
-def _check_pace(seconds: float, done: int, total: int, base_rate: float,
-                max_slowdown: float) -> None:
+def _check_pace(
+    seconds: float, done: int, total: int, base_rate: float, max_slowdown: float
+) -> None:
     """Raise :class:`_TooSlow` when ``done`` cells in ``seconds`` predict a pass more than
     ``max_slowdown`` times the baseline's (``base_rate`` cells/s).
 
@@ -99,9 +130,11 @@ def _check_pace(seconds: float, done: int, total: int, base_rate: float,
     estimate = seconds * total / max(done, 1)
     base = total / base_rate
     if estimate > max_slowdown * base and estimate > GUARD_FLOOR_S:
-        raise _TooSlow(f"warm-up of {done} cells took {seconds:.0f} s: a pass would take "
-                       f"~{estimate:.0f} s, {estimate / base:.0f}x the baseline's {base:.0f} s "
-                       f"(limit --max-slowdown {max_slowdown:g}; 0 for none)")
+        raise _TooSlow(
+            f"warm-up of {done} cells took {seconds:.0f} s: a pass would take "
+            f"~{estimate:.0f} s, {estimate / base:.0f}x the baseline's {base:.0f} s "
+            f"(limit --max-slowdown {max_slowdown:g}; 0 for none)"
+        )
 
 
 @dataclass
@@ -155,8 +188,9 @@ def method_batches(spec: MethodSpec, cells: TokenizedCells, batch_tokens: int) -
     return fixed_batches(len(cells), int(spec.batch_size))
 
 
-def reference_batch_bytes(model: GeneformerModel, spec: MethodSpec, cells: TokenizedCells,
-                          batches: list[np.ndarray]) -> int:
+def reference_batch_bytes(
+    model: GeneformerModel, spec: MethodSpec, cells: TokenizedCells, batches: list[np.ndarray]
+) -> int:
     """Rough peak activation bytes of the largest batch on the reference path.
 
     The MLM logits (batch x length x vocabulary) dominate; hidden states of every layer are
@@ -189,8 +223,9 @@ def batching_text(spec: MethodSpec, batch_tokens: int) -> str:
     return f"{spec.batch_size} cells, input order, padded"
 
 
-def time_tokenizer(adata: ad.AnnData, vocab: Vocab, max_input: int, repeats: int,
-                   **kw: Any) -> tuple[dict[str, Any], TokenizedCells]:
+def time_tokenizer(
+    adata: ad.AnnData, vocab: Vocab, max_input: int, repeats: int, **kw: Any
+) -> tuple[dict[str, Any], TokenizedCells]:
     """A ``tokenize`` row: median seconds over ``repeats`` runs (one core, numpy)."""
     times, cells = [], None
     with Profiler(device="cpu") as prof:
@@ -203,11 +238,21 @@ def time_tokenizer(adata: ad.AnnData, vocab: Vocab, max_input: int, repeats: int
     t = float(np.median(times))
     s = prof.stats
     row = blank_row(
-        method="tokenize", label=f"Tokenize ({len(cells):,} cells)", family="tokenize",
-        status="ok", path="tokenize", backend="ispo.tokenize (vectorised numpy over CSR)",
-        n_cells=len(cells), n_tokens=int(cells.lengths.sum()), time_s=t, time_s_passes=times,
-        wall_s=s.wall_s, cells_per_s=len(cells) / t, tokens_per_s=int(cells.lengths.sum()) / t,
-        cpu_percent_avg=s.cpu_percent_avg, cpu_percent_peak=s.cpu_percent_peak,
+        method="tokenize",
+        label=f"Tokenize ({len(cells):,} cells)",
+        family="tokenize",
+        status="ok",
+        path="tokenize",
+        backend="ispo.tokenize (vectorised numpy over CSR)",
+        n_cells=len(cells),
+        n_tokens=int(cells.lengths.sum()),
+        time_s=t,
+        time_s_passes=times,
+        wall_s=s.wall_s,
+        cells_per_s=len(cells) / t,
+        tokens_per_s=int(cells.lengths.sum()) / t,
+        cpu_percent_avg=s.cpu_percent_avg,
+        cpu_percent_peak=s.cpu_percent_peak,
         rss_peak_mib=s.rss_peak_bytes / _MIB,
     )
     return row, cells
@@ -236,22 +281,32 @@ def run_method(
     lengths = cells.lengths
     padded = int(sum(len(i) * int(lengths[i].max()) for i in batches))
     n_tokens = int(lengths.sum())
-    useful = encoder_flops(lengths, n_layers=n_run, hidden=cfg.hidden,
-                           intermediate=cfg.intermediate)
+    useful = encoder_flops(
+        lengths, n_layers=n_run, hidden=cfg.hidden, intermediate=cfg.intermediate
+    )
     if spec.path == "baseline":  # every layer and the MLM head, on the unpadded tokens
-        executed = encoder_flops(lengths, n_layers=cfg.n_layers, hidden=cfg.hidden,
-                                 intermediate=cfg.intermediate)
+        executed = encoder_flops(
+            lengths, n_layers=cfg.n_layers, hidden=cfg.hidden, intermediate=cfg.intermediate
+        )
         executed += mlm_head_flops(lengths, hidden=cfg.hidden, vocab_size=cfg.vocab_size)
     else:
         executed = useful
     peak = peak_flops(dev, spec.compute_dtype)
     row = blank_row(
-        method=spec.name, label=spec.title(), family=spec.family, status="ok", path=spec.path,
-        precision="int8" if spec.int8 else spec.precision, batching=batching_text(spec,
-                                                                                  batch_tokens),
-        n_cells=len(cells), n_tokens=n_tokens, n_padded_tokens=padded,
-        pad_fraction=1.0 - n_tokens / padded if padded else 0.0, n_batches=len(batches),
-        model_flops=useful, executed_flops=executed,
+        method=spec.name,
+        label=spec.title(),
+        family=spec.family,
+        status="ok",
+        path=spec.path,
+        precision="int8" if spec.int8 else spec.precision,
+        batching=batching_text(spec, batch_tokens),
+        n_cells=len(cells),
+        n_tokens=n_tokens,
+        n_padded_tokens=padded,
+        pad_fraction=1.0 - n_tokens / padded if padded else 0.0,
+        n_batches=len(batches),
+        model_flops=useful,
+        executed_flops=executed,
         peak_tflops=None if peak is None else peak / 1e12,
     )
     if spec.path == "baseline":
@@ -262,15 +317,21 @@ def run_method(
         # GPU out-of-memory error is caught below and reported in its row
         if dev.type == "cpu" and need > config.memory_fraction * have:
             row["status"] = "skipped"
-            row["reason"] = (f"largest batch needs ~{need / 2**30:.1f} GiB (MLM logits "
-                             f"{max(len(b) for b in batches)} cells x up to "
-                             f"{int(lengths.max())} tokens x {cfg.vocab_size:,} vocab), "
-                             f"{have / 2**30:.1f} GiB free on {dev.type}")
+            row["reason"] = (
+                f"largest batch needs ~{need / 2**30:.1f} GiB (MLM logits "
+                f"{max(len(b) for b in batches)} cells x up to "
+                f"{int(lengths.max())} tokens x {cfg.vocab_size:,} vocab), "
+                f"{have / 2**30:.1f} GiB free on {dev.type}"
+            )
             log.warning("%s: skipped: %s", spec.name, row["reason"])
             return row, None
-    kwargs = dict(method=spec.path, precision="fp32" if spec.int8 else spec.precision,
-                  emb_layer=config.emb_layer, batch_tokens=batch_tokens,
-                  batch_size=spec.batch_size or 10)
+    kwargs = dict(
+        method=spec.path,
+        precision="fp32" if spec.int8 else spec.precision,
+        emb_layer=config.emb_layer,
+        batch_tokens=batch_tokens,
+        batch_size=spec.batch_size or 10,
+    )
     emb, times, prep = None, [], None
     try:
         with Profiler(device=dev) as prof:
@@ -279,12 +340,16 @@ def run_method(
             setup = time.perf_counter() - t0
             # compiled: a full pass (it compiles per shape); else the first batch, capped so a
             # batch as large as the whole run is not paid twice on slow devices
-            warm = cells if spec.compile else cells.subset(batches[0][:config.warmup_cells])
+            warm = cells if spec.compile else cells.subset(batches[0][: config.warmup_cells])
             t1 = time.perf_counter()
             # the time guard: CPU only, never the baseline (the reference) nor compiled methods
             # (their warm-up includes compiling)
-            guard = (bool(config.max_slowdown) and baseline_rate is not None
-                     and dev.type == "cpu" and not spec.compile)
+            guard = (
+                bool(config.max_slowdown)
+                and baseline_rate is not None
+                and dev.type == "cpu"
+                and not spec.compile
+            )
             if guard and len(warm) > 2:  # a 2-cell probe first: a hopeless method costs little
                 probe = cells.subset(batches[0][:2])
                 embed_cells(probe, model, net=prep.net, **kwargs)
@@ -297,14 +362,21 @@ def run_method(
                 raise
             except Exception as exc:
                 if spec.compile:  # a compiler that cannot build here: say so, do not fake it
-                    raise Unavailable(f"torch.compile failed on {dev.type}: {type(exc).__name__}:"
-                                      f" {str(exc).strip().splitlines()[0][:200]}") from exc
+                    raise Unavailable(
+                        f"torch.compile failed on {dev.type}: {type(exc).__name__}:"
+                        f" {str(exc).strip().splitlines()[0][:200]}"
+                    ) from exc
                 raise
             _sync(dev)
             warmup = time.perf_counter() - t1
             if guard:
-                _check_pace(time.perf_counter() - t2, len(warm), len(cells), baseline_rate,
-                            config.max_slowdown)
+                _check_pace(
+                    time.perf_counter() - t2,
+                    len(warm),
+                    len(cells),
+                    baseline_rate,
+                    config.max_slowdown,
+                )
             prof.mark_steady()
             while True:
                 _sync(dev)
@@ -314,16 +386,16 @@ def run_method(
                 times.append(time.perf_counter() - t)
                 if on_pass is not None:
                     on_pass(spec.name, times[-1])
-                if (len(times) >= config.repeats
-                        or sum(times) + times[-1] > config.repeat_budget_s):
+                if len(times) >= config.repeats or sum(times) + times[-1] > config.repeat_budget_s:
                     break
     except Unavailable as exc:
         row.update(status="unavailable", reason=str(exc))
     except _TooSlow as exc:
         row.update(status="skipped", reason=str(exc), warmup_s=warmup)
     except torch.OutOfMemoryError as exc:
-        row.update(status="failed", reason=f"out of {dev.type} memory: "
-                                           f"{str(exc).splitlines()[0][:200]}")
+        row.update(
+            status="failed", reason=f"out of {dev.type} memory: {str(exc).splitlines()[0][:200]}"
+        )
     if row["status"] != "ok":  # freed here, once the exception (and its frames) are gone
         log.warning("%s: %s: %s", spec.name, row["status"], row["reason"])
         emb = prep = None
@@ -332,15 +404,25 @@ def run_method(
     s = prof.stats
     t = float(np.median(times))
     row.update(
-        backend=prep.backend, int8_linear_layers=prep.int8_linear_layers,
-        setup_s=setup, warmup_s=warmup, time_s=t, time_s_passes=times, wall_s=s.wall_s,
-        cells_per_s=len(cells) / t, tokens_per_s=n_tokens / t,
-        achieved_tflops=useful / t / 1e12, mfu=mfu(useful, t, peak),
-        cpu_percent_avg=s.cpu_percent_avg, cpu_percent_peak=s.cpu_percent_peak,
-        gpu_util_avg=s.gpu_util_avg, gpu_util_peak=s.gpu_util_peak,
+        backend=prep.backend,
+        int8_linear_layers=prep.int8_linear_layers,
+        setup_s=setup,
+        warmup_s=warmup,
+        time_s=t,
+        time_s_passes=times,
+        wall_s=s.wall_s,
+        cells_per_s=len(cells) / t,
+        tokens_per_s=n_tokens / t,
+        achieved_tflops=useful / t / 1e12,
+        mfu=mfu(useful, t, peak),
+        cpu_percent_avg=s.cpu_percent_avg,
+        cpu_percent_peak=s.cpu_percent_peak,
+        gpu_util_avg=s.gpu_util_avg,
+        gpu_util_peak=s.gpu_util_peak,
         rss_peak_mib=s.rss_peak_bytes / _MIB,
         gpu_mem_peak_mib=None if s.gpu_mem_peak_bytes is None else s.gpu_mem_peak_bytes / _MIB,
-        gpu_mem_used_peak_mib=None if s.gpu_mem_used_peak_bytes is None
+        gpu_mem_used_peak_mib=None
+        if s.gpu_mem_used_peak_bytes is None
         else s.gpu_mem_used_peak_bytes / _MIB,
     )
     if reference is not None and emb is not None:
@@ -370,16 +452,18 @@ def run_benchmark(
     """
     config = config or BenchConfig()
     model.check_vocab(vocab)
-    specs = resolve_methods(config.methods, batch_sizes=config.batch_sizes,
-                            ref_batch_size=config.ref_batch_size)
+    specs = resolve_methods(
+        config.methods, batch_sizes=config.batch_sizes, ref_batch_size=config.ref_batch_size
+    )
     dev = model.device
     max_input = min(vocab.max_input, model.config.max_len)
     log.info("benchmark: tokenizing %d cells", adata.n_obs)
-    tok_row, all_cells = time_tokenizer(adata, vocab, max_input, config.tokenize_repeats,
-                                        layer=layer, gene_key=gene_key)
+    tok_row, all_cells = time_tokenizer(
+        adata, vocab, max_input, config.tokenize_repeats, layer=layer, gene_key=gene_key
+    )
     n = len(all_cells) if n_cells is None else min(n_cells, len(all_cells))
     cells = all_cells.subset(np.arange(n))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load_start = _load_average()
     rows: list[dict[str, Any]] = []
     embeddings: dict[str, np.ndarray] = {}
@@ -390,20 +474,36 @@ def run_benchmark(
     def on_pass(name: str, seconds: float) -> None:
         nonlocal step
         if tracker is not None:
-            tracker.log({f"{name}/pass_s": seconds, f"{name}/pass_cells_per_s": n / seconds},
-                        step=step)
+            tracker.log(
+                {f"{name}/pass_s": seconds, f"{name}/pass_cells_per_s": n / seconds}, step=step
+            )
             step += 1
 
     for spec in specs:
         log.info("benchmark: %s (%s) on %d cells", spec.name, spec.title(), n)
         try:
-            row, emb = run_method(spec, model, cells, config, reference=reference,
-                                  baseline_rate=baseline_rate, on_pass=on_pass)
+            row, emb = run_method(
+                spec,
+                model,
+                cells,
+                config,
+                reference=reference,
+                baseline_rate=baseline_rate,
+                on_pass=on_pass,
+            )
         except Exception as exc:  # one broken method must not lose the others' rows
             log.exception("%s failed", spec.name)
-            row, emb = blank_row(method=spec.name, label=spec.title(), family=spec.family,
-                                 path=spec.path, status="failed",
-                                 reason=f"{type(exc).__name__}: {str(exc)[:200]}"), None
+            row, emb = (
+                blank_row(
+                    method=spec.name,
+                    label=spec.title(),
+                    family=spec.family,
+                    path=spec.path,
+                    status="failed",
+                    reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+                ),
+                None,
+            )
             _free(dev)
         if spec.name == "baseline" and emb is not None:
             reference, baseline_rate = emb, row["cells_per_s"]
@@ -447,13 +547,14 @@ def run_benchmark(
             "tokens_max": int(cells.lengths.max()),
             "tokenize_cells": len(all_cells),
         },
-        "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in asdict(config).items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "methods": {s.name: s.description for s in specs},
         "layers_run": model.layers_for(config.emb_layer),
-        "mfu_definition": ("model FLOPs of the encoder layers the embedding needs, from each "
-                           "cell's unpadded token count (L*(2n(4h^2+2hi)+4n^2h)), per second of "
-                           "the median steady-state pass, over the device's dense peak for the "
-                           "method's compute dtype; CPU peak only from ISPO_CPU_PEAK_FLOPS"),
+        "mfu_definition": (
+            "model FLOPs of the encoder layers the embedding needs, from each "
+            "cell's unpadded token count (L*(2n(4h^2+2hi)+4n^2h)), per second of "
+            "the median steady-state pass, over the device's dense peak for the "
+            "method's compute dtype; CPU peak only from ISPO_CPU_PEAK_FLOPS"
+        ),
     }
     return BenchResult(meta, rows, embeddings)

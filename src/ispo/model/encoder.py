@@ -47,19 +47,17 @@ class Packed:
     pos: torch.Tensor  # (T,) position of each token in its sequence
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor) -> "Packed":
+    def from_lengths(cls, lengths: torch.Tensor) -> Packed:
         if lengths.is_cuda:
             _load_varlen()
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
         cu[1:] = torch.cumsum(lengths, 0)
-        seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device),
-                                         lengths)
+        seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
         pos = torch.arange(len(seq_of), device=lengths.device) - cu[:-1].long()[seq_of]
         return cls(lengths, cu, int(lengths.max()), seq_of, pos)
 
     def uses_varlen(self, x: torch.Tensor) -> bool:
-        return (varlen_attn is not None and x.is_cuda
-                and x.dtype in (torch.float16, torch.bfloat16))
+        return varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
 class Embeddings(nn.Module):
@@ -67,10 +65,12 @@ class Embeddings(nn.Module):
         super().__init__()
         # built on the meta device and filled by from_hf_state_dict: ``_weight`` skips the
         # random init, whose meta-device path imports torch._dynamo (~3 s of every start)
-        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden,
-                                 _weight=torch.empty(cfg.vocab_size, cfg.hidden))
-        self.position = nn.Embedding(cfg.max_len, cfg.hidden,
-                                     _weight=torch.empty(cfg.max_len, cfg.hidden))
+        self.word = nn.Embedding(
+            cfg.vocab_size, cfg.hidden, _weight=torch.empty(cfg.vocab_size, cfg.hidden)
+        )
+        self.position = nn.Embedding(
+            cfg.max_len, cfg.hidden, _weight=torch.empty(cfg.max_len, cfg.hidden)
+        )
         self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
         self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
 
@@ -139,8 +139,9 @@ class Encoder(nn.Module):
         self.emb = Embeddings(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_run))
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | Packed | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor | Packed | None = None
+    ) -> torch.Tensor:
         """Hidden states of the run layers.
 
         Padded: ``ids`` (B, L) -> (B, L, h); ``lengths`` (B,) marks padding, None if there is
@@ -163,7 +164,7 @@ class Encoder(nn.Module):
     @classmethod
     def from_hf_state_dict(
         cls, cfg: GeneformerConfig, sd: dict[str, torch.Tensor], n_run: int
-    ) -> "Encoder":
+    ) -> Encoder:
         """Build on the meta device and assign checkpoint tensors by name (no copy, no init)."""
         with torch.device("meta"):
             model = cls(cfg, n_run)

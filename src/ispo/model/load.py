@@ -15,18 +15,23 @@ from typing import Literal
 
 import torch
 
-from ispo.data.vocab import Vocab, load_vocab
 from ispo.errors import IspoError
+from ispo.io.vocab import Vocab, load_vocab
 from ispo.model.encoder import Encoder
 from ispo.model.presets import GeneformerConfig, preset
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "bf16"]
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
-                                  "bf16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 INIT_STD = 0.02  # BertConfig.initializer_range, the init of random-weight presets
-RANDOM_WARNING = ("RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
-                  "(seed {seed}); fine for speed work, meaningless for biology")
+RANDOM_WARNING = (
+    "RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
+    "(seed {seed}); fine for speed work, meaningless for biology"
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,8 +48,9 @@ def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names."""
     out = {}
     for k, v in sd.items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                     "LayerNorm.bias")
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
         if not k.startswith(("bert.", "cls.")):
             k = "bert." + k
         out[k] = v
@@ -54,8 +60,10 @@ def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tensor]]:
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
-        raise IspoError(f"checkpoint directory {root} has no config.json: point --model at a "
-                        "Hugging Face model directory or use a preset name")
+        raise IspoError(
+            f"checkpoint directory {root} has no config.json: point --model at a "
+            "Hugging Face model directory or use a preset name"
+        )
     try:
         cfg = GeneformerConfig.from_hf(json.loads(cfg_path.read_text()))
     except json.JSONDecodeError as exc:
@@ -69,23 +77,31 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
         elif binf.is_file():
             sd = torch.load(binf, map_location="cpu", mmap=True, weights_only=True)
         else:
-            raise IspoError(f"checkpoint directory {root} has no weights (model.safetensors or "
-                            "pytorch_model.bin): copy them there, or use a preset with "
-                            "--random-init")
+            raise IspoError(
+                f"checkpoint directory {root} has no weights (model.safetensors or "
+                "pytorch_model.bin): copy them there, or use a preset with "
+                "--random-init"
+            )
     except IspoError:
         raise
     except Exception as exc:
-        raise IspoError(f"cannot read the weights in {root} ({type(exc).__name__}): the file is "
-                        "damaged or not a PyTorch checkpoint") from exc
+        raise IspoError(
+            f"cannot read the weights in {root} ({type(exc).__name__}): the file is "
+            "damaged or not a PyTorch checkpoint"
+        ) from exc
     sd = _normalise_keys(sd)
     need = ["bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.output.dense.weight"]
     if any(k not in sd for k in need):
-        raise IspoError(f"weights in {root} are not a BERT/Geneformer state dict (no "
-                        f"{need[0]}): check the checkpoint")
+        raise IspoError(
+            f"weights in {root} are not a BERT/Geneformer state dict (no "
+            f"{need[0]}): check the checkpoint"
+        )
     emb = sd[need[0]]
     if tuple(emb.shape) != (cfg.vocab_size, cfg.hidden):
-        raise IspoError(f"weights in {root} have embeddings {tuple(emb.shape)} but config.json "
-                        f"says ({cfg.vocab_size}, {cfg.hidden}): config and weights disagree")
+        raise IspoError(
+            f"weights in {root} have embeddings {tuple(emb.shape)} but config.json "
+            f"says ({cfg.vocab_size}, {cfg.hidden}): config and weights disagree"
+        )
     return cfg, sd
 
 
@@ -109,10 +125,12 @@ def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tens
     word = normal(cfg.vocab_size, h)
     word[cfg.pad_id] = 0.0
     e = "bert.embeddings."
-    sd = {e + "word_embeddings.weight": word,
-          e + "position_embeddings.weight": normal(cfg.max_len, h),
-          e + "token_type_embeddings.weight": normal(cfg.type_vocab_size, h),
-          **layer_norm(e + "LayerNorm")}
+    sd = {
+        e + "word_embeddings.weight": word,
+        e + "position_embeddings.weight": normal(cfg.max_len, h),
+        e + "token_type_embeddings.weight": normal(cfg.type_vocab_size, h),
+        **layer_norm(e + "LayerNorm"),
+    }
     for n in range(cfg.n_layers):
         p = f"bert.encoder.layer.{n}."
         for qkv in ("query", "key", "value"):
@@ -125,8 +143,13 @@ def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tens
     head_bias = torch.zeros(cfg.vocab_size)
     sd.update(linear("cls.predictions.transform.dense", h, h))
     sd.update(layer_norm("cls.predictions.transform.LayerNorm"))
-    sd.update({"cls.predictions.bias": head_bias, "cls.predictions.decoder.weight": word,
-               "cls.predictions.decoder.bias": head_bias})
+    sd.update(
+        {
+            "cls.predictions.bias": head_bias,
+            "cls.predictions.decoder.weight": word,
+            "cls.predictions.decoder.bias": head_bias,
+        }
+    )
     return sd
 
 
@@ -171,8 +194,10 @@ class GeneformerModel:
             # not needed for embeddings, so it keeps its fresh init instead of being refused.
             result = model.load_state_dict(self.state_dict, strict=False)
             if result.missing_keys:
-                log.info("reference model: %d tensors not in the checkpoint (MLM head?)",
-                         len(result.missing_keys))
+                log.info(
+                    "reference model: %d tensors not in the checkpoint (MLM head?)",
+                    len(result.missing_keys),
+                )
             self._cache["hf"] = model.to(self.device).eval()
         return self._cache["hf"]
 
@@ -190,9 +215,13 @@ class GeneformerModel:
 
     def metadata(self) -> dict:
         """Provenance recorded with every output."""
-        return {"model": self.name, "random_init": self.random_init, "seed": self.seed,
-                "architecture": self.config.to_dict(),
-                "vocab": None if self.vocab is None else self.vocab.source}
+        return {
+            "model": self.name,
+            "random_init": self.random_init,
+            "seed": self.seed,
+            "architecture": self.config.to_dict(),
+            "vocab": None if self.vocab is None else self.vocab.source,
+        }
 
 
 def load_model(
@@ -214,13 +243,17 @@ def load_model(
         cfg, sd = _read_checkpoint(path)
         model = GeneformerModel(cfg, sd, str(path), False, None, dev)
     elif path.exists():
-        raise IspoError(f"--model {path} is a file: give the checkpoint directory that holds "
-                        "config.json and the weights")
+        raise IspoError(
+            f"--model {path} is a file: give the checkpoint directory that holds "
+            "config.json and the weights"
+        )
     else:
         cfg = preset(str(source))
         if not random_init:
-            raise IspoError(f"{source!r} is a preset without weights: pass a checkpoint "
-                            "directory, or --random-init (random_init=True) for speed work")
+            raise IspoError(
+                f"{source!r} is a preset without weights: pass a checkpoint "
+                "directory, or --random-init (random_init=True) for speed work"
+            )
         log.warning(RANDOM_WARNING.format(name=str(source), seed=seed))
         model = GeneformerModel(cfg, _random_state_dict(cfg, seed), str(source), True, seed, dev)
     if vocab is not None:

@@ -33,30 +33,43 @@ class GeneformerConfig:
         from transformers import BertConfig
 
         return BertConfig(
-            vocab_size=self.vocab_size, hidden_size=self.hidden, num_hidden_layers=self.n_layers,
-            num_attention_heads=self.heads, intermediate_size=self.intermediate,
-            hidden_act="relu", max_position_embeddings=self.max_len,
-            layer_norm_eps=self.layer_norm_eps, type_vocab_size=self.type_vocab_size,
-            pad_token_id=self.pad_id, hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.heads,
+            intermediate_size=self.intermediate,
+            hidden_act="relu",
+            max_position_embeddings=self.max_len,
+            layer_norm_eps=self.layer_norm_eps,
+            type_vocab_size=self.type_vocab_size,
+            pad_token_id=self.pad_id,
+            hidden_dropout_prob=0.02,
+            attention_probs_dropout_prob=0.02,
         )
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "GeneformerConfig":
+    def from_hf(cls, cfg: dict) -> GeneformerConfig:
         """From a Hugging Face ``config.json`` dict; refuses what is not a Geneformer BERT."""
         if cfg.get("model_type", "bert") != "bert":
-            raise IspoError(f"checkpoint model_type is {cfg.get('model_type')!r}, not 'bert': "
-                            "ispo runs Geneformer (BERT) checkpoints")
+            raise IspoError(
+                f"checkpoint model_type is {cfg.get('model_type')!r}, not 'bert': "
+                "ispo runs Geneformer (BERT) checkpoints"
+            )
         if cfg.get("hidden_act", "relu") not in ("relu", "gelu"):
             raise IspoError(f"unsupported hidden_act {cfg.get('hidden_act')!r} in config.json")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise IspoError("only absolute position embeddings are supported (Geneformer's)")
         try:
             return cls(
-                n_layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
-                heads=cfg["num_attention_heads"], intermediate=cfg["intermediate_size"],
-                max_len=cfg["max_position_embeddings"], vocab_size=cfg["vocab_size"],
+                n_layers=cfg["num_hidden_layers"],
+                hidden=cfg["hidden_size"],
+                heads=cfg["num_attention_heads"],
+                intermediate=cfg["intermediate_size"],
+                max_len=cfg["max_position_embeddings"],
+                vocab_size=cfg["vocab_size"],
                 layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
-                type_vocab_size=cfg.get("type_vocab_size", 2), pad_id=cfg.get("pad_token_id", 0),
+                type_vocab_size=cfg.get("type_vocab_size", 2),
+                pad_id=cfg.get("pad_token_id", 0),
             )
         except KeyError as exc:
             raise IspoError(f"config.json lacks {exc.args[0]!r}: not a BERT config") from exc
@@ -67,18 +80,21 @@ class GeneformerConfig:
 
 _V1, _V2 = 25_426, 20_275
 _ROWS: list[tuple[tuple[str, ...], GeneformerConfig]] = [
-    (("gf-6L-30M-i2048", "Geneformer-V1-10M", "gf-6L-10M-i2048"),
-     GeneformerConfig(6, 256, 4, 512, 2048, _V1)),
-    (("gf-12L-30M-i2048", "gf-12L-40M-i2048"),
-     GeneformerConfig(12, 512, 8, 1024, 2048, _V1)),
-    (("gf-12L-95M-i4096", "gf-12L-38M-i4096", "gf-12L-95M-i4096_CLcancer"),
-     GeneformerConfig(12, 512, 8, 1024, 4096, _V2)),
-    (("gf-20L-95M-i4096", "gf-20L-151M-i4096"),
-     GeneformerConfig(20, 896, 14, 1792, 4096, _V2)),
-    (("Geneformer-V2-104M", "gf-12L-104M-i4096", "Geneformer-V2-104M_CLcancer"),
-     GeneformerConfig(12, 768, 12, 3072, 4096, _V2)),
-    (("Geneformer-V2-316M", "gf-18L-316M-i4096"),
-     GeneformerConfig(18, 1152, 18, 4608, 4096, _V2)),
+    (
+        ("gf-6L-30M-i2048", "Geneformer-V1-10M", "gf-6L-10M-i2048"),
+        GeneformerConfig(6, 256, 4, 512, 2048, _V1),
+    ),
+    (("gf-12L-30M-i2048", "gf-12L-40M-i2048"), GeneformerConfig(12, 512, 8, 1024, 2048, _V1)),
+    (
+        ("gf-12L-95M-i4096", "gf-12L-38M-i4096", "gf-12L-95M-i4096_CLcancer"),
+        GeneformerConfig(12, 512, 8, 1024, 4096, _V2),
+    ),
+    (("gf-20L-95M-i4096", "gf-20L-151M-i4096"), GeneformerConfig(20, 896, 14, 1792, 4096, _V2)),
+    (
+        ("Geneformer-V2-104M", "gf-12L-104M-i4096", "Geneformer-V2-104M_CLcancer"),
+        GeneformerConfig(12, 768, 12, 3072, 4096, _V2),
+    ),
+    (("Geneformer-V2-316M", "gf-18L-316M-i4096"), GeneformerConfig(18, 1152, 18, 4608, 4096, _V2)),
 ]
 PRESETS: dict[str, GeneformerConfig] = {name: cfg for names, cfg in _ROWS for name in names}
 
@@ -88,5 +104,6 @@ def preset(name: str) -> GeneformerConfig:
     for key, cfg in PRESETS.items():
         if key.lower() == name.lower():
             return cfg
-    raise IspoError(f"unknown model {name!r}: give a checkpoint directory or one of "
-                    f"{', '.join(PRESETS)}")
+    raise IspoError(
+        f"unknown model {name!r}: give a checkpoint directory or one of {', '.join(PRESETS)}"
+    )

@@ -31,19 +31,45 @@ METHODS = ("baseline", "batching", "mixed_precision", "fast")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ispo.scripts.run_ddp", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ispo.scripts.run_ddp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--method", choices=METHODS, default="batching")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=256,
-                   help="cells per batch (baseline path)")
-    p.add_argument("--num_perturbations", "--num-perturbations", type=int, default=1000,
-                   help="cells to embed, over all processes")
-    p.add_argument("--model_name", "--model-name", default="gf-6L-10M-i2048",
-                   help="preset (random weights) or checkpoint directory")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="default fp32 (mixed_precision: fp16)")
-    p.add_argument("--batch_tokens", "--batch-tokens", type=int, default=None,
-                   help="token budget per batch (fast)")
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=256,
+        help="cells per batch (baseline path)",
+    )
+    p.add_argument(
+        "--num_perturbations",
+        "--num-perturbations",
+        type=int,
+        default=1000,
+        help="cells to embed, over all processes",
+    )
+    p.add_argument(
+        "--model_name",
+        "--model-name",
+        default="gf-6L-10M-i2048",
+        help="preset (random weights) or checkpoint directory",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="default fp32 (mixed_precision: fp16)",
+    )
+    p.add_argument(
+        "--batch_tokens",
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="token budget per batch (fast)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--out", default=None, help="save all embeddings (input order) as .npy")
@@ -52,8 +78,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict | None:
     import ispo
-    from ispo import dist
-    from ispo.infer.embed import embed_cells
+    from ispo.embedding.embed import embed_cells
+    from ispo.runtime import dist
 
     device = dist.init(args.device)
     me = dist.info()
@@ -62,17 +88,20 @@ def run(args: argparse.Namespace) -> dict | None:
     if n < me.world:
         raise SystemExit(f"error: --num_perturbations {n} is below the {me.world} processes")
     vocab = ispo.demo_vocab()
-    model = ispo.load_model(args.model_name, vocab=vocab, device=device, random_init=True,
-                            seed=args.seed)
+    model = ispo.load_model(
+        args.model_name, vocab=vocab, device=device, random_init=True, seed=args.seed
+    )
     rows = dist.block(n)
     adata = ispo.demo_adata(n)  # the same seeded cells on every rank; each takes its block
-    cells = ispo.tokenize(adata[rows.start:rows.stop], vocab,
-                          max_input=min(vocab.max_input, model.config.max_len))
+    cells = ispo.tokenize(
+        adata[rows.start : rows.stop], vocab, max_input=min(vocab.max_input, model.config.max_len)
+    )
     cells.obs_index = cells.obs_index + rows.start
     path = "fast" if args.method == "fast" else "baseline"
     batch_size = 10 if args.method == "baseline" else args.batch_size
-    kw = dict(method=path, precision=precision, batch_size=batch_size,
-              batch_tokens=args.batch_tokens)
+    kw = dict(
+        method=path, precision=precision, batch_size=batch_size, batch_tokens=args.batch_tokens
+    )
     warm = cells.subset(np.arange(min(2, len(cells))))
     embed_cells(warm, model, **kw)  # kernels, caches and allocator warm before the clock
     if model.device.type == "cuda":
@@ -88,9 +117,13 @@ def run(args: argparse.Namespace) -> dict | None:
     total_s = max(s for _, _, s, _ in per_rank)
     for r, k, s, dev in per_rank:
         print(f"rank {r} ({dev}): {k:,} cells in {s:.2f} s = {k / s:.1f} cells/s", flush=True)
-    print(f"total: {n:,} cells on {me.world} process(es) in {total_s:.2f} s = "
-          f"{n / total_s:.1f} cells/s ({args.method}, {precision}, model {model.name}"
-          + (", random weights" if model.random_init else "") + ", synthetic data)", flush=True)
+    print(
+        f"total: {n:,} cells on {me.world} process(es) in {total_s:.2f} s = "
+        f"{n / total_s:.1f} cells/s ({args.method}, {precision}, model {model.name}"
+        + (", random weights" if model.random_init else "")
+        + ", synthetic data)",
+        flush=True,
+    )
     if parts is not None:
         full = np.full((n, model.config.hidden), np.nan, dtype=np.float32)
         for idx, e in parts:
@@ -101,9 +134,10 @@ def run(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    from ispo import dist
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    from ispo.runtime import dist
 
     try:
         run(parse(argv))

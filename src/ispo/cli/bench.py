@@ -1,0 +1,470 @@
+"""``ispo benchmark`` and the reference project's command forms (``baseline``, ``optimized``).
+
+Registered on the main Typer app by :func:`register`; heavy imports happen inside the commands
+so ``ispo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ispo.errors import IspoError
+
+log = logging.getLogger("ispo")
+
+CPU_DEFAULT_CELLS = 64  # the 6-layer baseline runs ~2 cells/s on a 2-core CPU
+GPU_DEFAULT_CELLS = 1000  # the reference project's 1,000 cells
+TOKENIZE_CELLS = 1000  # the tokenizer row is timed on at least this many cells of the data
+DEFAULT_MODEL = "gf-6L-10M-i2048"
+
+_N_HELP = (
+    f"cells to embed (default {CPU_DEFAULT_CELLS} on CPU, {GPU_DEFAULT_CELLS} on GPU): "
+    "the first N cells of --data, or N cells of the built-in demo"
+)
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", help=".h5ad of raw counts, or demo[:N] (default: built-in SYNTHETIC demo data)"
+    ),
+]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="checkpoint directory or preset")]
+VocabOpt = Annotated[
+    str | None,
+    typer.Option("--vocab", help="Geneformer dictionary directory (needed with --data), or 'demo'"),
+]
+RandomOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--random-init/--no-random-init",
+        help="seeded random weights (speed work only); default: on for a preset, off for a "
+        "checkpoint directory",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of random weights")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (best available), cpu, cuda ...")]
+WandbProjectOpt = Annotated[
+    str, typer.Option("--wandb-project", "--wandb_project", help="W&B project")
+]
+WandbRunOpt = Annotated[
+    str | None, typer.Option("--wandb-run-name", "--wandb_run_name", help="W&B run name")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace results in --out")]
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise IspoError(
+            f"{what} must be comma-separated integers, e.g. 8,16,64; got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise IspoError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise IspoError(f"--out {out} is a file: give a directory for the results")
+    if (out / "results.json").exists() and not overwrite:
+        raise IspoError(f"{out} already holds results: choose another --out or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IspoError(f"cannot create --out {out}: {exc.strerror}") from exc
+    return out
+
+
+def _load_data(data: str | None, vocab: str | None, n: int, tokenize_cells: int):
+    """(AnnData with at least n cells where available, Vocab, description)."""
+    import ispo
+
+    src = data or "demo"
+    if src == "demo" or src.startswith("demo:"):
+        size = int(src.split(":", 1)[1]) if ":" in src else max(n, tokenize_cells)
+        adata = ispo.demo_adata(size)
+        voc = ispo.demo_vocab() if vocab in (None, "demo") else ispo.load_vocab(vocab)
+        return adata, voc, "ispo demo data (synthetic sci-Plex2-like negative-binomial counts)"
+    if vocab is None:
+        raise IspoError(
+            "--vocab DIR is required with --data: the Geneformer dictionaries of the model"
+        )
+    voc = ispo.demo_vocab() if vocab == "demo" else ispo.load_vocab(vocab)
+    adata = ispo.read_input(src, backed=False)
+    keep = max(n, tokenize_cells)
+    if adata.n_obs > keep:
+        adata = adata[:keep].copy()
+    return adata, voc, str(src)
+
+
+def run_cli_benchmark(
+    *,
+    data: str | None = None,
+    n_cells: int | None = None,
+    model: str = DEFAULT_MODEL,
+    vocab: str | None = None,
+    random_init: bool | None = None,
+    seed: int = 0,
+    methods: str | None = None,
+    batch_sizes: str = "8,16,64,256,512",
+    ref_batch_size: int = 256,
+    batch_tokens: int | None = None,
+    emb_layer: int = -1,
+    device: str = "auto",
+    repeats: int = 3,
+    max_slowdown: float = 5.0,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
+    save_embeddings: bool = True,
+    plots: bool = True,
+    wandb: bool = False,
+    wandb_project: str = "ispo",
+    wandb_run_name: str | None = None,
+    tags: list[str] | None = None,
+) -> Any:
+    """Everything behind ``ispo benchmark``; returns the :class:`BenchResult`."""
+    import ispo
+    from ispo.bench.methods import resolve_methods
+    from ispo.bench.runner import BenchConfig, run_benchmark
+    from ispo.bench.tables import print_table, write_results
+    from ispo.model.load import resolve_device
+    from ispo.tracking import make_tracker
+
+    dev = resolve_device(device)
+    n = (
+        n_cells
+        if n_cells is not None
+        else (CPU_DEFAULT_CELLS if dev.type == "cpu" else GPU_DEFAULT_CELLS)
+    )
+    if n < 1:
+        raise IspoError(f"--n-cells must be at least 1, got {n}")
+    if repeats < 1:
+        raise IspoError(f"--repeats must be at least 1, got {repeats}")
+    if emb_layer not in (-1, 0):
+        raise IspoError(f"--emb-layer must be -1 (penultimate) or 0 (last), not {emb_layer}")
+    config = BenchConfig(
+        methods=methods,
+        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        ref_batch_size=ref_batch_size,
+        emb_layer=emb_layer,
+        batch_tokens=batch_tokens,
+        repeats=repeats,
+        max_slowdown=max_slowdown if max_slowdown > 0 else None,
+    )
+    specs = resolve_methods(
+        config.methods, batch_sizes=config.batch_sizes, ref_batch_size=ref_batch_size
+    )  # unknown names fail before any work
+    config.methods = [s.name for s in specs]
+    out = Path(out) if out is not None else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    out = _check_out(out, overwrite)
+    adata, voc, source = _load_data(data, vocab, n, TOKENIZE_CELLS)
+    if random_init is None:
+        random_init = not Path(model).is_dir()
+        if random_init:
+            log.warning(
+                "benchmark: %r is a preset without weights: using seeded random weights "
+                "(speed only; pass a checkpoint directory for real weights)",
+                model,
+            )
+    mdl = ispo.load_model(model, vocab=voc, device=dev, random_init=random_init, seed=seed)
+    run_name = wandb_run_name or f"bench-{Path(model).name}-{dev.type}-n{n}"
+    tracker = make_tracker(
+        wandb=wandb,
+        project=wandb_project,
+        run_name=run_name,
+        config={
+            "model": mdl.name,
+            "random_init": mdl.random_init,
+            "data": source,
+            "n_cells": n,
+            "device": str(dev),
+            "methods": config.methods,
+            "batch_sizes": list(config.batch_sizes),
+            "ref_batch_size": ref_batch_size,
+        },
+        dir=out,
+        tags=tags or ["benchmark"],
+    )
+    with tracker:
+        result = run_benchmark(
+            adata,
+            mdl,
+            voc,
+            config,
+            n_cells=n,
+            data_source=source,
+            layer=layer,
+            gene_key=gene_key,
+            tracker=tracker,
+            on_row=_echo_row,
+        )
+        files = write_results(result, out, plots=plots, embeddings=save_embeddings)
+        print_table(result)
+        if tracker.active:
+            from ispo.bench.tables import table_rows
+
+            header, rows = table_rows(result)
+            tracker.log_table("results", header, rows)
+            base = [r for r in result.rows if r["status"] == "ok" and r["speedup"] is not None]
+            best = max(base, key=lambda r: r["speedup"], default=None)
+            tracker.summary(
+                {
+                    "best_method": best and best["method"],
+                    "best_speedup": best and best["speedup"],
+                    **{f"{r['method']}/cells_per_s": r["cells_per_s"] for r in result.rows},
+                }
+            )
+            tracker.log_artifact(
+                [f for f in files if f.name != "embeddings.npz"],
+                name="benchmark-results",
+                type="results",
+            )
+            if (out / "embeddings.npz") in files:
+                tracker.log_artifact(
+                    out / "embeddings.npz", name="benchmark-embeddings", type="embeddings"
+                )
+    typer.echo(f"results -> {out}/ (results.md, results.json, results.csv, plots)")
+    return result
+
+
+def _echo_row(row: dict) -> None:
+    if row["status"] != "ok":
+        typer.echo(f"  {row['method']}: {row['status']} ({row['reason']})", err=True)
+    else:
+        cos = "" if row["cos_min"] is None else f", cos min {row['cos_min']:.6f}"
+        typer.echo(
+            f"  {row['method']}: {row['cells_per_s']:,.2f} cells/s "
+            f"({row['time_s']:.2f} s per pass{cos})",
+            err=True,
+        )
+
+
+def benchmark(
+    data: DataOpt = None,
+    n_cells: Annotated[int | None, typer.Option("--n-cells", help=_N_HELP)] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    vocab: VocabOpt = None,
+    random_init: RandomOpt = None,
+    seed: SeedOpt = 0,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="comma-separated methods or groups: baseline, batching (one row per "
+            "--batch-sizes), batching-N, fp16, bf16, int8, fast, fast-bf16, fast-fp16, fast-int8, "
+            "fast+compile, fast-bf16+compile; groups reference, mixed_precision, quantization, "
+            "compile, all. Default: baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast+compile. "
+            "The fp32 baseline always runs (it is the reference)",
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="cells per batch of the batching rows")
+    ] = "8,16,64,256,512",
+    ref_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--ref-batch-size", help="cells per batch of fp16, bf16 and int8 (the reference: 256)"
+        ),
+    ] = 256,
+    batch_tokens: Annotated[
+        int | None, typer.Option("--batch-tokens", help="token budget per batch of the fast rows")
+    ] = None,
+    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
+    device: DeviceOpt = "auto",
+    repeats: Annotated[
+        int,
+        typer.Option(help="timed passes per method at most (median; fewer when a pass is slow)"),
+    ] = 3,
+    max_slowdown: Annotated[
+        float,
+        typer.Option(
+            "--max-slowdown",
+            help="CPU only: skip a method whose warm-up predicts a pass this many "
+            "times slower than the baseline's (e.g. fp16 on a CPU without fp16 units, 10-20x); "
+            "0: run everything",
+        ),
+    ] = 5.0,
+    layer: Annotated[str | None, typer.Option("--layer", help="layer of raw counts")] = None,
+    gene_key: Annotated[
+        str | None, typer.Option("--gene-key", help="var column of Ensembl ids")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="results directory (default runs/bench-DATE-TIME)"),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    save_embeddings: Annotated[
+        bool, typer.Option("--save-embeddings/--no-save-embeddings", help="write embeddings.npz")
+    ] = True,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
+    wandb: Annotated[
+        bool, typer.Option("--wandb", help="track with Weights & Biases (WANDB_MODE=offline works)")
+    ] = False,
+    wandb_project: WandbProjectOpt = "ispo",
+    wandb_run_name: WandbRunOpt = None,
+) -> None:
+    """Methods table: speed, MFU, CPU/GPU %, memory and consistency of every method.
+
+    Every method runs on the same cells in one process; results.json/csv/md and plots go to
+    --out. With no options: built-in demo data, the random gf-6L preset, the best device.
+    """
+    run_cli_benchmark(
+        data=data,
+        n_cells=n_cells,
+        model=model,
+        vocab=vocab,
+        random_init=random_init,
+        seed=seed,
+        methods=methods,
+        batch_sizes=batch_sizes,
+        ref_batch_size=ref_batch_size,
+        batch_tokens=batch_tokens,
+        emb_layer=emb_layer,
+        device=device,
+        repeats=repeats,
+        max_slowdown=max_slowdown,
+        layer=layer,
+        gene_key=gene_key,
+        out=out,
+        overwrite=overwrite,
+        save_embeddings=save_embeddings,
+        plots=plots,
+        wandb=wandb,
+        wandb_project=wandb_project,
+        wandb_run_name=wandb_run_name,
+    )
+
+
+_NUM_PERT_HELP = (
+    "cells to embed (the reference project's 'num_perturbations' was the number "
+    "of cells embedded): the first N cells of --data, or N cells of the built-in "
+    f"demo. Default {CPU_DEFAULT_CELLS} on CPU, {GPU_DEFAULT_CELLS} on GPU"
+)
+NumPertOpt = Annotated[
+    int | None,
+    typer.Option("--num_perturbations", "--num-perturbations", "--n-cells", help=_NUM_PERT_HELP),
+]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output_dir", "--output-dir", "--out", help="results directory (default runs/NAME-TIME)"
+    ),
+]
+UseWandbOpt = Annotated[
+    bool, typer.Option("--use_wandb", "--wandb", help="track with Weights & Biases")
+]
+
+
+def baseline(
+    num_perturbations: NumPertOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    data: DataOpt = None,
+    vocab: VocabOpt = None,
+    random_init: RandomOpt = None,
+    device: DeviceOpt = "auto",
+    output_dir: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    use_wandb: UseWandbOpt = False,
+    wandb_project: WandbProjectOpt = "ispo",
+    wandb_run_name: WandbRunOpt = None,
+) -> None:
+    """Reference form: the baseline (BertForMaskedLM, fp32, 10 cells per batch).
+
+    Same as `ispo benchmark --methods baseline`; writes the same results files.
+    """
+    run_cli_benchmark(
+        data=data,
+        n_cells=num_perturbations,
+        model=model,
+        vocab=vocab,
+        random_init=random_init,
+        methods="baseline",
+        device=device,
+        out=output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"),
+        overwrite=overwrite,
+        wandb=use_wandb,
+        wandb_project=wandb_project,
+        wandb_run_name=wandb_run_name,
+        tags=["baseline"],
+    )
+
+
+_LEGACY = {
+    "batching": "batching",
+    "mixed_precision": "mixed_precision",
+    "quantization": "int8",
+    "fast": "fast",
+}
+
+
+def optimized(
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", help="batching, mixed_precision, quantization (int8), or fast (ispo's)"
+        ),
+    ],
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch_size",
+            "--batch-size",
+            help="cells per batch (batching, mixed_precision, quantization)",
+        ),
+    ] = 256,
+    precision: Annotated[str, typer.Option(help="fp16 or bf16 (mixed_precision)")] = "fp16",
+    num_perturbations: NumPertOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    data: DataOpt = None,
+    vocab: VocabOpt = None,
+    random_init: RandomOpt = None,
+    device: DeviceOpt = "auto",
+    output_dir: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    use_wandb: UseWandbOpt = False,
+    wandb_project: WandbProjectOpt = "ispo",
+    wandb_run_name: WandbRunOpt = None,
+) -> None:
+    """Reference form: one optimized method (batching, mixed_precision, quantization, fast).
+
+    The fp32 baseline runs too, for speedup and consistency; writes the benchmark's files.
+    """
+    if method not in _LEGACY:
+        raise IspoError(f"--method must be one of {', '.join(_LEGACY)}, not {method!r}")
+    if precision not in ("fp16", "bf16"):
+        raise IspoError(f"--precision must be fp16 or bf16, not {precision!r}")
+    if batch_size < 1:
+        raise IspoError(f"--batch_size must be at least 1, got {batch_size}")
+    name = {"batching": f"batching-{batch_size}", "mixed_precision": precision}.get(
+        method, _LEGACY[method]
+    )
+    run_cli_benchmark(
+        data=data,
+        n_cells=num_perturbations,
+        model=model,
+        vocab=vocab,
+        random_init=random_init,
+        methods=name,
+        ref_batch_size=batch_size,
+        device=device,
+        out=output_dir or Path("runs") / time.strftime(f"optimized-{method}-%Y%m%d-%H%M%S"),
+        overwrite=overwrite,
+        wandb=use_wandb,
+        wandb_project=wandb_project,
+        wandb_run_name=wandb_run_name,
+        tags=["optimized", method],
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``benchmark``, ``baseline`` and ``optimized`` to the ``ispo`` command."""
+    app.command("benchmark")(benchmark)
+    app.command("baseline")(baseline)
+    app.command("optimized")(optimized)

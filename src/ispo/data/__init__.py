@@ -1,1 +1,0 @@
-"""Reading, validating and identifying genes of AnnData inputs; built-in demo data."""

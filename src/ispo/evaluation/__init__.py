@@ -1,0 +1,41 @@
+"""Embedding evaluation: label-separation metrics, embedding agreement checks and plots.
+
+- :mod:`ispo.evaluation.metrics`: pure-array metrics (``evaluate_embedding``,
+  ``embedding_consistency``);
+- :mod:`ispo.evaluation.plots`: PNG figures (``plot_embedding``, ``plot_confusion``);
+- :mod:`ispo.evaluation.run`: the AnnData-level ``evaluate`` (exported as ``ispo.evaluate``) and
+  its result folder; :mod:`ispo.evaluation.summary`: its tables.
+
+Names are imported on first use, so ``import ispo`` does not pay for scikit-learn and
+matplotlib. (``ispo.evaluate`` is the function; reach the modules with
+``from ispo.evaluation import ...`` or ``import ispo.evaluation.metrics``.)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "embedding_consistency": "ispo.evaluation.metrics",
+    "evaluate_embedding": "ispo.evaluation.metrics",
+    "plot_confusion": "ispo.evaluation.plots",
+    "plot_embedding": "ispo.evaluation.plots",
+    "evaluate": "ispo.evaluation.run",
+    "write_evaluation": "ispo.evaluation.run",
+    "evaluation_document": "ispo.evaluation.summary",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,1 +1,0 @@
-"""Batching and running the model: cell embeddings."""

@@ -1,0 +1,2 @@
+"""Input and output: opening inputs, vocabularies, gene ids, validation, demo data, shards and
+atomic writers."""

@@ -1,0 +1,119 @@
+"""Sharded, resumable table output.
+
+A long run writes one Parquet part per shard of cells into ``OUT.parts/`` and records it in a
+manifest only after the part is complete (written to a temporary name, then renamed), so a run
+killed at any point leaves only whole parts behind. ``--resume`` skips recorded shards; the
+finished run is merged into the single file ``OUT`` and the parts folder removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ispo.errors import IspoError
+
+
+class ShardWriter:
+    """Parts of a table, written atomically and listed in ``manifest.json``."""
+
+    def __init__(
+        self, out: str | Path, fingerprint: dict, *, resume: bool, overwrite: bool, rank: int = 0
+    ):
+        self.out = Path(out)
+        self.parts = self.out.with_name(self.out.name + ".parts")
+        # under torchrun each rank records its shards in its own file (rank 0: manifest.json);
+        # a run reads them all, so it resumes whatever number of processes wrote them
+        name = "manifest.json" if rank == 0 else f"manifest-rank{rank}.json"
+        self.manifest_path = self.parts / name
+        if rank == 0:  # the other ranks join the folder rank 0 prepared (ispo.runtime.dist)
+            if self.out.exists() and not overwrite:
+                raise IspoError(
+                    f"output {self.out} already exists: choose another path or pass --overwrite"
+                )
+            if self.parts.exists() and not resume:
+                if not overwrite:
+                    raise IspoError(
+                        f"{self.parts} holds an unfinished run: pass --resume to "
+                        "continue it, or --overwrite to start again"
+                    )
+                shutil.rmtree(self.parts)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as stored
+        self.manifest = {"fingerprint": self.fingerprint, "done": {}}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add the shards every manifest in the folder records (other ranks', earlier runs')."""
+        for path in sorted(self.parts.glob("manifest*.json")):
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise IspoError(
+                    f"{path} is unreadable ({type(exc).__name__}): pass --overwrite to start again"
+                ) from exc
+            if old.get("fingerprint") != self.fingerprint:
+                raise IspoError(
+                    f"{self.parts} was made with other options or data: rerun with "
+                    "the same options, or --overwrite to start again"
+                )
+            self.manifest["done"].update(old["done"])
+
+    def done(self, shard: int) -> bool:
+        return str(shard) in self.manifest["done"]
+
+    def write(self, shard: int, tables: dict[str, pd.DataFrame]) -> None:
+        """Write every table of one shard, then record the shard as done."""
+        names = {}
+        for kind, df in tables.items():
+            name = f"{kind}-{shard:06d}.parquet"
+            tmp = self.parts / f".{name}.tmp"
+            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            os.replace(tmp, self.parts / name)
+            names[kind] = name
+        self.manifest["done"][str(shard)] = names
+        tmp = self.parts / f".{self.manifest_path.name}.tmp"  # one per rank: ranks write at once
+        tmp.write_text(json.dumps(self.manifest))
+        os.replace(tmp, self.manifest_path)
+
+    def _files(self, kind: str) -> list[Path]:
+        done = self.manifest["done"]
+        return [self.parts / done[s][kind] for s in sorted(done, key=int) if kind in done[s]]
+
+    def read(self, kind: str) -> pd.DataFrame:
+        """All recorded parts of one table, in shard order."""
+        files = self._files(kind)
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def n_rows(self, kind: str) -> int:
+        """Rows of one table over all recorded parts (from the Parquet footers only)."""
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self._files(kind))
+
+    def finish(self, outputs: dict[str, Path], metadata: dict, meta_path: Path) -> None:
+        """Merge each table's parts into one Parquet file, part by part (memory stays bounded),
+        write the metadata, all atomically, then drop the parts folder."""
+        for kind, path in outputs.items():
+            files = self._files(kind)
+            if not files:
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            schema = pq.read_schema(files[0])
+            schema = schema.with_metadata(
+                {**(schema.metadata or {}), b"ispo": json.dumps(metadata, default=str).encode()}
+            )
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for f in files:
+                    writer.write_table(pq.read_table(f).cast(schema))
+            os.replace(tmp, path)
+        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+        tmp.write_text(json.dumps(metadata, indent=2, default=str))
+        os.replace(tmp, meta_path)
+        shutil.rmtree(self.parts, ignore_errors=True)

@@ -1,0 +1,30 @@
+"""Checks on raw counts: Geneformer ranks raw UMI counts, so anything else is refused early."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ispo.errors import IspoError
+
+
+def check_counts(chunk: sp.csr_matrix, where: str = "X") -> None:
+    """Raise a one-line error unless ``chunk`` holds finite, non-negative whole numbers."""
+    data = chunk.data
+    if data.size == 0:
+        return
+    if not np.isfinite(data).all():
+        raise IspoError(
+            f"{where} contains NaN or infinite values: give raw integer counts "
+            "(e.g. --layer counts)"
+        )
+    if (data < 0).any():
+        raise IspoError(
+            f"{where} contains negative values: give raw integer counts, not "
+            "scaled or log data (e.g. --layer counts)"
+        )
+    if np.issubdtype(data.dtype, np.floating) and (data != np.trunc(data)).any():
+        raise IspoError(
+            f"{where} contains non-integer values (normalised or log data?): give "
+            "raw integer counts (e.g. --layer counts)"
+        )

@@ -1,0 +1,168 @@
+"""Geneformer vocabularies: the four dictionaries that tie genes to tokens.
+
+A vocabulary directory has Geneformer's layout: ``token_dictionary.pkl`` (Ensembl id -> token),
+``gene_median_dictionary.pkl`` (Ensembl id -> nonzero median used to normalise counts),
+``gene_name_id_dict.pkl`` (symbol -> Ensembl id) and ``ensembl_mapping_dict.pkl`` (id or symbol ->
+canonical Ensembl id, used to merge duplicates). Pickles can run code when loaded, so ispo reads
+them only from a directory the user named, and never writes pickles itself.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ispo.errors import IspoError
+
+FILES = {
+    "token_dict": "token_dictionary.pkl",
+    "median_dict": "gene_median_dictionary.pkl",
+    "name_id_dict": "gene_name_id_dict.pkl",
+    "mapping_dict": "ensembl_mapping_dict.pkl",
+}
+PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token, median, symbol and id-mapping dictionaries of one Geneformer version.
+
+    ``version`` is 2 when the dictionary has ``<cls>``/``<eos>`` (V2 adds them around each cell),
+    else 1. ``max_input`` is the model input size the tokenizer truncates to.
+    """
+
+    token_dict: dict[str, int]
+    median_dict: dict[str, float]
+    name_id_dict: dict[str, str]
+    mapping_dict: dict[str, str]
+    source: str = "memory"
+    id_to_symbol: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id_to_symbol", {v: k for k, v in self.name_id_dict.items()})
+
+    @property
+    def version(self) -> int:
+        return 2 if CLS in self.token_dict and EOS in self.token_dict else 1
+
+    @property
+    def size(self) -> int:
+        return max(self.token_dict.values()) + 1
+
+    @property
+    def max_input(self) -> int:
+        return 4096 if self.version == 2 else 2048
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_dict[PAD]
+
+    @property
+    def cls_id(self) -> int | None:
+        return self.token_dict.get(CLS)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_dict.get(EOS)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Tokens that are not genes (never pooled, never perturbed)."""
+        return [self.token_dict[t] for t in (PAD, MASK, CLS, EOS) if t in self.token_dict]
+
+    def gene_ids(self) -> list[str]:
+        """Ensembl ids that can be tokenized: in both the token and the median dictionary."""
+        return [g for g in self.token_dict if g in self.median_dict]
+
+    def id_of_token(self) -> np.ndarray:
+        """Array mapping token -> Ensembl id (special tokens keep their own names)."""
+        out = np.empty(self.size, dtype=object)
+        for gene, tok in self.token_dict.items():
+            out[tok] = gene
+        return out
+
+    def resolve_gene(self, name: str) -> str:
+        """Ensembl id of a user-given gene (symbol or id), or a clear error."""
+        if name in self.token_dict:
+            return name
+        gid = self.name_id_dict.get(name) or self.mapping_dict.get(name.upper())
+        if gid is None or gid not in self.token_dict:
+            raise IspoError(
+                f"gene {name!r} is not in the vocabulary ({self.source}): "
+                "give an Ensembl id or symbol the model knows"
+            )
+        return gid
+
+    @cached_property
+    def canonical_lookup(self) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        """``ensembl_mapping_dict`` as arrays: (its keys as an Index, the canonical id of each
+        key, the token of that id or -1 when it cannot be tokenized). Mapping a data set's genes
+        is then one hashed ``get_indexer`` in C instead of a Python loop per gene (the
+        tokenizer's fixed cost per file)."""
+        keys = pd.Index(list(self.mapping_dict), dtype=object)
+        canon = np.array(list(self.mapping_dict.values()), dtype=object)
+        token = np.array(
+            [self.token_dict.get(c, -1) if c in self.median_dict else -1 for c in canon],
+            dtype=np.int64,
+        )
+        return keys, canon, token
+
+    @cached_property
+    def median_of_token(self) -> np.ndarray:
+        """Normalisation median per token id (NaN for tokens that are not genes)."""
+        out = np.full(self.size, np.nan)
+        for gene, tok in self.token_dict.items():
+            if gene in self.median_dict:
+                out[tok] = self.median_dict[gene]
+        return out
+
+    def symbol(self, gene_id: str) -> str:
+        return self.id_to_symbol.get(gene_id, gene_id)
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except Exception as exc:  # corrupt or truncated pickle: name the file
+        raise IspoError(
+            f"vocabulary file {path} is unreadable ({type(exc).__name__}): "
+            "restore it from the model's release"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise IspoError(
+            f"vocabulary file {path} holds a {type(obj).__name__}, not a dict: "
+            "point --vocab at a Geneformer dictionary directory"
+        )
+    return obj
+
+
+def load_vocab(path: str | Path) -> Vocab:
+    """Read a Geneformer dictionary directory (see module docstring for the layout)."""
+    if isinstance(path, Vocab):
+        return path
+    root = Path(path)
+    if not root.is_dir():
+        raise IspoError(
+            f"vocabulary directory {root} does not exist: pass --vocab DIR "
+            "with Geneformer's token/median/name/mapping dictionaries"
+        )
+    missing = [name for name in FILES.values() if not (root / name).is_file()]
+    if missing:
+        raise IspoError(
+            f"vocabulary directory {root} lacks {', '.join(missing)}: "
+            "copy all four Geneformer dictionary files there"
+        )
+    dicts = {key: _read_pickle(root / name) for key, name in FILES.items()}
+    dicts["token_dict"] = {str(k): int(v) for k, v in dicts["token_dict"].items()}
+    dicts["median_dict"] = {str(k): float(v) for k, v in dicts["median_dict"].items()}
+    if PAD not in dicts["token_dict"]:
+        raise IspoError(
+            f"{root / FILES['token_dict']} has no <pad> token: not a Geneformer token dictionary"
+        )
+    return Vocab(**dicts, source=str(root))

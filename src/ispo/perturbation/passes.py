@@ -1,0 +1,162 @@
+"""Streaming passes over the input: one chooses the cells (keeping ~16 bytes per cell, no
+tokens), one embeds the target states' cells, one tokenizes each shard's cells as it comes, so
+host memory does not grow with the number of cells."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import torch
+
+from ispo.embedding.embed import embed_cells
+from ispo.errors import IspoError
+from ispo.io.vocab import Vocab
+from ispo.model.load import GeneformerModel
+from ispo.perturbation.options import CellStates
+from ispo.tokens import TokenizedCells
+
+
+def select_cells(
+    adata: ad.AnnData,
+    obs_index: np.ndarray,
+    cell_filter: dict | None,
+    states: CellStates | None,
+    max_ncells: int | None,
+    cell_range: tuple[int, int] | None,
+) -> np.ndarray:
+    """Positions (among the tokenized cells, rows ``obs_index``) of the cells to perturb."""
+    keep = np.ones(len(obs_index), dtype=bool)
+    obs = adata.obs.iloc[obs_index]
+    for key, allowed in (cell_filter or {}).items():
+        if key not in obs.columns:
+            raise IspoError(
+                f"filter key {key!r} is not an obs column: choose one of {list(obs.columns)[:10]}"
+            )
+        allowed = allowed if isinstance(allowed, (list, tuple, set)) else [allowed]
+        keep &= obs[key].astype(str).isin([str(a) for a in allowed]).to_numpy()
+    if states is not None:
+        if states.state_key not in obs.columns:
+            raise IspoError(
+                f"state_key {states.state_key!r} is not an obs column: choose one "
+                f"of {list(obs.columns)[:10]}"
+            )
+        keep &= (obs[states.state_key].astype(str) == states.start_state).to_numpy()
+    sel = np.flatnonzero(keep)
+    if cell_range is not None:
+        sel = sel[cell_range[0] : cell_range[1]]
+    if max_ncells is not None:
+        sel = sel[:max_ncells]
+    if len(sel) == 0:
+        what = f"start state {states.start_state!r}" if states else "the filters"
+        raise IspoError(
+            f"no cell left to perturb after {what}: check the filters, the state "
+            "labels and the cell range"
+        )
+    return sel
+
+
+def state_embeddings(
+    adata: ad.AnnData,
+    obs_index: np.ndarray,
+    model: GeneformerModel,
+    states: CellStates,
+    chunks: Callable[[], Iterator[TokenizedCells]],
+    **kw,
+) -> torch.Tensor:
+    """Mean cell embedding of each target state (same layer and pooling as the run), embedded
+    chunk by chunk as ``chunks()`` tokenizes the input (no state's cells are held at once)."""
+    if states.state_key not in adata.obs.columns:
+        raise IspoError(
+            f"state_key {states.state_key!r} is not an obs column: choose one of "
+            f"{list(adata.obs.columns)[:10]}"
+        )
+    all_labels = adata.obs[states.state_key].astype(str).to_numpy()
+    known = sorted(set(all_labels[obs_index]))
+    for st in (states.start_state, *states.targets):
+        if st not in known:
+            raise IspoError(
+                f"state {st!r} not found in obs[{states.state_key!r}]: known states "
+                f"are {known[:10]}"
+            )
+    sums = np.zeros((len(states.targets), model.config.hidden))
+    counts = np.zeros(len(states.targets))
+    for part in chunks():
+        labels = all_labels[part.obs_index]
+        for j, st in enumerate(states.targets):
+            idx = np.flatnonzero(labels == st)
+            if len(idx):
+                sums[j] += embed_cells(part.subset(idx), model, **kw).sum(0, dtype=np.float64)
+                counts[j] += len(idx)
+    return torch.from_numpy((sums / counts[:, None]).astype(np.float32)).to(model.device)
+
+
+@dataclass
+class InputScan:
+    """What one streaming pass over the input keeps: no tokens, only what selection, the
+    expression check and the resume fingerprint need (~16 bytes per cell)."""
+
+    obs_index: np.ndarray  # input row of each tokenized cell
+    digest: str  # sha1 of every cell's tokens, in order (the data in the fingerprint)
+    present: np.ndarray  # (n_cells, n_wanted): the cell expresses wanted token j
+
+
+def scan_input(chunks: Iterator[TokenizedCells], wanted: list[int]) -> InputScan:
+    sha = hashlib.sha1()
+    obs, present = [], []
+    for part in chunks:
+        sha.update(part.tokens.tobytes())
+        obs.append(part.obs_index)
+        hit = np.zeros((len(part), len(wanted)), dtype=bool)
+        if wanted:  # genes=all and overexpress lists need no check: skip the per-token pass
+            cell_of = np.repeat(np.arange(len(part)), part.lengths)
+            for j, tok in enumerate(wanted):
+                hit[cell_of[part.tokens == tok], j] = True
+        present.append(hit)
+    return InputScan(
+        np.concatenate(obs) if obs else np.zeros(0, np.int64),
+        sha.hexdigest(),
+        np.concatenate(present) if present else np.zeros((0, len(wanted)), bool),
+    )
+
+
+def iter_shards(
+    chunks: Iterator[TokenizedCells], shards: list[np.ndarray], wanted: set[int]
+) -> Iterator[tuple[int, TokenizedCells]]:
+    """``(i, cells of shard i)`` for the shards in ``wanted``, in order, from one streaming
+    pass (shards hold positions among the tokenized cells, ascending): a shard's tokens are
+    kept only until it is yielded, so memory does not grow with the number of cells."""
+    if not wanted:
+        return
+    k, base, pieces = 0, 0, []
+    for part in chunks:
+        top = base + len(part)
+        while k < len(shards):
+            pos = shards[k]
+            if k in wanted:
+                here = pos[(pos >= base) & (pos < top)]
+                if len(here):
+                    pieces.append(part.subset(here - base))
+            if pos[-1] >= top:
+                break  # shard k goes on in the next chunk
+            if k in wanted:
+                yield k, TokenizedCells.concat(pieces, part.has_cls)
+            k, pieces = k + 1, []
+        base = top
+        if k > max(wanted):
+            return  # every wanted shard is out: read no further
+
+
+def check_expressed(scan: InputScan, sel: np.ndarray, wanted: list[int], vocab: Vocab) -> None:
+    """A gene that no selected cell expresses cannot be deleted/moved: say so before running."""
+    id_of = vocab.id_of_token()
+    for j, tok in enumerate(wanted):
+        if not scan.present[sel, j].any():
+            gid = id_of[tok]
+            raise IspoError(
+                f"gene {vocab.symbol(gid)} ({gid}) is not expressed in any selected "
+                "cell: choose another gene or other cells"
+            )

@@ -1,0 +1,147 @@
+"""``kill -9`` in the middle of a run, then ``--resume``: exactly the rows of an uninterrupted run.
+
+A real ``python -m ispo`` child is killed with SIGKILL as soon as it has written its first part
+(one cell per shard, so many remain). Before resuming, debris of a half-written shard is planted
+in the parts folder (a temporary file and a garbage part that no manifest lists): the resumed
+run must not take it for done. The uninterrupted references run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from _scaleout import REPO, env, ispo_cmd, tiny_checkpoint, write_small
+from ispo.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    return {
+        "ckpt": tiny_checkpoint(root / "ckpt"),
+        "data": write_small(root / "d.h5ad", 24, seed=3),
+    }
+
+
+def _done(parts: Path) -> set[str]:
+    done: set[str] = set()
+    for m in parts.glob("manifest*.json"):
+        done |= set(json.loads(m.read_text())["done"])
+    return done
+
+
+def _start_and_kill(cmd: list[str], parts: Path, out: Path, pattern: str) -> set[str]:
+    """Start ``cmd``, SIGKILL it once a part is on disk; return the shards it recorded."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(), cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(parts.glob(pattern)):
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before it was killed: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no part written within 120 s")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists(), "the run finished before it was killed: make it longer"
+    return _done(parts)
+
+
+def _plant_debris(parts: Path, kind: str, done: set[str], n_shards: int) -> None:
+    """A half-written part under its final name (not in any manifest) and a stray temp file."""
+    todo = next(s for s in range(n_shards) if str(s) not in done)
+    (parts / f"{kind}-{todo:06d}.parquet").write_bytes(b"PAR1 half a part")
+    (parts / f".{kind}-{todo:06d}.parquet.tmp").write_bytes(b"PAR1")
+
+
+def test_perturb_resumes_after_kill_9(files, tmp_path):
+    n_cells = 24
+    args = [
+        str(files["data"]),
+        "--vocab",
+        "demo",
+        "--model",
+        str(files["ckpt"]),
+        "--shard-cells",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    out = tmp_path / "isp.parquet"
+    parts = tmp_path / "isp.parquet.parts"
+    done = _start_and_kill(
+        ispo_cmd("-q", "perturb", *args, "--out", str(out)), parts, out, "cells-*.parquet"
+    )
+    assert len(done) < n_cells  # killed mid-run (maybe between a part and its manifest entry)
+    _plant_debris(parts, "cells", done, n_cells)
+    with pytest.raises(SystemExit):  # without --resume the unfinished run is refused
+        main(["-q", "perturb", *args, "--out", str(out)])
+    main(["-q", "perturb", *args, "--out", str(out), "--resume"])
+    ref = tmp_path / "ref.parquet"
+    main(["-q", "perturb", *args, "--out", str(ref)])
+    a, b = pd.read_parquet(out), pd.read_parquet(ref)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert a["cell_id"].nunique() == n_cells
+    assert not a.duplicated(["cell_id", "perturbed_ids"]).any()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["n_cells_this_run"] == n_cells - len(done)  # the recorded shards were skipped
+    assert not parts.exists()
+
+
+def test_embed_resumes_after_kill_9(files, tmp_path):
+    n_cells = 24
+    args = [
+        str(files["data"]),
+        "--vocab",
+        "demo",
+        "--model",
+        str(files["ckpt"]),
+        "--chunk-cells",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    out = tmp_path / "emb.h5ad"
+    parts = tmp_path / "emb.h5ad.parts"
+    done = _start_and_kill(
+        ispo_cmd("-q", "embed", *args, "--out", str(out)), parts, out, "emb-*.parquet"
+    )
+    assert len(done) < n_cells
+    _plant_debris(parts, "emb", done, n_cells)
+    main(["-q", "embed", *args, "--out", str(out), "--resume"])
+    ref = tmp_path / "ref.h5ad"
+    main(["-q", "embed", *args, "--out", str(ref)])
+    a, b = ad.read_h5ad(out), ad.read_h5ad(ref)
+    np.testing.assert_array_equal(a.obsm["X_geneformer"], b.obsm["X_geneformer"])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert (a.X != b.X).nnz == 0
+    stream = a.uns["geneformer"]["stream"]
+    assert stream["resumed"] and stream["n_cells_this_run"] == n_cells - len(done)
+    assert not parts.exists()
+
+
+def test_resume_refuses_other_options(files, tmp_path):
+    args = [str(files["data"]), "--vocab", "demo", "--model", str(files["ckpt"]), "--device", "cpu"]
+    out = tmp_path / "e.h5ad"
+    from ispo.io.shards import ShardWriter
+
+    ShardWriter(out, {"something": "else"}, resume=False, overwrite=False).write(
+        0, {"emb": pd.DataFrame({"obs_index": [0]})}
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["-q", "embed", *args, "--out", str(out), "--resume"])
+    assert info.value.code == 2 and not out.exists()

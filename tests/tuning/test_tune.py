@@ -1,0 +1,300 @@
+"""`ispo tune`: an Optuna study over the fast path's settings, stored in SQLite and resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import ispo
+from ispo.cli.main import main
+from ispo.errors import IspoError
+from ispo.tuning import FastSettings, SearchSpace, fast_path, tune
+from ispo.tuning import search as search_module
+
+optuna = pytest.importorskip("optuna")
+
+SMALL = SearchSpace(
+    batch_tokens=[4096, 8192],
+    precision=["fp32", "bf16"],
+    attention=["default", "math"],
+    compile=[False],
+    int8=[False],
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=25426,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=2048,
+            hidden_act="relu",
+        )
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return ispo.load_model(str(tiny_model_dir), vocab=ispo.demo_vocab(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cells(model):
+    return ispo.tokenize(ispo.demo_adata(4), model.vocab)
+
+
+def trials(out: Path) -> list:
+    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
+    return study.trials
+
+
+def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_path):
+    out = tmp_path / "tune"
+    res = tune(cells, model, out=out, n_trials=3, space=SMALL, repeats=1, data_source="demo:4")
+    assert len(trials(out)) == 3
+    assert {p.name for p in out.iterdir()} >= {
+        "study.db",
+        "best.yaml",
+        "summary.json",
+        "trials.csv",
+    }
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_trials"] == 3 and s["kind"] == "tune"
+    first = s["trials"][0]  # the default setting is measured first, as the speedup's reference
+    assert first["settings"] == {
+        "batch_tokens": 8192,
+        "precision": "fp32",
+        "attention": "default",
+        "compile": False,
+        "int8": False,
+    }
+    assert first["cos_mean"] == pytest.approx(1.0, abs=1e-6) and first["feasible"]
+    assert res.best is not None and s["best"]["feasible"]
+    assert s["best"]["cells_per_s"] == max(t["cells_per_s"] for t in s["trials"] if t["feasible"])
+    created = optuna.load_study(
+        study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}"
+    ).user_attrs["created"]
+
+    # a second call with more trials continues the same study
+    res2 = tune(cells, model, out=out, n_trials=4, space=SMALL, repeats=1, data_source="demo:4")
+    again = trials(out)
+    assert [t.number for t in again] == [0, 1, 2, 3]
+    assert (
+        optuna.load_study(
+            study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}"
+        ).user_attrs["created"]
+        == created
+    )
+    assert res2.summary["n_trials"] == 4
+
+    # the best setting is a --config that ispo embed accepts
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["embed"]["method"] == "fast"
+    assert FastSettings.from_dict(best["embed"]) == res2.best
+
+    # another data set in the same folder is refused, not mixed in
+    with pytest.raises(IspoError, match="holds a study of a different run"):
+        tune(
+            cells.subset(np.arange(3)),
+            model,
+            out=out,
+            n_trials=6,
+            space=SMALL,
+            repeats=1,
+            data_source="demo:4",
+        )
+
+
+def test_interrupted_trial_is_run_again(cells, model, tmp_path):
+    out = tmp_path / "tune"
+    tune(cells, model, out=out, n_trials=1, space=SMALL, repeats=1)
+    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
+    stopped = study.ask()  # a trial left RUNNING, as by a killed process
+    for name, choices in (
+        ("int8", [False]),
+        ("precision", ["fp32", "bf16"]),
+        ("batch_tokens", [4096, 8192]),
+        ("attention", ["default", "math"]),
+        ("compile", [False]),
+    ):
+        stopped.suggest_categorical(name, choices)
+    params = dict(stopped.params)
+    tune(cells, model, out=out, n_trials=2, space=SMALL, repeats=1)
+    ts = trials(out)
+    assert ts[1].state == optuna.trial.TrialState.FAIL
+    assert ts[2].state == optuna.trial.TrialState.COMPLETE and ts[2].params == params
+
+
+def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monkeypatch):
+    real = search_module.embed_cells
+
+    def embed_cells(c, m, *, net=None, batch_tokens=None, **kw):
+        if net is not None and batch_tokens == 8192:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(c, m, net=net, batch_tokens=batch_tokens, **kw)
+
+    monkeypatch.setattr(search_module, "embed_cells", embed_cells)
+    space = SearchSpace(
+        batch_tokens=[4096, 8192],
+        precision=["fp32"],
+        attention=["default"],
+        compile=[False],
+        int8=[False],
+    )
+    res = tune(cells, model, out=tmp_path / "tune", n_trials=2, space=space, repeats=1)
+    states = {t["settings"]["batch_tokens"]: t for t in res.summary["trials"]}
+    assert states[8192]["state"] == "pruned"
+    assert states[8192]["reason"].startswith("out of memory")
+    assert res.best is not None and res.best.batch_tokens == 4096
+
+
+def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_path, monkeypatch):
+    """With a fake measurement: the faster but inconsistent or too large settings lose; the same
+    seed proposes the same settings."""
+
+    def measure(cells, model, settings, **kw):
+        fast = settings.precision == "bf16"
+        return {
+            "cells_per_s": 100.0 if fast else 10.0 + settings.batch_tokens / 4096,
+            "tokens_per_s": 1.0,
+            "time_s": 1.0,
+            "time_s_passes": [1.0],
+            "warmup_s": 0.0,
+            "cos_mean": 0.99 if fast else 1.0,
+            "cos_min": 0.9,
+            "max_abs_diff": 0.1,
+            "mem_peak_mib": 50.0 * settings.batch_tokens / 4096,
+            "memory_kind": "rss",
+            "backend": "fake",
+        }
+
+    monkeypatch.setattr(search_module, "measure", measure)
+    four = SearchSpace(
+        batch_tokens=[4096, 8192],
+        precision=["fp32", "bf16"],
+        attention=["default"],
+        compile=[False],
+        int8=[False],
+    )
+    s = tune(
+        cells, model, out=tmp_path / "grid", n_trials=4, space=four, memory_cap_mib=75.0
+    ).summary
+    assert s["n_trials"] == 4  # the space fits in the budget: every setting is tried once
+    assert s["best"]["settings"]["precision"] == "fp32"
+    assert s["best"]["settings"]["batch_tokens"] == 4096  # 8192 is faster but over the cap
+    reasons = sorted(t["reason"] for t in s["trials"] if not t["feasible"])
+    assert len(reasons) == 3 and reasons[0].startswith("mean cosine 0.99")
+    assert any(r.startswith("peak memory 100 MiB > cap 75 MiB") for r in reasons)
+
+    runs = [
+        tune(cells, model, out=tmp_path / f"seeded{i}", n_trials=2, space=SMALL, seed=3)
+        for i in range(2)
+    ]
+    assert [t["settings"] for t in runs[0].summary["trials"]] == [
+        t["settings"] for t in runs[1].summary["trials"]
+    ]
+
+
+def test_fast_path_applies_settings_and_restores_the_model(cells, model):
+    plain = ispo.embed_cells(cells, model)
+    settings = FastSettings(batch_tokens=4096, attention="math", int8=True)
+    with fast_path(model, settings):
+        net = model.encoder(model.layers_for(-1), "fp32")
+        assert "DynamicQuantizedLinear" in repr(net) or "Int8Linear" in repr(net)
+        q = ispo.embed_cells(cells, model, batch_tokens=4096)
+    assert "encoder" not in model.__dict__  # restored
+    cos = (q * plain).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(plain, axis=1)
+    assert cos.min() > 0.99
+    with pytest.raises(IspoError, match="int8 runs with fp32"):
+        FastSettings(precision="bf16", int8=True)
+
+
+def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "tune"
+    main(
+        [
+            "tune",
+            "--data",
+            "demo:4",
+            "--model",
+            str(tiny_model_dir),
+            "--n-trials",
+            "1",
+            "--out",
+            str(out),
+            "--batch-tokens",
+            "4096",
+            "--precision",
+            "fp32",
+            "--attention",
+            "math",
+            "--int8",
+            "off",
+            "--repeats",
+            "1",
+        ]
+    )
+    assert "1 trial (1 complete" in capsys.readouterr().out
+    assert (out / "config.yaml").is_file() and (out / "best.yaml").is_file()
+    emb = tmp_path / "emb.h5ad"
+    main(
+        [
+            "embed",
+            "demo:4",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(emb),
+            "--config",
+            str(out / "best.yaml"),
+        ]
+    )
+    a = ad.read_h5ad(emb)
+    best = yaml.safe_load((out / "best.yaml").read_text())["embed"]
+    saved = yaml.safe_load((tmp_path / "emb.h5ad.config.yaml").read_text())
+    assert saved["batch-tokens"] == best["batch-tokens"] == 4096
+    assert saved["attention"] == best["attention"] == "math"
+    assert a.obsm["X_geneformer"].shape == (4, 16)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-trials", "0"], "--n-trials must be at least 1"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--compile", "maybe"], "--compile must be auto, search, on or off"),
+        (["--attention", "fastest"], "unknown attention backend 'fastest'"),
+    ],
+)
+def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "tune",
+                "--data",
+                "demo:2",
+                "--model",
+                str(tiny_model_dir),
+                "--out",
+                str(tmp_path / "t"),
+                *args,
+            ]
+        )
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
