@@ -2,20 +2,20 @@
 all build, and that the loader and the runner read.
 
 Every switch is a field with a default that reproduces the plain fast path, so a setting can be
-turned off to compare. String choices are ``str`` Enums: ``Precision.BF16 == "bf16"``, so YAML
+turned off to compare. String choices are ``StrEnum`` members: ``Precision.BF16 == "bf16"``, so YAML
 files and keyword arguments keep their plain spellings.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from ispo.errors import IspoError
 
 
-class Choice(str, Enum):
+class Choice(StrEnum):
     """A string choice that names its options in the error for a wrong one."""
 
     @classmethod
@@ -25,9 +25,6 @@ class Choice(str, Enum):
         except ValueError:
             options = ", ".join(m.value for m in cls)
             raise IspoError(f"{what} must be one of {options}, not {value!r}") from None
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Precision(Choice):

@@ -170,8 +170,8 @@ def write_evaluation(
 ) -> Path:
     """Write an evaluation folder atomically: metrics.json, metrics.md, two PNGs, config.yaml."""
     from ispo.evaluation.plots import plot_confusion, plot_embedding
-    from ispo.evaluation.summary import evaluation_document
     from ispo.io.write import atomic_output
+    from ispo.reporting.summary import evaluation_document
 
     out = Path(out)
     with atomic_output(out, overwrite) as tmp:

@@ -283,7 +283,7 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
 
 def evaluate_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
     """The evaluation's tables and plots (as ``ispo evaluate`` wrote them)."""
-    from ispo.evaluation.summary import evaluation_document
+    from ispo.reporting.summary import evaluation_document
 
     result = _read_json(folder / "metrics.json")
     if not isinstance(result, dict) or "classification" not in result:
