@@ -105,6 +105,25 @@ def evaluate_embedding(
         than 2 labels or a label with fewer than 2 cells remain, ``control_label`` is not a
         label, or ``k`` / ``test_size`` is out of range.
     """
+    X, y, classes, n_dropped = _checked(X, labels, control_label, k, test_size)
+
+    rng = np.random.default_rng(seed)
+    return {
+        "n_cells": int(X.shape[0]),
+        "n_dropped_nan": n_dropped,
+        "n_labels": len(classes),
+        "embedding_dim": int(X.shape[1]),
+        "classification": _classification(X, y, classes, test_size=test_size, seed=seed),
+        "geometry": _geometry(X, y, classes, control_label=control_label, k=k, seed=seed, rng=rng),
+    }
+
+
+def _checked(
+    X: np.ndarray, labels: Sequence, control_label: str | None, k: int, test_size: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The finite rows of ``X``, their labels as strings, the sorted classes and how many rows
+    were dropped; every input :func:`evaluate_embedding` cannot score is refused here, with
+    the fix, before any model is fitted."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise IspoError(
@@ -125,7 +144,6 @@ def evaluate_embedding(
         raise IspoError(f"k must be at least 1, got {k}")
     if not 0.0 < test_size < 1.0:
         raise IspoError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
-
     finite = np.isfinite(X).all(axis=1)
     n_dropped = int((~finite).sum())
     X = X[finite]
@@ -152,16 +170,7 @@ def evaluate_embedding(
             f"({', '.join(map(repr, classes[:10]))}{', ...' if len(classes) > 10 else ''}); "
             "pass one of them or leave control_label unset"
         )
-
-    rng = np.random.default_rng(seed)
-    return {
-        "n_cells": int(X.shape[0]),
-        "n_dropped_nan": n_dropped,
-        "n_labels": len(classes),
-        "embedding_dim": int(X.shape[1]),
-        "classification": _classification(X, y, classes, test_size=test_size, seed=seed),
-        "geometry": _geometry(X, y, classes, control_label=control_label, k=k, seed=seed, rng=rng),
-    }
+    return X, y, classes, n_dropped
 
 
 def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:

@@ -96,7 +96,7 @@ def evaluate(
         If a key is missing, the labels or cells do not allow an evaluation, or the reference
         does not hold the same cells.
     """
-    from ispo.evaluation.metrics import embedding_consistency, evaluate_embedding
+    from ispo.evaluation.metrics import evaluate_embedding
 
     if out is not None:
         from ispo.io.write import check_output
@@ -107,23 +107,10 @@ def evaluate(
     metrics = evaluate_embedding(
         X[keep], labels[keep], control_label=control_label, k=k, test_size=test_size, seed=seed
     )
-    meta = _jsonable(dict(adata.uns.get("geneformer", {}) or {}))
-    random_init = meta.get("random_init")
-    random_init = None if random_init is None else bool(random_init)
-    warnings = [RANDOM_INIT_NOTE] if random_init else []
-    if adata.uns.get("synthetic"):
-        warnings.append(f"SYNTHETIC DATA: {adata.uns['synthetic']}")
-
+    meta, random_init, warnings = _provenance(adata)
     consistency = None
     if reference is not None:
-        R, ref_source = _reference_matrix(adata, reference, reference_key or embedding_key)
-        both = keep & np.isfinite(X).all(axis=1) & np.isfinite(R).all(axis=1)
-        consistency = {
-            **embedding_consistency(X[both], R[both], k=k),
-            "n_cells": int(both.sum()),
-            "k": min(k, int(both.sum()) - 1),
-            "reference": ref_source,
-        }
+        consistency = _consistency(adata, X, keep, reference, reference_key or embedding_key, k)
 
     g = metrics["geometry"]
     result: dict[str, Any] = {
@@ -157,6 +144,34 @@ def evaluate(
             result, X[finite], labels[finite], out, overwrite=overwrite, run_config=run_config
         )
     return result
+
+
+def _provenance(adata: ad.AnnData) -> tuple[dict, bool | None, list[str]]:
+    """How the embedding was made (``uns["geneformer"]``), whether its weights were random,
+    and the warnings every output of such an embedding must carry."""
+    meta = _jsonable(dict(adata.uns.get("geneformer", {}) or {}))
+    random_init = meta.get("random_init")
+    random_init = None if random_init is None else bool(random_init)
+    warnings = [RANDOM_INIT_NOTE] if random_init else []
+    if adata.uns.get("synthetic"):
+        warnings.append(f"SYNTHETIC DATA: {adata.uns['synthetic']}")
+    return meta, random_init, warnings
+
+
+def _consistency(
+    adata: ad.AnnData, X: np.ndarray, keep: np.ndarray, reference, key: str, k: int
+) -> dict:
+    """Agreement with a second embedding of the same cells, over the cells both embed."""
+    from ispo.evaluation.metrics import embedding_consistency
+
+    R, ref_source = _reference_matrix(adata, reference, key)
+    both = keep & np.isfinite(X).all(axis=1) & np.isfinite(R).all(axis=1)
+    return {
+        **embedding_consistency(X[both], R[both], k=k),
+        "n_cells": int(both.sum()),
+        "k": min(k, int(both.sum()) - 1),
+        "reference": ref_source,
+    }
 
 
 def write_evaluation(

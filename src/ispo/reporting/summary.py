@@ -60,8 +60,25 @@ def evaluation_document(
         f"{result['embedding_dim']}." + (f" Embedding: {made}." if made else "")
     )
 
+    _classification(doc, result, level + 1)
+    _geometry(doc, result, level + 1)
+    _consistency(doc, result.get("consistency"), level + 1)
+
+    images = images or {}
+    if images:
+        doc.heading("Plots", level + 1)
+        if "embedding" in images:
+            doc.image(images["embedding"], "embedding coloured by label")
+        if "confusion" in images:
+            doc.image(images["confusion"], "confusion matrix of the linear probe")
+    return doc
+
+
+def _classification(doc: Document, result: dict, level: int) -> None:
+    """The linear probe's section: how it was split and its scores."""
+    p = result.get("params", {})
     c = result["classification"]
-    doc.heading("Classification (linear probe)", level + 1)
+    doc.heading("Classification (linear probe)", level)
     doc.paragraph(
         f"Ridge classifier on standardised features, stratified split "
         f"({fmt(c['n_train'])} train / {fmt(c['n_test'])} test cells, seed "
@@ -76,8 +93,12 @@ def evaluation_document(
         ],
     )
 
+
+def _geometry(doc: Document, result: dict, level: int) -> None:
+    """The label-geometry section, with scib's names beside ours."""
+    p = result.get("params", {})
     g = result["geometry"]
-    doc.heading("Geometry", level + 1)
+    doc.heading("Geometry", level)
     rows = [
         [key, scib or "", fmt(g.get(key)), better, meaning]
         for key, scib, better, meaning in GEOMETRY_ROWS
@@ -98,9 +119,11 @@ def evaluation_document(
         f"k = {p.get('k', 10)} neighbours; KMeans and subsamples seeded with {p.get('seed', 0)}."
     )
 
-    cons = result.get("consistency")
+
+def _consistency(doc: Document, cons: dict | None, level: int) -> None:
+    """Agreement with a reference embedding of the same cells, when one was given."""
     if cons:
-        doc.heading("Consistency with the reference embedding", level + 1)
+        doc.heading("Consistency with the reference embedding", level)
         doc.paragraph(
             f"Same {fmt(cons.get('n_cells'))} cells embedded twice; reference: "
             f"{cons.get('reference', '?')}; k = {cons.get('k')}."
@@ -109,12 +132,3 @@ def evaluation_document(
             ["metric", "value", "meaning"],
             [[k, fmt(cons[k], digits=6), m] for k, m in CONSISTENCY_ROWS if k in cons],
         )
-
-    images = images or {}
-    if images:
-        doc.heading("Plots", level + 1)
-        if "embedding" in images:
-            doc.image(images["embedding"], "embedding coloured by label")
-        if "confusion" in images:
-            doc.image(images["confusion"], "confusion matrix of the linear probe")
-    return doc
