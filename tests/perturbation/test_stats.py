@@ -124,7 +124,7 @@ def test_aggregate_puts_planted_gene_first():
 
 
 def test_goal_state_shift_finds_only_the_planted_gene():
-    out = perturb_stats(make_results(), mode="goal_state_shift")
+    out = perturb_stats(make_results(), mode="goal_state_shift", method="geneformer")
     assert out["perturbed_ids"].iloc[0] == gid(7)
     assert out["perturbed_symbols"].iloc[0] == "G7"
     assert out["significant"].sum() == 1 and out["significant"].iloc[0]
@@ -154,16 +154,34 @@ def test_goal_state_shift_explicit_states_and_background_subsample():
     df = make_results()
     df.attrs = {}
     out = perturb_stats(
-        df, mode="goal_state_shift", goal_state="nf", alt_states=[], max_background=300, seed=3
+        df,
+        mode="goal_state_shift",
+        method="geneformer",
+        goal_state="nf",
+        alt_states=[],
+        max_background=300,
+        seed=3,
     )
     assert not any(c.startswith("hcm") for c in out.columns)
     assert out["perturbed_ids"].iloc[0] == gid(7) and out["significant"].sum() == 1
     again = perturb_stats(
-        df, mode="goal_state_shift", goal_state="nf", alt_states=[], max_background=300, seed=3
+        df,
+        mode="goal_state_shift",
+        method="geneformer",
+        goal_state="nf",
+        alt_states=[],
+        max_background=300,
+        seed=3,
     )
     pd.testing.assert_frame_equal(out, again)  # seeded subsample: reproducible
     other = perturb_stats(
-        df, mode="goal_state_shift", goal_state="nf", alt_states=[], max_background=300, seed=4
+        df,
+        mode="goal_state_shift",
+        method="geneformer",
+        goal_state="nf",
+        alt_states=[],
+        max_background=300,
+        seed=4,
     )
     assert not np.allclose(
         out.sort_values("perturbed_ids")["goal_pval"],
@@ -174,7 +192,7 @@ def test_goal_state_shift_explicit_states_and_background_subsample():
 def test_goal_state_shift_alt_state_with_effect():
     df = make_results()
     df.loc[df["perturbed_ids"] == gid(2), "shift_hcm"] -= 0.05
-    out = perturb_stats(df, mode="goal_state_shift").set_index("perturbed_ids")
+    out = perturb_stats(df, mode="goal_state_shift", method="geneformer").set_index("perturbed_ids")
     assert out.loc[gid(2), "hcm_fdr"] < 1e-6 and out.loc[gid(2), "shift_to_hcm"] < -0.04
     assert (out.drop(index=gid(2))["hcm_fdr"] > 0.05).all()
 
@@ -303,20 +321,20 @@ def test_reads_parquet_with_run_metadata(tmp_path):
     )
     path = tmp_path / "res.parquet"
     pq.write_table(table, path)
-    out = perturb_stats(path, mode="goal_state_shift")
+    out = perturb_stats(path, mode="goal_state_shift", method="geneformer")
     assert out["perturbed_ids"].iloc[0] == gid(7) and "hcm_fdr" in out.columns
     # metadata only in a JSON file beside the Parquet
     df.attrs = {}
     bare = tmp_path / "bare.parquet"
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), bare)
     (tmp_path / "bare.json").write_text(json.dumps(meta))
-    out2 = perturb_stats(str(bare), mode="goal_state_shift")
+    out2 = perturb_stats(str(bare), mode="goal_state_shift", method="geneformer")
     pd.testing.assert_frame_equal(out, out2)
 
 
 @pytest.mark.parametrize("name", ["stats.csv", "stats.tsv", "stats.parquet"])
 def test_write_stats_round_trip(tmp_path, name):
-    out = perturb_stats(make_results(), mode="goal_state_shift")
+    out = perturb_stats(make_results(), mode="goal_state_shift", method="geneformer")
     path = write_stats(out, tmp_path / name)
     back = (
         pd.read_parquet(path)
@@ -360,10 +378,25 @@ def test_errors(tmp_path):
             ),
             "shift_nf",
         ),
-        (lambda: perturb_stats(bare, mode="goal_state_shift"), "--goal-state"),
-        (lambda: perturb_stats(bare, mode="goal_state_shift", goal_state="nf"), "shift_nf"),
-        (lambda: perturb_stats(df, mode="goal_state_shift", alt_states=["ipf"]), "'ipf'"),
-        (lambda: perturb_stats(df, mode="goal_state_shift", alt_states=["goal"]), "clash"),
+        (lambda: perturb_stats(bare, mode="goal_state_shift", method="geneformer"), "--goal-state"),
+        (
+            lambda: perturb_stats(
+                bare, mode="goal_state_shift", method="geneformer", goal_state="nf"
+            ),
+            "shift_nf",
+        ),
+        (
+            lambda: perturb_stats(
+                df, mode="goal_state_shift", method="geneformer", alt_states=["ipf"]
+            ),
+            "'ipf'",
+        ),
+        (
+            lambda: perturb_stats(
+                df, mode="goal_state_shift", method="geneformer", alt_states=["goal"]
+            ),
+            "clash",
+        ),
         (lambda: perturb_stats(df, mode="aggregate_gene_shifts"), "--gene-table"),
         (
             lambda: perturb_stats(
@@ -377,7 +410,12 @@ def test_errors(tmp_path):
         ),
         (lambda: perturb_stats(df, mode="mixture_model", n_components=1), "n_components"),
         (lambda: perturb_stats(df, mode="aggregate", fdr_alpha=1.5), "fdr_alpha"),
-        (lambda: perturb_stats(df, mode="goal_state_shift", max_background=0), "max_background"),
+        (
+            lambda: perturb_stats(
+                df, mode="goal_state_shift", method="geneformer", max_background=0
+            ),
+            "max_background",
+        ),
         (lambda: perturb_stats(tmp_path / "missing.parquet", mode="aggregate"), "does not exist"),
         (lambda: write_stats(df, tmp_path / "stats.xlsx"), ".csv"),
         (lambda: write_stats(df, tmp_path / "no" / "stats.csv"), "does not exist"),
