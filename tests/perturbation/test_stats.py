@@ -690,6 +690,16 @@ def test_errors(tmp_path):
             ),
             "max_background",
         ),
+        (lambda: perturb_stats(df, mode="goal_state_shift", method="t"), "unknown method"),
+        (lambda: perturb_stats(df, mode="aggregate", columns="scanpy"), "unknown columns"),
+        (lambda: perturb_stats(df, mode="goal_state_shift", min_cells=1), "min_cells"),
+        (
+            lambda: perturb_stats(
+                df.drop(columns=["obs_index", "cell_id"]), mode="goal_state_shift"
+            ),
+            "obs_index and cell_id",
+        ),
+        (lambda: volcano_points(df), "goal-state columns"),
         (lambda: perturb_stats(tmp_path / "missing.parquet", mode="aggregate"), "does not exist"),
         (lambda: write_stats(df, tmp_path / "stats.xlsx"), ".csv"),
         (lambda: write_stats(df, tmp_path / "no" / "stats.csv"), "does not exist"),
@@ -701,3 +711,95 @@ def test_errors(tmp_path):
         with pytest.raises(IspoError, match=words) as info:
             fn()
         assert "\n" not in str(info.value) and ":" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ Geneformer names
+
+
+def test_geneformer_columns_goal_state_shift_with_alt_state():
+    df = make_results()
+    ours = perturb_stats(df, mode="goal_state_shift", method="geneformer")
+    theirs = perturb_stats(df, mode="goal_state_shift", method="geneformer", columns="geneformer")
+    assert list(theirs.columns) == [
+        "Gene_name",
+        "Ensembl_ID",
+        "Shift_to_goal_end",
+        "Shift_to_alt_end_hcm",
+        "Goal_end_vs_random_pval",
+        "Alt_end_vs_random_pval_hcm",
+        "Goal_end_FDR",
+        "Alt_end_FDR_hcm",
+        "N_Detections",
+        "Sig",
+    ]
+    same = ours.set_index("perturbed_ids").loc[theirs["Ensembl_ID"]]
+    np.testing.assert_array_equal(theirs["Goal_end_FDR"], same["goal_fdr"])
+    np.testing.assert_array_equal(theirs["Alt_end_FDR_hcm"], same["hcm_fdr"])
+    np.testing.assert_array_equal(theirs["Sig"], same["significant"].astype(int))
+    # the paired test renames only what it shares with Geneformer's table
+    paired = perturb_stats(df, mode="goal_state_shift", columns="geneformer")
+    assert list(paired.columns[:5]) == [
+        "Gene_name",
+        "Ensembl_ID",
+        "Shift_to_goal_end",
+        "Shift_to_alt_end_hcm",
+        "N_Detections",
+    ]
+    assert {"goal_toward_fdr", "hcm_away_fdr", "toward_goal"} <= set(paired.columns)
+    assert "Goal_end_FDR" not in paired.columns
+
+
+def test_geneformer_columns_other_modes():
+    df = make_results(planted=(3, 11, 20), cos_drop=0.08)
+    null = make_results(seed=1, shift=0.0)
+    vs = perturb_stats(df, mode="vs_null", null=null, columns="geneformer")
+    assert list(vs.columns[:10]) == [
+        "Gene_name",
+        "Ensembl_ID",
+        "Test_avg_shift",
+        "Null_avg_shift",
+        "Test_vs_null_avg_shift",
+        "Test_vs_null_pval",
+        "Test_vs_null_FDR",
+        "N_Detections_test",
+        "N_Detections_null",
+        "Sig",
+    ]
+    assert vs["Sig"].iloc[0] == 1 and vs["Sig"].is_monotonic_decreasing
+    mix = perturb_stats(df, mode="mixture_model", columns="geneformer")
+    assert list(mix.columns[:5]) == [
+        "Gene_name",
+        "Ensembl_ID",
+        "Test_avg_shift",
+        "Impact_component",
+        "N_Detections",
+    ]
+    assert set(mix["Ensembl_ID"].iloc[:3]) == {gid(i) for i in (3, 11, 20)}
+    assert list(mix["Impact_component"]) == [1, 1, 1] + [0] * 27
+    agg = perturb_stats(df, mode="aggregate", columns="geneformer")
+    assert list(agg.columns) == ["Cosine_sim", "Gene"] and len(agg) == len(df)
+    np.testing.assert_array_equal(agg["Cosine_sim"], df["cos_sim"])  # already grouped by gene
+    genes = pd.DataFrame(
+        {
+            "perturbed_ids": ["A", "A", "B"],
+            "affected_id": ["X", "X", "X"],
+            "affected_symbol": ["x", "x", "x"],
+            "cos_sim": np.array([0.8, 0.6, 0.5], np.float32),
+        }
+    )
+    results = pd.DataFrame(
+        {"perturbed_ids": ["A", "B"], "perturbed_symbols": ["a", "b"], "cos_sim": [0.9, 0.9]}
+    )
+    pairs = perturb_stats(
+        results, mode="aggregate_gene_shifts", gene_table=genes, columns="geneformer"
+    )
+    assert list(pairs.columns) == [
+        "Gene_name",
+        "Ensembl_ID",
+        "Affected_gene_name",
+        "Affected_Ensembl_ID",
+        "Cosine_sim_mean",
+        "Cosine_sim_stdev",
+        "N_Detections",
+    ]
+    assert list(pairs["Gene_name"]) == ["b", "a"] and list(pairs["N_Detections"]) == [1, 2]
