@@ -65,18 +65,32 @@ def volcano_points(stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def _label_top(ax, pts: pd.DataFrame, side: str, n: int, colour: str) -> None:
-    """Label the ``n`` genes of one side with the smallest FDR (largest effect on ties)."""
+    """Label the ``n`` genes of one side with the smallest FDR (largest effect on ties).
+
+    Labels stand in a column beside the points (right of them for ``toward``, left for
+    ``away``), spaced so that they never overlap, each joined to its point by a thin line.
+    """
     sel = pts[pts["side"] == side].assign(strength=lambda d: d["x"].abs())
     sel = sel.sort_values(["y", "strength"], ascending=False).head(n)
-    for k, row in enumerate(sel.itertuples()):
+    if sel.empty:
+        return
+    x_lo, x_hi = pts["x"].min(), pts["x"].max()
+    span = max(x_hi - x_lo, 1e-12)
+    gap = 0.055 * max(pts["y"].max(), 1.0)
+    x_text = x_hi + 0.06 * span if side == "toward" else x_lo - 0.06 * span
+    y_text = sel["y"].to_numpy().copy()
+    for i in range(1, len(y_text)):
+        y_text[i] = min(y_text[i], y_text[i - 1] - gap)
+    for (x, y, name), yt in zip(sel[["x", "y", "symbol"]].itertuples(index=False), y_text):
         ax.annotate(
-            row.symbol,
-            (row.x, row.y),
-            xytext=(6 if side == "toward" else -6, 4 + 9 * (k % 3) - 9),
-            textcoords="offset points",
+            name,
+            (x, y),
+            xytext=(x_text, yt),
             ha="left" if side == "toward" else "right",
+            va="center",
             fontsize="x-small",
             color=colour,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": colour, "shrinkB": 2},
         )
 
 
@@ -94,7 +108,7 @@ def volcano_png(
     pts = volcano_points(stats)
     info = stats.attrs.get("ispo_stats", {})
     alpha = float(info.get("fdr_alpha", 0.05))
-    fig = Figure(figsize=(7.0, 5.0), dpi=110)
+    fig = Figure(figsize=(7.5, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for side, colour, label in (
@@ -124,7 +138,12 @@ def volcano_png(
         + ")",
         fontsize="medium",
     )
-    ax.legend(frameon=False, fontsize="small", loc="upper left")
+    x_lo, x_hi = (pts["x"].min(), pts["x"].max()) if len(pts) else (-1.0, 1.0)
+    pad = 0.3 * max(x_hi - x_lo, 1e-12)
+    ax.set_xlim(x_lo - pad, x_hi + pad)  # room for the label columns
+    ax.legend(
+        frameon=False, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3
+    )
     fig.tight_layout()
     out = Path(path)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
