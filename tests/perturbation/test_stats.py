@@ -690,8 +690,6 @@ def test_errors(tmp_path):
             ),
             "max_background",
         ),
-        (lambda: perturb_stats(df, mode="goal_state_shift", method="t"), "unknown method"),
-        (lambda: perturb_stats(df, mode="aggregate", columns="scanpy"), "unknown columns"),
         (lambda: perturb_stats(df, mode="goal_state_shift", min_cells=1), "min_cells"),
         (
             lambda: perturb_stats(
@@ -803,3 +801,11 @@ def test_geneformer_columns_other_modes():
         "N_Detections",
     ]
     assert list(pairs["Gene_name"]) == ["b", "a"] and list(pairs["N_Detections"]) == [1, 2]
+
+
+def test_unknown_method_or_columns_name_the_choices():
+    df = make_results()
+    with pytest.raises(IspoError, match="method must be one of paired, geneformer, not 't'"):
+        perturb_stats(df, mode="goal_state_shift", method="t")
+    with pytest.raises(IspoError, match="columns must be one of ispo, geneformer, not 'x'"):
+        perturb_stats(df, mode="aggregate", columns="x")

@@ -575,6 +575,24 @@ def _stats_summary(df, fdr_alpha: float) -> str:
     return ""
 
 
+StatsMethodOpt = Annotated[
+    str,
+    typer.Option(
+        help="goal_state_shift test: paired (within-cell, one-sided toward/away) or "
+        "geneformer (InSilicoPerturberStats, to reproduce Geneformer analyses)"
+    ),
+]
+MinCellsOpt = Annotated[
+    int, typer.Option("--min-cells", help="paired: genes seen in fewer cells are not tested")
+]
+ColumnsOpt = Annotated[
+    str, typer.Option(help="column names: ispo, or geneformer (InSilicoPerturberStats names)")
+]
+VolcanoOpt = Annotated[
+    bool, typer.Option(help="goal_state_shift: also write OUT.volcano.png beside OUT")
+]
+
+
 @app.command("perturb-stats")
 def perturb_stats_cmd(
     results: Annotated[Path, typer.Argument(help="results .parquet written by ispo perturb")],
@@ -585,20 +603,9 @@ def perturb_stats_cmd(
             help="aggregate, goal_state_shift, vs_null, mixture_model or aggregate_gene_shifts"
         ),
     ] = "aggregate",
-    method: Annotated[
-        str,
-        typer.Option(
-            help="goal_state_shift test: paired (within-cell, one-sided toward/away) or "
-            "geneformer (InSilicoPerturberStats, to reproduce Geneformer analyses)"
-        ),
-    ] = "paired",
-    min_cells: Annotated[
-        int, typer.Option("--min-cells", help="paired: genes seen in fewer cells are not tested")
-    ] = 10,
-    columns: Annotated[
-        str,
-        typer.Option(help="column names: ispo, or geneformer (InSilicoPerturberStats names)"),
-    ] = "ispo",
+    method: StatsMethodOpt = "paired",
+    min_cells: MinCellsOpt = 10,
+    columns: ColumnsOpt = "ispo",
     null: Annotated[
         Path | None, typer.Option("--null", help="vs_null: results .parquet of a null run")
     ] = None,
@@ -619,9 +626,7 @@ def perturb_stats_cmd(
     max_background: Annotated[
         int, typer.Option(help="geneformer method: pooled background subsample size")
     ] = 100_000,
-    plot: Annotated[
-        bool, typer.Option(help="goal_state_shift: also write OUT.volcano.png beside OUT")
-    ] = True,
+    plot: VolcanoOpt = True,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:

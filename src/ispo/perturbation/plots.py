@@ -18,6 +18,7 @@ import pandas as pd
 from ispo.errors import IspoError
 
 TOWARD, AWAY, OTHER = "#1a9850", "#e66101", "#b0b0b0"
+PAIRED_X = " (shift minus the cell's median shift)"
 
 
 def _column(stats: pd.DataFrame, *names: str) -> str | None:
@@ -123,11 +124,7 @@ def volcano_png(
     _label_top(ax, pts, "toward", top, TOWARD)
     _label_top(ax, pts, "away", max(1, top // 2), AWAY)
     paired = "goal_effect" in stats.columns
-    ax.set_xlabel(
-        "effect toward the goal (shift minus the cell's median shift)"
-        if paired
-        else "mean shift toward the goal"
-    )
+    ax.set_xlabel(f"{'effect' if paired else 'mean shift'} toward the goal{PAIRED_X * paired}")
     ax.set_ylabel(f"-log10 FDR (dashed: FDR {alpha:g})")
     untested = len(stats) - len(pts)
     goal = info.get("goal_state", "goal")

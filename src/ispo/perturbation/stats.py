@@ -39,7 +39,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +48,7 @@ from scipy import stats as sps
 from scipy.special import ndtr
 
 from ispo.errors import IspoError
+from ispo.settings import Choice
 
 Mode = Literal["aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts"]
 MODES = ("aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts")
@@ -540,14 +540,14 @@ def _aggregate_gene_shifts(df: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFram
 # ---------------------------------------------------------------------------------------------
 
 
-class Method(StrEnum):
+class Method(Choice):
     """How ``goal_state_shift`` tests genes (see the module docstring)."""
 
     PAIRED = "paired"
     GENEFORMER = "geneformer"
 
 
-class Columns(StrEnum):
+class Columns(Choice):
     """Output column names: ispo's, or those of Geneformer's ``InSilicoPerturberStats``."""
 
     ISPO = "ispo"
@@ -579,14 +579,6 @@ class _Run:
 
 
 FIX = "pass the per-cell results table written by ispo perturb"
-
-
-def _choice(enum: type[Enum], value: object, what: str) -> Enum:
-    try:
-        return enum(value)
-    except ValueError:
-        names = ", ".join(e.value for e in enum)
-        raise IspoError(f"unknown {what} {value!r}: choose one of {names}") from None
 
 
 def _run_aggregate(run: _Run) -> tuple[pd.DataFrame, dict]:
@@ -834,7 +826,7 @@ def _options(
     if min_cells < 2:
         raise IspoError(f"min_cells is {min_cells}: use 2 or more (default 10)")
     return StatsOptions(
-        method=_choice(Method, method, "method"),
+        method=Method.parse(method, "method"),
         fdr_alpha=fdr_alpha,
         min_cells=min_cells,
         max_background=max_background,
@@ -895,37 +887,29 @@ def perturb_stats(
     Parameters
     ----------
     results
-        The engine's per-(cell, perturbation) table, or the path of its Parquet file (its
-        metadata, from the file or a JSON beside it, supplies the cell states).
+        The engine's per-(cell, perturbation) table or its Parquet path (whose metadata, in the
+        file or a JSON beside it, supplies the cell states).
     mode
         ``"aggregate"``, ``"goal_state_shift"``, ``"vs_null"``, ``"mixture_model"`` or
         ``"aggregate_gene_shifts"`` (see the module docstring).
     goal_state, alt_states
-        States whose ``shift_<state>`` columns are tested; default from the run's cell states.
-        ``alt_states=[]`` tests the goal only.
-    null
-        ``vs_null``: a results table of the same genes from a null run (table or path).
-    gene_table
-        ``aggregate_gene_shifts``: the ``emb_mode="cell_and_gene"`` table (table or path).
+        States whose ``shift_<state>`` columns are tested; default: the run's cell states
+        (``alt_states=[]``: the goal only).
+    null, gene_table
+        ``vs_null``: a null run's results; ``aggregate_gene_shifts``: the
+        ``emb_mode="cell_and_gene"`` table (tables or paths).
     fdr_alpha
         Significant when the Benjamini-Hochberg FDR is below this.
-    max_background
-        ``goal_state_shift``, ``method="geneformer"``: the pooled background is a seeded
-        subsample of at most this size.
-    seed
-        Seed of the background subsample and of the mixture model.
-    n_components
-        ``mixture_model``: number of Gaussian components (the impact one has the highest mean).
+    max_background, seed, n_components
+        ``method="geneformer"``: the pooled background is a seeded subsample of at most
+        ``max_background``; ``mixture_model``: ``n_components`` Gaussians seeded with ``seed``.
     method
-        ``goal_state_shift``: ``"paired"`` (default; one-sided within-cell signed-rank tests,
-        toward and away reported apart) or ``"geneformer"`` (Geneformer's two-sided rank-sum
-        against all genes pooled, to reproduce Geneformer analyses).
+        ``goal_state_shift``: ``"paired"`` (default; within-cell one-sided signed-rank tests,
+        toward and away apart) or ``"geneformer"`` (to reproduce Geneformer analyses).
     min_cells
-        ``method="paired"``: genes detected in fewer cells are reported but not tested (and not
-        counted in the FDR correction).
+        ``method="paired"``: genes seen in fewer cells are reported, not tested or counted.
     columns
-        ``"geneformer"`` renames the columns (and orders the rows) as Geneformer's
-        ``InSilicoPerturberStats`` does (see :func:`geneformer_columns`).
+        ``"geneformer"``: Geneformer's column names and row order (:func:`geneformer_columns`).
 
     Returns
     -------
@@ -938,7 +922,7 @@ def perturb_stats(
     if mode not in MODES:
         raise IspoError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     opts = _options(method, fdr_alpha, min_cells, max_background, seed, n_components)
-    names = _choice(Columns, columns, "columns")
+    names = Columns.parse(columns, "columns")
     df = _results_table(results)
     goal, alts = _states(df, goal_state, alt_states)
     out, extra = _RUNNERS[mode](_Run(df, goal, alts, null, gene_table, opts))
