@@ -588,7 +588,7 @@ def test_aggregate_gene_shifts_tiny():
 
 def test_reads_parquet_with_run_metadata(tmp_path):
     df = make_results()
-    meta = {"cell_states": STATES}
+    meta = {"cell_states": STATES, "random_init": True}
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(
         {**table.schema.metadata, b"ispo": json.dumps(meta).encode()}
@@ -597,6 +597,8 @@ def test_reads_parquet_with_run_metadata(tmp_path):
     pq.write_table(table, path)
     out = perturb_stats(path, mode="goal_state_shift", method="geneformer")
     assert out["perturbed_ids"].iloc[0] == gid(7) and "hcm_fdr" in out.columns
+    assert out.attrs["ispo_stats"]["random_init"]  # plots of it carry the warning
+    assert "random_init" not in perturb_stats(make_results(), mode="aggregate").attrs["ispo_stats"]
     # metadata only in a JSON file beside the Parquet
     df.attrs = {}
     bare = tmp_path / "bare.parquet"

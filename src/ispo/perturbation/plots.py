@@ -18,6 +18,7 @@ import pandas as pd
 from ispo.errors import IspoError
 
 TOWARD, AWAY, OTHER = "#1a9850", "#e66101", "#b0b0b0"
+RANDOM_NOTE = "RANDOM WEIGHTS: a speed/plumbing run, not biology"
 PAIRED_X = " (shift minus the cell's median shift)"
 
 
@@ -138,6 +139,8 @@ def volcano_png(
     x_lo, x_hi = (pts["x"].min(), pts["x"].max()) if len(pts) else (-1.0, 1.0)
     pad = 0.3 * max(x_hi - x_lo, 1e-12)
     ax.set_xlim(x_lo - pad, x_hi + pad)  # room for the label columns
+    if info.get("random_init"):
+        fig.text(0.01, 0.01, RANDOM_NOTE, color="#b2182b", fontsize="small", weight="bold")
     ax.legend(
         frameon=False, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3
     )

@@ -866,6 +866,15 @@ def _states(
     return goal_state, [a for a in alt_states if a is not None and a != goal_state]
 
 
+def _info(df: pd.DataFrame, mode: str, fdr_alpha: float, seed: int, extra: dict) -> dict:
+    """How a table was made; ``random_init`` when the run had random weights (plots say so)."""
+    info = {"mode": mode, "fdr_alpha": fdr_alpha, "seed": seed, **extra}
+    meta = df.attrs.get("ispo")
+    if isinstance(meta, dict) and meta.get("random_init"):
+        info["random_init"] = True
+    return info
+
+
 def perturb_stats(
     results: pd.DataFrame | str | os.PathLike,
     *,
@@ -887,27 +896,24 @@ def perturb_stats(
     Parameters
     ----------
     results
-        The engine's per-(cell, perturbation) table or its Parquet path (whose metadata, in the
-        file or a JSON beside it, supplies the cell states).
+        The engine's per-(cell, perturbation) table, or its Parquet path (+ metadata: states).
     mode
-        ``"aggregate"``, ``"goal_state_shift"``, ``"vs_null"``, ``"mixture_model"`` or
-        ``"aggregate_gene_shifts"`` (see the module docstring).
+        One of :data:`MODES` (see the module docstring); Geneformer's ``aggregate_data`` too.
     goal_state, alt_states
-        States whose ``shift_<state>`` columns are tested; default: the run's cell states
-        (``alt_states=[]``: the goal only).
+        States whose ``shift_<state>`` are tested (default: the run's; ``alt_states=[]``: none).
     null, gene_table
         ``vs_null``: a null run's results; ``aggregate_gene_shifts``: the
         ``emb_mode="cell_and_gene"`` table (tables or paths).
     fdr_alpha
-        Significant when the Benjamini-Hochberg FDR is below this.
+        Significant below this Benjamini-Hochberg FDR.
     max_background, seed, n_components
         ``method="geneformer"``: the pooled background is a seeded subsample of at most
         ``max_background``; ``mixture_model``: ``n_components`` Gaussians seeded with ``seed``.
     method
-        ``goal_state_shift``: ``"paired"`` (default; within-cell one-sided signed-rank tests,
-        toward and away apart) or ``"geneformer"`` (to reproduce Geneformer analyses).
+        ``goal_state_shift``: ``"paired"`` (within-cell, one-sided, toward and away apart) or
+        ``"geneformer"`` (Geneformer's test, to reproduce Geneformer analyses).
     min_cells
-        ``method="paired"``: genes seen in fewer cells are reported, not tested or counted.
+        ``method="paired"``: genes seen in fewer cells are reported, not tested nor counted.
     columns
         ``"geneformer"``: Geneformer's column names and row order (:func:`geneformer_columns`).
 
@@ -915,8 +921,7 @@ def perturb_stats(
     -------
     pandas.DataFrame
         One row per perturbed gene (``aggregate_gene_shifts``: per gene pair), strongest first,
-        with ``perturbed_ids`` and ``perturbed_symbols``; ``attrs["ispo_stats"]`` records the
-        mode, the value tested and the parameters.
+        with gene ids and symbols; ``attrs["ispo_stats"]`` records how it was made.
     """
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
@@ -927,7 +932,7 @@ def perturb_stats(
     goal, alts = _states(df, goal_state, alt_states)
     out, extra = _RUNNERS[mode](_Run(df, goal, alts, null, gene_table, opts))
     out = out.reset_index(drop=True)
-    out.attrs = {"ispo_stats": {"mode": mode, "fdr_alpha": fdr_alpha, "seed": seed, **extra}}
+    out.attrs = {"ispo_stats": _info(df, mode, fdr_alpha, seed, extra)}
     return geneformer_columns(out, df) if names is Columns.GENEFORMER else out
 
 
