@@ -29,6 +29,19 @@ def gid(i: int) -> str:
     return f"ENSG{i:011d}"
 
 
+def rows_of(cell, gene, symbols, **values):
+    """A results table like the engine's: one row per (cell, deleted gene), then ``values``."""
+    base = {
+        "cell_id": [f"cell{c}" for c in cell],
+        "obs_index": np.asarray(cell, np.int64),
+        "perturbed_ids": [gid(g) for g in gene],
+        "perturbed_symbols": symbols,
+        "perturb_type": "delete",
+        "n_genes": 500,
+    }
+    return pd.DataFrame({**base, **values})
+
+
 def make_results(
     n_genes=30, n_cells=40, planted=(7,), shift=0.05, seed=0, states=True, cos_drop=0.0
 ):
@@ -40,17 +53,12 @@ def make_results(
     gene = np.repeat(np.arange(n_genes), n_cells)
     cell = np.tile(np.arange(n_cells), n_genes)
     hit = np.isin(gene, planted)
-    df = pd.DataFrame(
-        {
-            "cell_id": [f"cell{c}" for c in cell],
-            "obs_index": cell.astype(np.int64),
-            "perturbed_ids": [gid(g) for g in gene],
-            "perturbed_symbols": [f"G{g}" for g in gene],
-            "perturb_type": "delete",
-            "n_genes": 500,
-            "cos_sim": (0.99 + rng.normal(0, 0.002, gene.size) - cos_drop * hit).astype(np.float32),
-            "cell_cos_sim": (0.999 + rng.normal(0, 0.0005, gene.size)).astype(np.float32),
-        }
+    df = rows_of(
+        cell,
+        gene,
+        [f"G{g}" for g in gene],
+        cos_sim=(0.99 + rng.normal(0, 0.002, gene.size) - cos_drop * hit).astype(np.float32),
+        cell_cos_sim=(0.999 + rng.normal(0, 0.0005, gene.size)).astype(np.float32),
     )
     if states:
         df["shift_nf"] = (rng.normal(0, 0.01, gene.size) + shift * hit).astype(np.float32)
@@ -82,19 +90,13 @@ def planted(seed=0, n_cells=40, offset_sd=0.01, kinds=KINDS, p_detect=0.7):
     effect = np.select(
         [kinds == "toward", kinds == "away", single], [EFFECT, -EFFECT, 3 * EFFECT], 0.0
     )
-    df = pd.DataFrame(
-        {
-            "cell_id": [f"cell{c}" for c in cell],
-            "obs_index": cell.astype(np.int64),
-            "perturbed_ids": [gid(g) for g in gene],
-            "perturbed_symbols": [f"{kinds[g]}{g}" for g in gene],
-            "perturb_type": "delete",
-            "n_genes": 500,
-            "cos_sim": np.float32(0.99),
-            "shift_nf": (offset[cell] + effect[gene] + rng.normal(0, 0.01, gene.size)).astype(
-                np.float32
-            ),
-        }
+    shift = offset[cell] + effect[gene] + rng.normal(0, 0.01, gene.size)
+    df = rows_of(
+        cell,
+        gene,
+        [f"{kinds[g]}{g}" for g in gene],
+        cos_sim=np.float32(0.99),
+        shift_nf=shift.astype(np.float32),
     )
     df.attrs["cell_states"] = {**STATES, "alt_states": []}
     return df, pd.Series(kinds, index=[gid(g) for g in range(kinds.size)])
@@ -222,36 +224,14 @@ def test_goal_state_shift_finds_only_the_planted_gene():
 def test_goal_state_shift_explicit_states_and_background_subsample():
     df = make_results()
     df.attrs = {}
-    out = perturb_stats(
-        df,
-        mode="goal_state_shift",
-        method="geneformer",
-        goal_state="nf",
-        alt_states=[],
-        max_background=300,
-        seed=3,
-    )
+    how = {"mode": "goal_state_shift", "method": "geneformer", "goal_state": "nf"}
+    how.update(alt_states=[], max_background=300)
+    out = perturb_stats(df, **how, seed=3)
     assert not any(c.startswith("hcm") for c in out.columns)
     assert out["perturbed_ids"].iloc[0] == gid(7) and out["significant"].sum() == 1
-    again = perturb_stats(
-        df,
-        mode="goal_state_shift",
-        method="geneformer",
-        goal_state="nf",
-        alt_states=[],
-        max_background=300,
-        seed=3,
-    )
+    again = perturb_stats(df, **how, seed=3)
     pd.testing.assert_frame_equal(out, again)  # seeded subsample: reproducible
-    other = perturb_stats(
-        df,
-        mode="goal_state_shift",
-        method="geneformer",
-        goal_state="nf",
-        alt_states=[],
-        max_background=300,
-        seed=4,
-    )
+    other = perturb_stats(df, **how, seed=4)
     assert not np.allclose(
         out.sort_values("perturbed_ids")["goal_pval"],
         other.sort_values("perturbed_ids")["goal_pval"],

@@ -638,24 +638,35 @@ def _value_column(run: _Run) -> str:
     return value
 
 
+def _side_table(
+    table: pd.DataFrame | str | os.PathLike | None,
+    what: str,
+    absent: str,
+    columns: Sequence[str],
+    fix: str,
+    refill: str,
+) -> pd.DataFrame:
+    """A second table a mode needs (null run, gene table): given, with ``columns``, not empty."""
+    df = _load(table, what)
+    if df is None:
+        raise IspoError(absent)
+    _require(df, columns, what, fix)
+    if len(df) == 0:
+        raise IspoError(f"{what} is empty: {refill}")
+    return df
+
+
 def _run_vs_null(run: _Run) -> tuple[pd.DataFrame, dict]:
-    null_df = _load(run.null, "null table")
-    if null_df is None:
-        raise IspoError(
-            "vs_null needs a null table: pass --null NULL.parquet (a run of the "
-            "same genes on control cells or a null model)"
-        )
     value = _value_column(run)
-    _require(
-        null_df,
-        [ID, value],
+    null_df = _side_table(
+        run.null,
         "null table",
+        "vs_null needs a null table: pass --null NULL.parquet (a run of the same genes on "
+        "control cells or a null model)",
+        [ID, value],
         f"the null run must have {value}; rerun it with the same options as the test run",
+        "rerun the null perturbation with cells and genes in it",
     )
-    if len(null_df) == 0:
-        raise IspoError(
-            "null table is empty: rerun the null perturbation with cells and genes in it"
-        )
     out = _vs_null(run.df, null_df, value, fdr_alpha=run.opts.fdr_alpha)
     return out, {"value": value, "goal_state": run.goal}
 
@@ -673,20 +684,15 @@ def _run_mixture(run: _Run) -> tuple[pd.DataFrame, dict]:
 
 
 def _run_gene_shifts(run: _Run) -> tuple[pd.DataFrame, dict]:
-    genes = _load(run.gene_table, "gene table")
-    if genes is None:
-        raise IspoError(
-            "aggregate_gene_shifts needs the gene table: pass --gene-table "
-            "GENES.parquet from a run with emb_mode='cell_and_gene'"
-        )
-    _require(
-        genes,
-        GENE_TABLE_COLUMNS,
+    genes = _side_table(
+        run.gene_table,
         "gene table",
+        "aggregate_gene_shifts needs the gene table: pass --gene-table GENES.parquet from a "
+        "run with emb_mode='cell_and_gene'",
+        GENE_TABLE_COLUMNS,
         "pass the per-affected-gene table of a run with emb_mode='cell_and_gene'",
+        "rerun ispo perturb with emb_mode='cell_and_gene'",
     )
-    if len(genes) == 0:
-        raise IspoError("gene table is empty: rerun ispo perturb with emb_mode='cell_and_gene'")
     return _aggregate_gene_shifts(run.df, genes), {"value": "cos_sim"}
 
 
