@@ -503,15 +503,17 @@ def _goal_shift_part(doc: Document, pq: Path, states: dict, figures: _Figures) -
     info = goal.attrs["ispo_stats"]
     alpha = info["fdr_alpha"]
     doc.heading(f"Which perturbations move cells toward the goal state {goal_state!r}", 3)
+    untested = info["n_untested"]
     doc.paragraph(
         "Paired test: each shift toward the goal minus the median shift of the genes perturbed "
         "in the same cell; per gene, one-sided Wilcoxon signed-rank tests over the cells that "
         "detect it, Benjamini-Hochberg FDR per direction over the "
-        f"{info['n_tested']:,} genes seen in at least {info['min_cells']} cells "
-        f"({info['n_untested']:,} below that are listed, not tested). "
-        f"{int(goal['toward_goal'].sum()):,} genes move cells toward the goal and "
-        f"{int(goal['away_from_goal'].sum()):,} away from it at FDR < {alpha}. "
-        "Geneformer's two-sided test: `ispo perturb-stats --method geneformer`."
+        f"{info['n_tested']:,} genes seen in at least {info['min_cells']} cells"
+        f"{f' ({untested:,} seen in fewer: listed, not tested)' if untested else ''}. "
+        "The effect is the mean centred shift with its 95% interval (per gene, not adjusted "
+        f"for the number of genes). {int(goal['toward_goal'].sum()):,} genes move cells "
+        f"toward the goal and {int(goal['away_from_goal'].sum()):,} away from it at FDR < "
+        f"{alpha}. Geneformer's two-sided test: `ispo perturb-stats --method geneformer`."
     )
     g = goal.head(TOP_HITS)
     cols = [c for c in GOAL_COLUMNS if c in g.columns]
