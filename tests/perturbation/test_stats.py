@@ -404,8 +404,8 @@ def test_geneformer_method_equals_its_reference_with_geneformer_columns():
 
 def test_paired_needs_several_genes_per_cell():
     df, _ = planted()
-    one = df.drop_duplicates("obs_index")  # one perturbation per cell, as with a gene set
-    one = pd.concat([one] * 1, ignore_index=True).assign(perturbed_ids=gid(0))
+    # one perturbation per cell, as with a gene set perturbed together
+    one = df.drop_duplicates("obs_index").assign(perturbed_ids=gid(0))
     with pytest.raises(IspoError, match="single perturbation"):
         perturb_stats(one, mode="goal_state_shift", goal_state="nf", min_cells=2)
     out = perturb_stats(one, mode="goal_state_shift", goal_state="nf", method="geneformer")
