@@ -627,7 +627,9 @@ def perturb_stats_cmd(
         int, typer.Option(help="geneformer method: pooled background subsample size")
     ] = 100_000,
     plot: VolcanoOpt = True,
-    seed: SeedOpt = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="seed of the geneformer background and of the mixture")
+    ] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Per-gene statistics of a perturbation run (Geneformer's InSilicoPerturberStats modes)."""
