@@ -5,33 +5,50 @@ per perturbed gene (or per perturbed/affected gene pair). Modes, as in Geneforme
 
 - ``aggregate``: mean, median and std of ``cos_sim`` (lower = stronger effect), mean
   ``cell_cos_sim`` and of each ``shift_<state>``, number of cells.
-- ``goal_state_shift``: each gene's shifts toward the goal (and each alt) state against all genes'
-  shifts pooled (a seeded subsample of at most ``max_background``), Wilcoxon rank-sum,
-  Benjamini-Hochberg FDR.
+- ``goal_state_shift``: which genes, when perturbed, move cells toward the goal (and each alt)
+  state. Two methods:
+
+  - ``paired`` (default): each (cell, gene) shift minus the median shift of all genes perturbed
+    in the *same* cell (aligned observations, Hodges & Lehmann 1962), so a cell's own distance to
+    the goal cancels out; per gene, one-sided Wilcoxon signed-rank tests (Wilcoxon 1945) over the
+    cells that detect it, one toward the goal and one away from it, each with its own
+    Benjamini-Hochberg FDR over the genes detected in at least ``min_cells`` cells (the others are
+    reported, not tested). The effect is the mean centred shift with a 95% t interval.
+  - ``geneformer``: Geneformer's test, unchanged: each gene's shifts against all genes' shifts
+    pooled (a seeded subsample of at most ``max_background``), two-sided Wilcoxon rank-sum,
+    Benjamini-Hochberg FDR over all genes. Use it to reproduce Geneformer analyses; it mixes genes
+    that move cells away from the goal with those that move them toward it, and lets cells far
+    from the goal dominate.
+
 - ``vs_null``: each gene's values against the same gene's values in a null run (rank-sum, BH).
 - ``mixture_model``: a seeded Gaussian mixture on per-gene mean impact; components are ordered by
   their means here (Geneformer assumes sklearn's component 0 is the lower one; it need not be).
 - ``aggregate_gene_shifts``: per (perturbed, affected) gene pair, mean/std/N of ``cos_sim`` from
   the ``emb_mode="cell_and_gene"`` gene table.
 
-Every output carries gene ids and symbols and records how it was made in ``df.attrs["ispo_stats"]``.
+Every output carries gene ids and symbols and records how it was made in ``df.attrs["ispo_stats"]``;
+``columns="geneformer"`` renames (and, for Geneformer's tests, orders) them as Geneformer does.
 The rank-sum test is computed against a sorted background with :func:`numpy.searchsorted`
 (the same z and p as :func:`scipy.stats.ranksums`, without re-ranking the background per gene).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 from scipy.special import ndtr
 
 from ispo.errors import IspoError
+from ispo.settings import Choice
 
 Mode = Literal["aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts"]
 MODES = ("aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts")
@@ -90,6 +107,73 @@ def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     raw = p[order] * m / np.arange(1, m + 1)
     q[order] = np.minimum(np.minimum.accumulate(raw[::-1])[::-1], 1.0)
     return q
+
+
+#: Largest group size whose signed-rank p-values come from the exact null distribution.
+EXACT_MAX_N = 50
+
+
+@functools.cache
+def _signed_rank_sf() -> np.ndarray:
+    """``sf[n, w] = P(W+ >= w)`` for ``n`` untied nonzero differences under the null.
+
+    W+ of n differences is the sum of a random subset of the ranks 1..n; the number of subsets
+    with each sum follows from adding the ranks one at a time (counts stay exact in float64).
+    """
+    top = EXACT_MAX_N * (EXACT_MAX_N + 1) // 2
+    counts = np.zeros(top + 1)
+    counts[0] = 1.0
+    sf = np.zeros((EXACT_MAX_N + 1, top + 2))
+    sf[0, 0] = 1.0
+    for n in range(1, EXACT_MAX_N + 1):
+        counts = counts + np.concatenate([np.zeros(n), counts[:-n]])
+        sf[n, : top + 1] = np.cumsum((counts / 2.0**n)[::-1])[::-1]
+    return sf
+
+
+def signed_rank_grouped(
+    values: np.ndarray, codes: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-sided Wilcoxon signed-rank p-values of each group of ``values`` against zero.
+
+    Returns ``(p_greater, p_less, n_used)``. Zeros are dropped (Wilcoxon's convention, scipy's
+    ``zero_method="wilcox"``); ranks of ``|values|`` are taken within each group, midranks for
+    ties. A group with at most :data:`EXACT_MAX_N` values and no ties uses the exact null
+    distribution (``scipy.stats.wilcoxon(method="exact")``); otherwise the normal approximation
+    with the tie correction and no continuity correction (scipy's ``method="asymptotic"``).
+    Groups with no nonzero value get NaN.
+    """
+    keep = values != 0
+    v, c = np.asarray(values, np.float64)[keep], np.asarray(codes)[keep]
+    a = np.abs(v)
+    order = np.lexsort((a, c))
+    a_s, c_s, pos_s = a[order], c[order], v[order] > 0
+    if a_s.size == 0:
+        nan = np.full(n_groups, np.nan)
+        return nan, nan.copy(), np.zeros(n_groups, np.int64)
+    idx = np.arange(a_s.size)
+    new_group = np.r_[True, c_s[1:] != c_s[:-1]]
+    new_run = new_group | np.r_[True, a_s[1:] != a_s[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, idx, 0))
+    run_start = np.flatnonzero(new_run)
+    run_len = np.diff(np.r_[run_start, a_s.size]).astype(np.float64)
+    run_rank = (run_start - group_start[run_start]) + (run_len + 1) / 2
+    ranks = run_rank[np.cumsum(new_run) - 1]
+    n = np.bincount(c_s, minlength=n_groups).astype(np.float64)
+    w_plus = np.bincount(c_s, weights=ranks * pos_s, minlength=n_groups)
+    ties = np.bincount(c_s[run_start], weights=run_len**3 - run_len, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt(n * (n + 1) * (2 * n + 1) / 24 - ties / 48)
+        z = (w_plus - n * (n + 1) / 4) / sd
+    p_greater, p_less = ndtr(-z), ndtr(z)
+    exact = (n <= EXACT_MAX_N) & (ties == 0) & (n > 0)
+    if exact.any():
+        sf = _signed_rank_sf()
+        ne, we = n[exact].astype(np.intp), np.rint(w_plus[exact]).astype(np.intp)
+        p_greater[exact] = sf[ne, we]
+        p_less[exact] = sf[ne, ne * (ne + 1) // 2 - we]
+    p_greater[n == 0] = p_less[n == 0] = np.nan
+    return p_greater, p_less, n.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +303,7 @@ def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["cos_sim_mean", ID], kind="mergesort", na_position="last")
 
 
-def _goal_state_shift(
+def _geneformer_goal_shift(
     df: pd.DataFrame,
     goal: str,
     alts: list[str],
@@ -251,6 +335,95 @@ def _goal_state_shift(
     order = ["goal_fdr", "shift_to_goal", ID]
     return out.sort_values(
         order, ascending=[True, False, True], kind="mergesort", na_position="last"
+    )
+
+
+def _cell_codes(df: pd.DataFrame) -> np.ndarray:
+    """One code per cell (``obs_index``, else ``cell_id``): the blocks of the paired test."""
+    key = next((k for k in ("obs_index", "cell_id") if k in df.columns), None)
+    if key is None:
+        raise IspoError(
+            "results table lacks obs_index and cell_id, which the paired test needs to compare "
+            "genes within a cell: pass the table written by ispo perturb, or use "
+            "method='geneformer'"
+        )
+    return pd.factorize(df[key], sort=False)[0]
+
+
+def paired_shift_test(
+    values: np.ndarray, genes: np.ndarray, cells: np.ndarray, n_genes: int, min_cells: int
+) -> dict[str, np.ndarray]:
+    """Within-cell test of each gene's shifts: the arrays of one state's ``paired`` columns.
+
+    ``values[i]`` is the shift of row i, perturbing gene ``genes[i]`` in cell ``cells[i]``. Each
+    value minus its cell's median value (over the genes perturbed in that cell) removes what all
+    perturbations of the cell share, chiefly its distance to the state; per gene, the centred
+    values are tested against zero with one-sided signed-rank tests (:func:`signed_rank_grouped`)
+    when the gene was seen in at least ``min_cells`` cells. ``effect`` is their mean, with a 95%
+    t interval. FDRs are Benjamini-Hochberg over the tested genes, one family per direction.
+    """
+    centred = values - pd.Series(values).groupby(cells).transform("median").to_numpy()
+    effect, n = _group_mean(centred, genes, n_genes)
+    mean_shift, _ = _group_mean(values, genes, n_genes)
+    dev = centred - effect[genes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sem = np.sqrt(np.bincount(genes, weights=dev**2, minlength=n_genes) / (n - 1) / n)
+        half = sps.t.ppf(0.975, n - 1) * sem
+    tested = n >= min_cells
+    p_up, p_down, _ = signed_rank_grouped(centred, genes, n_genes)
+    p_up[~tested] = p_down[~tested] = np.nan
+    return {
+        "shift": mean_shift,
+        "effect": effect,
+        "ci_low": effect - half,
+        "ci_high": effect + half,
+        "toward_pval": p_up,
+        "toward_fdr": bh_fdr(p_up),
+        "away_pval": p_down,
+        "away_fdr": bh_fdr(p_down),
+        "n": n,
+        "tested": tested,
+    }
+
+
+def _paired_goal_shift(
+    df: pd.DataFrame, goal: str, alts: list[str], *, fdr_alpha: float, min_cells: int
+) -> pd.DataFrame:
+    """The ``paired`` goal-state test for the goal and each alt state (columns per state)."""
+    codes, out = _groups(df)
+    cells = _cell_codes(df)
+    for i, state in enumerate([goal, *alts]):
+        col = _shift_column(df, state, "results table")
+        v = df[col].to_numpy(dtype=np.float64)
+        ok = ~np.isnan(v)
+        if not ok.any():
+            raise IspoError(
+                f"column {col} holds no values: rerun ispo perturb with start-state "
+                "cells, or choose another state"
+            )
+        r = paired_shift_test(v[ok], codes[ok], cells[ok], len(out), min_cells)
+        name = "goal" if i == 0 else state
+        out[f"shift_to_{name}"] = r["shift"]
+        for key in ("effect", "ci_low", "ci_high"):
+            out[f"{name}_{key.replace('ci_', 'effect_ci95_')}"] = r[key]
+        for key in ("toward_pval", "toward_fdr", "away_pval", "away_fdr"):
+            out[f"{name}_{key}"] = r[key]
+        out[f"toward_{name}"] = r["toward_fdr"] < fdr_alpha
+        out[f"away_from_{name}"] = r["away_fdr"] < fdr_alpha
+        if i == 0:
+            out["n_detections"] = r["n"]
+            out["tested"] = r["tested"]
+    if not (out["tested"] & out["goal_toward_pval"].notna()).any() and out["tested"].any():
+        raise IspoError(
+            "every cell has a single perturbation, so no gene can be compared with the other "
+            "genes of its cell: perturb genes one at a time (genes='all'), or use "
+            "method='geneformer' or mode='vs_null'"
+        )
+    return out.sort_values(
+        ["goal_toward_fdr", "goal_effect", ID],
+        ascending=[True, False, True],
+        kind="mergesort",
+        na_position="last",
     )
 
 
@@ -305,7 +478,7 @@ def _mixture(df: pd.DataFrame, value: str, *, n_components: int, seed: int) -> p
     v, c = _finite(df[value], codes)
     mean, n = _group_mean(v, c, len(out))
     impact = mean if value.startswith("shift_") else 1.0 - mean
-    out = out.assign(n_cells=n, impact=impact)
+    out = out.assign(n_cells=n, value_mean=mean, impact=impact)
     fit = ~np.isnan(impact)
     x = impact[fit].reshape(-1, 1)
     if len(np.unique(x)) < n_components:
@@ -363,8 +536,349 @@ def _aggregate_gene_shifts(df: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFram
 
 
 # ---------------------------------------------------------------------------------------------
+# Options and mode runners
+# ---------------------------------------------------------------------------------------------
+
+
+class Method(Choice):
+    """How ``goal_state_shift`` tests genes (see the module docstring)."""
+
+    PAIRED = "paired"
+    GENEFORMER = "geneformer"
+
+
+class Columns(Choice):
+    """Output column names: ispo's, or those of Geneformer's ``InSilicoPerturberStats``."""
+
+    ISPO = "ispo"
+    GENEFORMER = "geneformer"
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """The options of :func:`perturb_stats` after validation (see its parameters)."""
+
+    method: Method = Method.PAIRED
+    fdr_alpha: float = 0.05
+    min_cells: int = 10
+    max_background: int = 100_000
+    seed: int = 0
+    n_components: int = 2
+
+
+@dataclass
+class _Run:
+    """What one mode works on: the results, the states tested, the extra tables, the options."""
+
+    df: pd.DataFrame
+    goal: str | None
+    alts: list[str]
+    null: pd.DataFrame | str | os.PathLike | None
+    gene_table: pd.DataFrame | str | os.PathLike | None
+    opts: StatsOptions
+
+
+FIX = "pass the per-cell results table written by ispo perturb"
+
+
+def _run_aggregate(run: _Run) -> tuple[pd.DataFrame, dict]:
+    _require(run.df, ["cos_sim"], "results table", FIX)
+    return _aggregate(run.df), {"value": "cos_sim"}
+
+
+def _run_goal_state_shift(run: _Run) -> tuple[pd.DataFrame, dict]:
+    if run.goal is None:
+        raise IspoError(
+            "goal_state_shift needs a goal state: pass --goal-state, or run ispo "
+            "perturb with cell states"
+        )
+    names = ["goal", *run.alts]
+    if len(set(names)) < len(names):
+        raise IspoError(
+            f"alt state names {run.alts} clash with the goal columns: rename the state "
+            "called 'goal'"
+        )
+    o = run.opts
+    info = {
+        "value": f"shift_{run.goal}",
+        "goal_state": run.goal,
+        "alt_states": list(run.alts),
+        "method": o.method.value,
+    }
+    if o.method is Method.GENEFORMER:
+        out = _geneformer_goal_shift(
+            run.df,
+            run.goal,
+            run.alts,
+            fdr_alpha=o.fdr_alpha,
+            max_background=o.max_background,
+            seed=o.seed,
+        )
+        info.update(test="two-sided rank-sum vs all genes pooled", max_background=o.max_background)
+        return out, info
+    out = _paired_goal_shift(
+        run.df, run.goal, run.alts, fdr_alpha=o.fdr_alpha, min_cells=o.min_cells
+    )
+    info.update(
+        test="one-sided signed-rank of within-cell centred shifts",
+        min_cells=o.min_cells,
+        n_tested=int(out["tested"].sum()),
+        n_untested=int((~out["tested"]).sum()),
+    )
+    return out, info
+
+
+def _value_column(run: _Run) -> str:
+    """``cos_sim``, or the goal state's shift column when a goal state is known."""
+    if run.goal is None:
+        value = "cos_sim"
+    else:
+        value = _shift_column(run.df, run.goal, "results table")
+    _require(run.df, [value], "results table", FIX)
+    return value
+
+
+def _side_table(
+    table: pd.DataFrame | str | os.PathLike | None,
+    what: str,
+    absent: str,
+    columns: Sequence[str],
+    fix: str,
+    refill: str,
+) -> pd.DataFrame:
+    """A second table a mode needs (null run, gene table): given, with ``columns``, not empty."""
+    df = _load(table, what)
+    if df is None:
+        raise IspoError(absent)
+    _require(df, columns, what, fix)
+    if len(df) == 0:
+        raise IspoError(f"{what} is empty: {refill}")
+    return df
+
+
+def _run_vs_null(run: _Run) -> tuple[pd.DataFrame, dict]:
+    value = _value_column(run)
+    null_df = _side_table(
+        run.null,
+        "null table",
+        "vs_null needs a null table: pass --null NULL.parquet (a run of the same genes on "
+        "control cells or a null model)",
+        [ID, value],
+        f"the null run must have {value}; rerun it with the same options as the test run",
+        "rerun the null perturbation with cells and genes in it",
+    )
+    out = _vs_null(run.df, null_df, value, fdr_alpha=run.opts.fdr_alpha)
+    return out, {"value": value, "goal_state": run.goal}
+
+
+def _run_mixture(run: _Run) -> tuple[pd.DataFrame, dict]:
+    value = _value_column(run)
+    k = run.opts.n_components
+    out = _mixture(run.df, value, n_components=k, seed=run.opts.seed)
+    return out, {
+        "value": value,
+        "impact": value if value != "cos_sim" else "1 - mean cos_sim",
+        "n_components": k,
+        "component_means": out.attrs.pop("component_means"),
+    }
+
+
+def _run_gene_shifts(run: _Run) -> tuple[pd.DataFrame, dict]:
+    genes = _side_table(
+        run.gene_table,
+        "gene table",
+        "aggregate_gene_shifts needs the gene table: pass --gene-table GENES.parquet from a "
+        "run with emb_mode='cell_and_gene'",
+        GENE_TABLE_COLUMNS,
+        "pass the per-affected-gene table of a run with emb_mode='cell_and_gene'",
+        "rerun ispo perturb with emb_mode='cell_and_gene'",
+    )
+    return _aggregate_gene_shifts(run.df, genes), {"value": "cos_sim"}
+
+
+_RUNNERS = {
+    "aggregate": _run_aggregate,
+    "goal_state_shift": _run_goal_state_shift,
+    "vs_null": _run_vs_null,
+    "mixture_model": _run_mixture,
+    "aggregate_gene_shifts": _run_gene_shifts,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Geneformer's column names
+# ---------------------------------------------------------------------------------------------
+
+#: Per mode, ispo's column -> the column of Geneformer's ``InSilicoPerturberStats`` output, in
+#: Geneformer's column order. Geneformer's token-id columns (``Gene`` of goal_state_shift,
+#: vs_null and mixture_model; ``Perturbed``/``Affected`` of aggregate_gene_shifts) have no ispo
+#: counterpart: ispo keys genes by Ensembl id (``Ensembl_ID``).
+GENEFORMER_NAMES: dict[str, dict[str, str]] = {
+    "aggregate": {"cos_sim": "Cosine_sim", SYMBOL: "Gene"},
+    "goal_state_shift": {
+        SYMBOL: "Gene_name",
+        ID: "Ensembl_ID",
+        "shift_to_goal": "Shift_to_goal_end",
+        "shift_to_{alt}": "Shift_to_alt_end_{alt}",
+        "goal_pval": "Goal_end_vs_random_pval",
+        "{alt}_pval": "Alt_end_vs_random_pval_{alt}",
+        "goal_fdr": "Goal_end_FDR",
+        "{alt}_fdr": "Alt_end_FDR_{alt}",
+        "n_detections": "N_Detections",
+        "significant": "Sig",
+    },
+    "vs_null": {
+        SYMBOL: "Gene_name",
+        ID: "Ensembl_ID",
+        "mean_test": "Test_avg_shift",
+        "mean_null": "Null_avg_shift",
+        "mean_diff": "Test_vs_null_avg_shift",
+        "pval": "Test_vs_null_pval",
+        "fdr": "Test_vs_null_FDR",
+        "n_test": "N_Detections_test",
+        "n_null": "N_Detections_null",
+        "significant": "Sig",
+    },
+    "mixture_model": {
+        SYMBOL: "Gene_name",
+        ID: "Ensembl_ID",
+        "value_mean": "Test_avg_shift",
+        "impact_component": "Impact_component",
+        "n_cells": "N_Detections",
+    },
+    "aggregate_gene_shifts": {
+        SYMBOL: "Gene_name",
+        ID: "Ensembl_ID",
+        "affected_symbol": "Affected_gene_name",
+        "affected_id": "Affected_Ensembl_ID",
+        "cos_sim_mean": "Cosine_sim_mean",
+        "cos_sim_std": "Cosine_sim_stdev",
+        "n_cells": "N_Detections",
+    },
+}
+#: Geneformer's row order of each mode's table: (columns, ascending).
+GENEFORMER_ORDER: dict[str, tuple[list[str], list[bool]]] = {
+    "goal_state_shift": (["Sig", "Shift_to_goal_end", "Goal_end_FDR"], [False, False, True]),
+    "vs_null": (["Sig", "Test_vs_null_avg_shift", "Test_vs_null_FDR"], [False, False, True]),
+    "mixture_model": (["Impact_component", "Test_avg_shift"], [False, True]),
+    "aggregate_gene_shifts": (["Cosine_sim_mean"], [True]),
+}
+#: Columns the paired test shares with Geneformer's table (the rest keep ispo's names).
+_PAIRED_SHARED = {SYMBOL, ID, "shift_to_goal", "shift_to_{alt}", "n_detections"}
+
+
+def _expand(names: dict[str, str], alts: Sequence[str]) -> dict[str, str]:
+    """The ``{alt}`` entries written out once per alt state, keeping the order."""
+    out: dict[str, str] = {}
+    for ours, theirs in names.items():
+        for alt in alts if "{alt}" in ours else [None]:
+            out[ours.format(alt=alt)] = theirs.format(alt=alt)
+    return out
+
+
+def geneformer_columns(stats: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`perturb_stats` table with Geneformer's ``InSilicoPerturberStats`` column names.
+
+    Geneformer's columns come first in Geneformer's order, ispo's extra columns after them;
+    ``Sig`` and ``Impact_component`` are 1/0 and rows are in Geneformer's order. Numbers are
+    unchanged. ``aggregate`` becomes Geneformer's ``aggregate_data`` table (one row per cell and
+    perturbed gene: ``Cosine_sim``, ``Gene``). With the ``paired`` goal-state method only the
+    columns it shares with Geneformer's table are renamed: its tests have no Geneformer name.
+    """
+    info = dict(stats.attrs.get("ispo_stats", {}))
+    mode = info.get("mode")
+    if mode == "aggregate":
+        order = np.argsort(pd.factorize(results[ID], sort=False)[0], kind="stable")
+        rows = results.iloc[order]
+        out = pd.DataFrame(
+            {"Cosine_sim": rows["cos_sim"].to_numpy(), "Gene": rows[SYMBOL].to_numpy()}
+        )
+        out.attrs = {"ispo_stats": {**info, "columns": Columns.GENEFORMER.value}}
+        return out
+    names = _expand(GENEFORMER_NAMES[mode], info.get("alt_states") or [])
+    paired = mode == "goal_state_shift" and info.get("method") == Method.PAIRED.value
+    if paired:
+        shared = _expand({k: k for k in _PAIRED_SHARED}, info.get("alt_states") or [])
+        names = {k: v for k, v in names.items() if k in shared}
+    names = {k: v for k, v in names.items() if k in stats.columns}
+    extra = [c for c in stats.columns if c not in names]
+    out = stats[list(names) + extra].rename(columns=names)
+    for col in ("Sig", "Impact_component"):
+        if col in out.columns:
+            out[col] = out[col].astype(np.int64)
+    if mode in GENEFORMER_ORDER and not paired:
+        by, ascending = GENEFORMER_ORDER[mode]
+        out = out.sort_values(by, ascending=ascending, kind="mergesort", na_position="last")
+    out = out.reset_index(drop=True)
+    out.attrs = {"ispo_stats": {**info, "columns": Columns.GENEFORMER.value}}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
+
+
+def _options(
+    method: str, fdr_alpha: float, min_cells: int, max_background: int, seed: int, k: int
+) -> StatsOptions:
+    """Checked options; each bad value is one line naming it and the fix."""
+    if not 0 < fdr_alpha < 1:
+        raise IspoError(f"fdr_alpha is {fdr_alpha}: use a value between 0 and 1 (e.g. 0.05)")
+    if max_background < 1:
+        raise IspoError(f"max_background is {max_background}: use 1 or more (default 100000)")
+    if k < 2:
+        raise IspoError(f"n_components is {k}: use 2 or more (default 2)")
+    if min_cells < 2:
+        raise IspoError(f"min_cells is {min_cells}: use 2 or more (default 10)")
+    return StatsOptions(
+        method=Method.parse(method, "method"),
+        fdr_alpha=fdr_alpha,
+        min_cells=min_cells,
+        max_background=max_background,
+        seed=seed,
+        n_components=k,
+    )
+
+
+def _results_table(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """The engine's results, loaded and checked for the columns every mode needs."""
+    df = _load(results, "results table")
+    if df is None:
+        raise IspoError("results is None: pass the results table or its Parquet path")
+    _require(df, [ID, SYMBOL], "results table", FIX)
+    if len(df) == 0:
+        raise IspoError(
+            "results table is empty: perturb at least one gene in one cell (check "
+            "the gene list and the start state)"
+        )
+    if df[ID].isna().any():
+        raise IspoError(
+            "results table has rows without perturbed_ids: pass the table written "
+            "by ispo perturb, unedited"
+        )
+    return df
+
+
+def _states(
+    df: pd.DataFrame, goal_state: str | None, alt_states: Sequence[str] | None
+) -> tuple[str | None, list[str]]:
+    """The goal and alt states: as given, else the run's cell states."""
+    states = _cell_states(df)
+    if goal_state is None and states is not None:
+        goal_state = states.get("goal_state")
+    if alt_states is None:
+        alt_states = (states or {}).get("alt_states") or []
+    return goal_state, [a for a in alt_states if a is not None and a != goal_state]
+
+
+def _info(df: pd.DataFrame, mode: str, fdr_alpha: float, seed: int, extra: dict) -> dict:
+    """How a table was made; ``random_init`` when the run had random weights (plots say so)."""
+    info = {"mode": mode, "fdr_alpha": fdr_alpha, "seed": seed, **extra}
+    meta = df.attrs.get("ispo")
+    if isinstance(meta, dict) and meta.get("random_init"):
+        info["random_init"] = True
+    return info
 
 
 def perturb_stats(
@@ -379,153 +893,53 @@ def perturb_stats(
     max_background: int = 100_000,
     seed: int = 0,
     n_components: int = 2,
+    method: Literal["paired", "geneformer"] = "paired",
+    min_cells: int = 10,
+    columns: Literal["ispo", "geneformer"] = "ispo",
 ) -> pd.DataFrame:
     """Per-gene statistics of an in-silico perturbation run.
 
     Parameters
     ----------
     results
-        The engine's per-(cell, perturbation) table, or the path of its Parquet file (its
-        metadata, from the file or a JSON beside it, supplies the cell states).
+        The engine's per-(cell, perturbation) table, or its Parquet path (+ metadata: states).
     mode
-        ``"aggregate"``, ``"goal_state_shift"``, ``"vs_null"``, ``"mixture_model"`` or
-        ``"aggregate_gene_shifts"`` (see the module docstring).
+        One of :data:`MODES` (see the module docstring); Geneformer's ``aggregate_data`` too.
     goal_state, alt_states
-        States whose ``shift_<state>`` columns are tested; default from the run's cell states.
-        ``alt_states=[]`` tests the goal only.
-    null
-        ``vs_null``: a results table of the same genes from a null run (table or path).
-    gene_table
-        ``aggregate_gene_shifts``: the ``emb_mode="cell_and_gene"`` table (table or path).
+        States whose ``shift_<state>`` are tested (default: the run's; ``alt_states=[]``: none).
+    null, gene_table
+        ``vs_null``: a null run's results; ``aggregate_gene_shifts``: the
+        ``emb_mode="cell_and_gene"`` table (tables or paths).
     fdr_alpha
-        Significant when the Benjamini-Hochberg FDR is below this.
-    max_background
-        ``goal_state_shift``: the pooled background is a seeded subsample of at most this size.
-    seed
-        Seed of the background subsample and of the mixture model.
-    n_components
-        ``mixture_model``: number of Gaussian components (the impact one has the highest mean).
+        Significant below this Benjamini-Hochberg FDR.
+    max_background, seed, n_components
+        ``method="geneformer"``: the pooled background is a seeded subsample of at most
+        ``max_background``; ``mixture_model``: ``n_components`` Gaussians seeded with ``seed``.
+    method
+        ``goal_state_shift``: ``"paired"`` (within-cell, one-sided, toward and away apart) or
+        ``"geneformer"`` (Geneformer's test, to reproduce Geneformer analyses).
+    min_cells
+        ``method="paired"``: genes seen in fewer cells are reported, not tested nor counted.
+    columns
+        ``"geneformer"``: Geneformer's column names and row order (:func:`geneformer_columns`).
 
     Returns
     -------
     pandas.DataFrame
         One row per perturbed gene (``aggregate_gene_shifts``: per gene pair), strongest first,
-        with ``perturbed_ids`` and ``perturbed_symbols``; ``attrs["ispo_stats"]`` records the
-        mode, the value tested and the parameters.
+        with gene ids and symbols; ``attrs["ispo_stats"]`` records how it was made.
     """
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise IspoError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not 0 < fdr_alpha < 1:
-        raise IspoError(f"fdr_alpha is {fdr_alpha}: use a value between 0 and 1 (e.g. 0.05)")
-    if max_background < 1:
-        raise IspoError(f"max_background is {max_background}: use 1 or more (default 100000)")
-    if n_components < 2:
-        raise IspoError(f"n_components is {n_components}: use 2 or more (default 2)")
-    df = _load(results, "results table")
-    if df is None:
-        raise IspoError("results is None: pass the results table or its Parquet path")
-    fix = "pass the per-cell results table written by ispo perturb"
-    _require(df, [ID, SYMBOL], "results table", fix)
-    if len(df) == 0:
-        raise IspoError(
-            "results table is empty: perturb at least one gene in one cell (check "
-            "the gene list and the start state)"
-        )
-    if df[ID].isna().any():
-        raise IspoError(
-            "results table has rows without perturbed_ids: pass the table written "
-            "by ispo perturb, unedited"
-        )
-    states = _cell_states(df)
-    if goal_state is None and states is not None:
-        goal_state = states.get("goal_state")
-    if alt_states is None:
-        alt_states = (states or {}).get("alt_states") or []
-    alt_states = [a for a in alt_states if a is not None and a != goal_state]
-    info: dict = {"mode": mode, "fdr_alpha": fdr_alpha, "seed": seed}
-
-    if mode == "aggregate":
-        _require(df, ["cos_sim"], "results table", fix)
-        out = _aggregate(df)
-        info["value"] = "cos_sim"
-    elif mode == "goal_state_shift":
-        if goal_state is None:
-            raise IspoError(
-                "goal_state_shift needs a goal state: pass --goal-state, or run ispo "
-                "perturb with cell states"
-            )
-        names = ["goal", *alt_states]
-        if len(set(names)) < len(names):
-            raise IspoError(
-                f"alt state names {alt_states} clash with the goal columns: rename "
-                "the state called 'goal'"
-            )
-        out = _goal_state_shift(
-            df,
-            goal_state,
-            list(alt_states),
-            fdr_alpha=fdr_alpha,
-            max_background=max_background,
-            seed=seed,
-        )
-        info.update(
-            value=f"shift_{goal_state}",
-            goal_state=goal_state,
-            alt_states=list(alt_states),
-            max_background=max_background,
-        )
-    elif mode == "vs_null":
-        null_df = _load(null, "null table")
-        if null_df is None:
-            raise IspoError(
-                "vs_null needs a null table: pass --null NULL.parquet (a run of the "
-                "same genes on control cells or a null model)"
-            )
-        value = "cos_sim" if goal_state is None else _shift_column(df, goal_state, "results table")
-        _require(df, [value], "results table", fix)
-        _require(
-            null_df,
-            [ID, value],
-            "null table",
-            f"the null run must have {value}; rerun it with the same options as the test run",
-        )
-        if len(null_df) == 0:
-            raise IspoError(
-                "null table is empty: rerun the null perturbation with cells and genes in it"
-            )
-        out = _vs_null(df, null_df, value, fdr_alpha=fdr_alpha)
-        info.update(value=value, goal_state=goal_state)
-    elif mode == "mixture_model":
-        value = "cos_sim" if goal_state is None else _shift_column(df, goal_state, "results table")
-        _require(df, [value], "results table", fix)
-        out = _mixture(df, value, n_components=n_components, seed=seed)
-        info.update(
-            value=value,
-            impact=value if value != "cos_sim" else "1 - mean cos_sim",
-            n_components=n_components,
-            component_means=out.attrs.pop("component_means"),
-        )
-    else:  # aggregate_gene_shifts
-        genes = _load(gene_table, "gene table")
-        if genes is None:
-            raise IspoError(
-                "aggregate_gene_shifts needs the gene table: pass --gene-table "
-                "GENES.parquet from a run with emb_mode='cell_and_gene'"
-            )
-        _require(
-            genes,
-            GENE_TABLE_COLUMNS,
-            "gene table",
-            "pass the per-affected-gene table of a run with emb_mode='cell_and_gene'",
-        )
-        if len(genes) == 0:
-            raise IspoError("gene table is empty: rerun ispo perturb with emb_mode='cell_and_gene'")
-        out = _aggregate_gene_shifts(df, genes)
-        info["value"] = "cos_sim"
+    opts = _options(method, fdr_alpha, min_cells, max_background, seed, n_components)
+    names = Columns.parse(columns, "columns")
+    df = _results_table(results)
+    goal, alts = _states(df, goal_state, alt_states)
+    out, extra = _RUNNERS[mode](_Run(df, goal, alts, null, gene_table, opts))
     out = out.reset_index(drop=True)
-    out.attrs = {"ispo_stats": info}
-    return out
+    out.attrs = {"ispo_stats": _info(df, mode, fdr_alpha, seed, extra)}
+    return geneformer_columns(out, df) if names is Columns.GENEFORMER else out
 
 
 def write_stats(df: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -454,31 +454,7 @@ def perturb_section(pq: Path, figures: _Figures) -> tuple[Document, bool]:
         doc.paragraph(f"Top {TOP_HITS} of {len(agg):,} perturbed genes.")
     states = params.get("cell_states") or {}
     if states and states.get("goal_state"):
-        try:
-            goal = perturb_stats(
-                pq,
-                mode="goal_state_shift",
-                goal_state=states["goal_state"],
-                alt_states=states.get("alt_states") or [],
-            )
-        except IspoError as exc:
-            doc.paragraph(f"No goal-state statistics: {exc}")
-        else:
-            g = goal.head(TOP_HITS)
-            gcols = [
-                c
-                for c in g.columns
-                if c in ("perturbed_symbols", "perturbed_ids", "n_cells")
-                or c.startswith("shift_to_")
-                or c.endswith(("_pval", "_fdr"))
-                or c == "significant"
-            ]
-            doc.heading(
-                f"Shift toward the goal state {states['goal_state']!r} (Wilcoxon "
-                "rank-sum against all genes, Benjamini-Hochberg FDR)",
-                3,
-            )
-            doc.table(gcols, [[_cell(v) for v in row] for row in g[gcols].itertuples(index=False)])
+        _goal_shift_part(doc, pq, states, figures)
     if len(top):
         labels = [str(s) for s in top["perturbed_symbols"]][::-1]
         values = [1.0 - float(v) for v in top["cos_sim_mean"]][::-1]
@@ -491,6 +467,59 @@ def perturb_section(pq: Path, figures: _Figures) -> tuple[Document, bool]:
         )
         doc.image(rel, "top perturbation hits")
     return doc, random_init
+
+
+GOAL_COLUMNS = (
+    "perturbed_symbols",
+    "perturbed_ids",
+    "n_detections",
+    "shift_to_goal",
+    "goal_effect",
+    "goal_effect_ci95_low",
+    "goal_effect_ci95_high",
+    "goal_toward_fdr",
+    "goal_away_fdr",
+    "toward_goal",
+    "away_from_goal",
+)
+
+
+def _goal_shift_part(doc: Document, pq: Path, states: dict, figures: _Figures) -> None:
+    """Which perturbations move cells toward the goal state: the paired test and its volcano."""
+    from ispo.perturbation.plots import volcano_png
+    from ispo.perturbation.stats import perturb_stats
+
+    goal_state = states["goal_state"]
+    try:
+        goal = perturb_stats(
+            pq,
+            mode="goal_state_shift",
+            goal_state=goal_state,
+            alt_states=states.get("alt_states") or [],
+        )
+    except IspoError as exc:
+        doc.paragraph(f"No goal-state statistics: {exc}")
+        return
+    info = goal.attrs["ispo_stats"]
+    alpha = info["fdr_alpha"]
+    doc.heading(f"Which perturbations move cells toward the goal state {goal_state!r}", 3)
+    untested = info["n_untested"]
+    doc.paragraph(
+        "Paired test: each shift toward the goal minus the median shift of the genes perturbed "
+        "in the same cell; per gene, one-sided Wilcoxon signed-rank tests over the cells that "
+        "detect it, Benjamini-Hochberg FDR per direction over the "
+        f"{info['n_tested']:,} genes seen in at least {info['min_cells']} cells"
+        f"{f' ({untested:,} seen in fewer: listed, not tested)' if untested else ''}. "
+        "The effect is the mean centred shift with its 95% interval (per gene, not adjusted "
+        f"for the number of genes). {int(goal['toward_goal'].sum()):,} genes move cells "
+        f"toward the goal and {int(goal['away_from_goal'].sum()):,} away from it at FDR < "
+        f"{alpha}. Geneformer's two-sided test: `ispo perturb-stats --method geneformer`."
+    )
+    g = goal.head(TOP_HITS)
+    cols = [c for c in GOAL_COLUMNS if c in g.columns]
+    doc.table(cols, [[_cell(v) for v in row] for row in g[cols].itertuples(index=False)])
+    png = volcano_png(goal, figures.name(f"{pq.stem}-volcano"))
+    doc.image(f"figures/{png.name}", "volcano: effect toward the goal vs -log10 FDR")
 
 
 SECTIONS = {
