@@ -258,10 +258,11 @@ def save_run_config(
         f"{target.name}  (command-line flags override these values)\n"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    tmp.write_text(header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
-    os.replace(tmp, target)
-    return target
+    from ispo.io.write import atomic_write
+
+    return atomic_write(
+        target, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    )
 
 
 def _plain(value: Any) -> Any:
