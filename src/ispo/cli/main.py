@@ -63,6 +63,45 @@ CompileOpt = Annotated[bool, typer.Option(help="torch.compile the fast encoder")
 Int8Opt = Annotated[bool, typer.Option(help="int8 linear layers (fast path, fp32 activations)")]
 EmbLayerOpt = Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")]
 PoolOpt = Annotated[str, typer.Option(help="mean, or cls (V2)")]
+# options of one command, named here so each command reads as its list of flags
+ChunkCellsOpt = Annotated[
+    int, typer.Option(help="input rows embedded and saved at a time (the unit --resume skips)")
+]
+NoXOpt = Annotated[
+    bool,
+    typer.Option("--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"),
+]
+PerturbTypeOpt = Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate")]
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="keep cells with obs KEY in values: KEY=v1,v2 (repeatable)"),
+]
+NCellsOpt = Annotated[int | None, typer.Option(help="tune on a seeded random subset of N cells")]
+MemoryCapOpt = Annotated[
+    float | None,
+    typer.Option(help="peak memory cap in GiB (default 90% of the GPU, or of RAM on CPU)"),
+]
+BatchTokensListOpt = Annotated[
+    list[int] | None,
+    typer.Option(help="token budget candidates (repeatable; default around the device default)"),
+]
+PrecisionListOpt = Annotated[
+    list[str] | None, typer.Option(help="precision candidates: fp32, fp16, bf16 (repeatable)")
+]
+AttentionListOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="SDPA backends: default, math, flash, efficient, cudnn (repeatable; default: "
+        "those that run on the device)"
+    ),
+]
+CompileSearchOpt = Annotated[
+    str, typer.Option(help="torch.compile: auto (search on CUDA, off on CPU), search, on, off")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(help="stop starting trials after this many seconds")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
 
 
 def open_data(source: str, vocab: str | None, *, backed: bool = True):
@@ -77,6 +116,28 @@ def open_data(source: str, vocab: str | None, *, backed: bool = True):
         raise IspoError("--vocab DIR is required: the Geneformer dictionaries of the model")
     voc = ispo.demo_vocab() if vocab == "demo" else ispo.load_vocab(vocab)
     return ispo.read_input(source, backed=backed), voc
+
+
+def run_settings(
+    precision: str,
+    batch_tokens: int | None,
+    attention: str,
+    compile: bool,
+    int8: bool,
+    emb_layer: int,
+    pool: str = "mean",
+) -> RunSettings:
+    """The :class:`~ispo.settings.RunSettings` of the shared flags (embed, perturb; checked
+    here, before any input is read)."""
+    return RunSettings(
+        precision=precision,
+        batch_tokens=batch_tokens,
+        attention=attention,
+        compile=compile,
+        int8=int8,
+        emb_layer=emb_layer,
+        pool=pool,
+    )
 
 
 def load_for_run(
@@ -114,16 +175,9 @@ def embed(
     attention: AttentionOpt = "default",
     compile: CompileOpt = False,
     int8: Int8Opt = False,
-    chunk_cells: Annotated[
-        int, typer.Option(help="input rows embedded and saved at a time (the unit --resume skips)")
-    ] = 4096,
-    no_x: Annotated[
-        bool,
-        typer.Option(
-            "--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"
-        ),
-    ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
+    chunk_cells: ChunkCellsOpt = 4096,
+    no_x: NoXOpt = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
@@ -140,15 +194,7 @@ def embed(
     check_output(out, overwrite)
     if method not in ("fast", "baseline"):
         raise IspoError(f"--method must be fast or baseline, not {method!r}")
-    settings = RunSettings(
-        precision=precision,
-        batch_tokens=batch_tokens,
-        attention=attention,
-        compile=compile,
-        int8=int8,
-        emb_layer=emb_layer,
-        pool=pool,
-    )
+    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
     if method != "fast" and not settings.is_plain():
         raise IspoError("--attention, --compile and --int8 apply to --method fast only")
     src, voc = open_source(input, vocab)  # obs and var in memory, counts read by chunks
@@ -212,9 +258,7 @@ def perturb(
     model: ModelOpt,
     vocab: VocabOpt = None,
     genes: Annotated[str, typer.Option(help="'all' or G1,G2 (symbols or Ensembl ids)")] = "all",
-    perturb_type: Annotated[
-        str, typer.Option(help="delete, overexpress, inhibit or activate")
-    ] = "delete",
+    perturb_type: PerturbTypeOpt = "delete",
     rank_shift: Annotated[int, typer.Option(help="quartiles for inhibit/activate (1-3)")] = 1,
     anchor_gene: Annotated[str | None, typer.Option(help="gene paired with every other")] = None,
     combos: Annotated[int, typer.Option(help="1: pairs with --anchor-gene")] = 0,
@@ -223,10 +267,7 @@ def perturb(
     goal_state: Annotated[str | None, typer.Option(help="state to shift toward")] = None,
     alt_states: Annotated[str | None, typer.Option(help="other states, comma-separated")] = None,
     emb_mode: Annotated[str, typer.Option(help="cell, cell_and_gene, or cls (V2)")] = "cell",
-    filter: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="keep cells with obs KEY in values: KEY=v1,v2 (repeatable)"),
-    ] = None,
+    filter: FilterOpt = None,
     max_ncells: Annotated[int | None, typer.Option(help="perturb at most N cells")] = None,
     cell_range: Annotated[str | None, typer.Option(help="START:STOP of the selected cells")] = None,
     emb_layer: EmbLayerOpt = -1,
@@ -241,7 +282,7 @@ def perturb(
     device: DeviceOpt = "auto",
     layer: LayerOpt = None,
     gene_key: GeneKeyOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
@@ -252,14 +293,7 @@ def perturb(
     states = _cell_states(state_key, start_state, goal_state, alt_states)
     cell_filter = _cell_filter(filter or [])
     rng = _cell_range(cell_range)
-    settings = RunSettings(
-        precision=precision,
-        batch_tokens=batch_tokens,
-        attention=attention,
-        compile=compile,
-        int8=int8,
-        emb_layer=emb_layer,
-    )
+    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
     adata, voc = open_data(input, vocab, backed=True)  # backed: counts read in chunks
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
@@ -287,15 +321,18 @@ def perturb(
         load_result=False,
     )
     if dist.is_main():
-        meta = df.attrs["metadata"]
-        typer.echo(
-            f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells "
-            f"-> {out} "
-            f"({meta['perturbations_per_s'] or 0:.1f} perturbations/s this run"
-            + (f" on {dist.info().world} processes" if dist.info().active else "")
-            + ")"
-        )
+        _echo_perturb(df.attrs["metadata"], out, dist.info())
     dist.close()
+
+
+def _echo_perturb(meta: dict, out: Path, where) -> None:
+    """The one-line outcome of ``ispo perturb``."""
+    typer.echo(
+        f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells -> {out} "
+        f"({meta['perturbations_per_s'] or 0:.1f} perturbations/s this run"
+        + (f" on {where.world} processes" if where.active else "")
+        + ")"
+    )
 
 
 def _cell_states(
@@ -454,41 +491,19 @@ def tune(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     n_trials: Annotated[int, typer.Option(help="total trials (a resumed study continues)")] = 20,
-    n_cells: Annotated[
-        int | None, typer.Option(help="tune on a seeded random subset of N cells")
-    ] = None,
+    n_cells: NCellsOpt = None,
     min_cosine: Annotated[float, typer.Option(help="least mean cosine to the fp32 result")] = 0.999,
-    memory_cap: Annotated[
-        float | None,
-        typer.Option(help="peak memory cap in GiB (default 90% of the GPU, or of RAM on CPU)"),
-    ] = None,
-    batch_tokens: Annotated[
-        list[int] | None,
-        typer.Option(
-            help="token budget candidates (repeatable; default around the device default)"
-        ),
-    ] = None,
-    precision: Annotated[
-        list[str] | None, typer.Option(help="precision candidates: fp32, fp16, bf16 (repeatable)")
-    ] = None,
-    attention: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="SDPA backends: default, math, flash, efficient, cudnn (repeatable; default: "
-            "those that run on the device)"
-        ),
-    ] = None,
-    compile: Annotated[
-        str, typer.Option(help="torch.compile: auto (search on CUDA, off on CPU), search, on, off")
-    ] = "auto",
+    memory_cap: MemoryCapOpt = None,
+    batch_tokens: BatchTokensListOpt = None,
+    precision: PrecisionListOpt = None,
+    attention: AttentionListOpt = None,
+    compile: CompileSearchOpt = "auto",
     int8: Annotated[str, typer.Option(help="int8 linear layers: auto, search, on, off")] = "auto",
     repeats: Annotated[int, typer.Option(help="timed full passes per trial (median)")] = 3,
-    timeout: Annotated[
-        float | None, typer.Option(help="stop starting trials after this many seconds")
-    ] = None,
+    timeout: TimeoutOpt = None,
     search_seed: Annotated[int, typer.Option(help="seed of the sampler")] = 0,
-    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
-    pool: Annotated[str, typer.Option(help="mean, or cls (V2)")] = "mean",
+    emb_layer: EmbLayerOpt = -1,
+    pool: PoolOpt = "mean",
     layer: LayerOpt = None,
     gene_key: GeneKeyOpt = None,
     wandb: WandbOpt = False,
