@@ -68,7 +68,11 @@ def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
 
 
 def auto_precision(device: torch.device) -> tuple[Precision, str]:
-    """What ``precision="auto"`` means on ``device``, and why (one line for logs and metadata)."""
+    """What ``precision="auto"`` means on ``device``, and why (one line for logs and metadata).
+
+    The CPU rule is tested (tests/model/test_variants.py, tests/cli/test_precision_auto.py);
+    TODO(gpu): the CUDA branch has run on no GPU yet.
+    """
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return Precision.BF16, f"bf16: {torch.cuda.get_device_name(device)} has bf16 units"
