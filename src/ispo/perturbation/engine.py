@@ -168,19 +168,19 @@ def perturb(
         pool=Pool.CLS if emb_mode == "cls" else Pool.MEAN,
     )
     request = PerturbRequest(
-        genes,
-        perturb_type,
-        rank_shift,
-        anchor_gene,
-        combos,
-        CellStates.parse(cell_states),
-        emb_mode,
-        cell_filter,
-        max_ncells,
-        cell_range,
-        shard_cells,
-        layer,
-        gene_key,
+        genes=genes,
+        perturb_type=perturb_type,
+        rank_shift=rank_shift,
+        anchor_gene=anchor_gene,
+        combos=combos,
+        cell_states=CellStates.parse(cell_states),
+        emb_mode=emb_mode,
+        cell_filter=cell_filter,
+        max_ncells=max_ncells,
+        cell_range=cell_range,
+        shard_cells=shard_cells,
+        layer=layer,
+        gene_key=gene_key,
     )
     sink = Output(None if out is None else Path(out), resume, overwrite, progress, load_result)
     return run_request(adata, model.with_settings(settings), vocab, request, sink)
@@ -207,12 +207,23 @@ def run_request(
     sink: Output,
 ) -> pd.DataFrame:
     """:func:`perturb` with its options grouped: ``model`` carries the run settings."""
-    if sink.out is not None:
+    vocab = checked_vocab(model, vocab)
+    req = request
+    targets, anchor = check_options(
+        vocab,
+        req.genes,
+        req.perturb_type,
+        req.rank_shift,
+        req.anchor_gene,
+        req.combos,
+        req.emb_mode,
+    )
+    if sink.out is not None:  # every option is checked, and the output, before any work
         from ispo.io.write import check_output
 
         check_output(sink.out, sink.overwrite)
     t0 = time.perf_counter()
-    plan = _plan(adata, model, vocab, request)
+    plan = _plan(adata, model, vocab, targets, anchor, request)
     params = request.params(model.settings)
     fingerprint = {
         **params,
@@ -251,20 +262,15 @@ def run_request(
 
 
 def _plan(
-    adata: ad.AnnData, model: GeneformerModel, vocab: Vocab | str | None, req: PerturbRequest
+    adata: ad.AnnData,
+    model: GeneformerModel,
+    vocab: Vocab,
+    targets: torch.Tensor | None,
+    anchor: int | None,
+    req: PerturbRequest,
 ) -> _Plan:
-    """Check the options, then stream the input once to choose the cells (tokenizing chunk by
-    chunk: no pass keeps every cell's tokens), and embed the target states' cells."""
-    vocab = checked_vocab(model, vocab)
-    targets, anchor = check_options(
-        vocab,
-        req.genes,
-        req.perturb_type,
-        req.rank_shift,
-        req.anchor_gene,
-        req.combos,
-        req.emb_mode,
-    )
+    """Stream the input once to choose the cells (tokenizing chunk by chunk: no pass keeps
+    every cell's tokens), and embed the target states' cells."""
     max_input = model.max_input(vocab)
 
     def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
