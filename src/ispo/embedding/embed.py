@@ -147,12 +147,17 @@ def checked_vocab(
 
 
 def embedding_metadata(
-    model: GeneformerModel, vocab: Vocab, method: Method, key_added: str, profile: dict
+    model: GeneformerModel,
+    vocab: Vocab,
+    s: RunSettings,
+    method: Method,
+    key_added: str,
+    profile: dict,
 ) -> dict:
-    """What ``uns["geneformer"]`` records of an embedding run, whichever path wrote it: the
-    model, the settings it ran with (``precision`` as resolved, ``fast_settings`` for an
-    encoder variant, ``precision_auto`` when auto chose), the device and versions."""
-    s = model.settings
+    """What ``uns["geneformer"]`` records of an embedding run, whichever path wrote it
+    (:func:`embed`, and ``embed_file``): the model, the settings ``s`` it ran with
+    (``precision`` as resolved, ``fast_settings`` for an encoder variant, ``precision_auto``
+    when auto chose), the device and versions."""
     meta = {
         **model.metadata(),
         "vocab": vocab.source,
@@ -229,7 +234,7 @@ def embed(
     done[cells.obs_index] = True
     adata.obsm[key_added] = full
     adata.obs["geneformer_embedded"] = done
-    meta = embedding_metadata(model, vocab, method, key_added, prof.stats.to_dict())
+    meta = embedding_metadata(model, vocab, s, method, key_added, prof.stats.to_dict())
     meta.update(n_cells_embedded=len(cells), seconds={"tokenize": t_tok, "embed": t_emb})
     adata.uns["geneformer"] = h5ad_safe(meta)
     if model.random_init:
