@@ -511,6 +511,7 @@ def tune(
 ) -> None:
     """Search batch size, precision, attention, compile, int8 for the fastest consistent setting."""
     from ispo.config import current_params
+    from ispo.tokens import tokenize
     from ispo.tracking import make_tracker
     from ispo.tuning import SearchSpace, TuneOptions
     from ispo.tuning import tune as run_tune
@@ -525,9 +526,10 @@ def tune(
         seed=search_seed,
         timeout_s=timeout,
     )
-    mdl, cells = _tune_cells(
-        data, vocab, n_cells, search_seed, layer, gene_key, model, device, random_init, seed
-    )
+    adata, voc = open_data(data, vocab, backed=False)
+    adata = _subset(adata, n_cells, search_seed)
+    mdl = load_for_run(model, voc, device, random_init, seed, None)
+    cells = tokenize(adata, voc, layer=layer, gene_key=gene_key, max_input=mdl.max_input(voc))
     space = SearchSpace.for_device(
         mdl.device,
         batch_tokens=batch_tokens,
@@ -554,23 +556,18 @@ def tune(
     _echo_tune(res, min_cosine)
 
 
-def _tune_cells(data, vocab, n_cells, pick_seed, layer, gene_key, model, device, random_init, seed):
-    """The model and the tokenized cells ``ispo tune`` searches on (a seeded subset of
-    ``n_cells`` when asked)."""
+def _subset(adata, n_cells: int | None, seed: int):
+    """A seeded random subset of ``n_cells`` cells (``ispo tune --n-cells``), in input order."""
     import numpy as np
 
-    import ispo
-
-    adata, voc = open_data(data, vocab, backed=False)
-    if n_cells is not None:
-        if n_cells < 1:
-            raise IspoError(f"--n-cells must be at least 1, got {n_cells}")
-        if n_cells < adata.n_obs:
-            rng = np.random.default_rng(pick_seed)
-            adata = adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
-    mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
-    cells = ispo.tokenize(adata, voc, layer=layer, gene_key=gene_key, max_input=mdl.max_input(voc))
-    return mdl, cells
+    if n_cells is None:
+        return adata
+    if n_cells < 1:
+        raise IspoError(f"--n-cells must be at least 1, got {n_cells}")
+    if n_cells >= adata.n_obs:
+        return adata
+    rng = np.random.default_rng(seed)
+    return adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
 
 
 def _echo_tune(res, min_cosine: float) -> None:
