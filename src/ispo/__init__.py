@@ -19,6 +19,7 @@ from ispo.model.presets import PRESETS, GeneformerConfig
 from ispo.perturbation.engine import perturb
 from ispo.perturbation.options import CellStates
 from ispo.perturbation.stats import perturb_stats
+from ispo.settings import RunSettings
 from ispo.tokens import TokenizedCells, tokenize
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "GeneformerConfig",
     "GeneformerModel",
     "IspoError",
+    "RunSettings",
     "TokenizedCells",
     "Vocab",
     "demo_adata",

@@ -18,6 +18,10 @@ a typo never passes silently. Flags on
 the command line always win: the file only fills the command's defaults
 (:func:`apply_config` hands it to the command as click's ``default_map``).
 
+The run settings of a file (precision, batch tokens, attention, compile, int8, layer, pool) are
+also read for the API by :func:`load_settings`, into the :class:`~ispo.settings.RunSettings` the
+commands build from the same keys.
+
 Each command saves the settings it actually ran with beside its result
 (:func:`save_run_config`): ``DIR/config.yaml`` for a result folder, ``OUT.config.yaml`` beside a
 result file. That file is itself a valid ``--config`` for the same command, so a run can be
@@ -36,6 +40,7 @@ from typing import Any
 import yaml
 
 from ispo.errors import IspoError
+from ispo.settings import RunSettings
 
 #: Name of the saved config inside a result folder.
 CONFIG_NAME = "config.yaml"
@@ -138,6 +143,21 @@ def command_defaults(
             value = [value]  # `batch-tokens: 4096` for a repeatable option
         out[param] = value
     return out
+
+
+def load_settings(path: str | Path, command: str = "embed") -> RunSettings:
+    """The :class:`~ispo.settings.RunSettings` of a config file for ``command``, for the API
+    (``ispo.load_model(..., settings=load_settings("runs/tune/best.yaml"))``).
+
+    Flat keys first, the command's section on top (as on the command line); keys that are not
+    run settings (``model``, ``method``...) are left to their commands.
+    """
+    config = load_config(path)
+    section = next((v for k, v in config.items() if _key(k) == _key(command)), None) or {}
+    if not isinstance(section, dict):
+        raise IspoError(f"{path}: section {command!r} must be a mapping of option: value")
+    flat = {_key(k): v for k, v in config.items() if not isinstance(v, dict)}
+    return RunSettings.from_dict({**flat, **{_key(k): v for k, v in section.items()}})
 
 
 def _is_multiple(command, name: str) -> bool:
@@ -258,10 +278,11 @@ def save_run_config(
         f"{target.name}  (command-line flags override these values)\n"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    tmp.write_text(header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
-    os.replace(tmp, target)
-    return target
+    from ispo.io.write import atomic_write
+
+    return atomic_write(
+        target, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -118,8 +118,25 @@ class RunSettings:
             )
 
     def replace(self, **changes: Any) -> RunSettings:
-        """A copy with ``changes`` applied (and checked)."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (and checked); ``None`` values leave a field as it is,
+        so keyword arguments that were not given can be passed straight through."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def is_plain(self) -> bool:
+        """True when the encoder is the plain one: no attention kernel forced, no compile, no
+        int8 (precision and batching are not encoder variants)."""
+        return self.attention == Attention.DEFAULT and not self.compile and not self.int8
+
+    def variant(self) -> dict[str, Any] | None:
+        """The encoder variant as plain data (attention, compile, int8), None when plain: what
+        outputs record as ``fast_settings`` and what a resumed run must match."""
+        if self.is_plain():
+            return None
+        return {"attention": str(self.attention), "compile": self.compile, "int8": self.int8}
+
+    def encoder_key(self) -> tuple:
+        """What distinguishes one built encoder from another (the loader caches by it)."""
+        return (str(self.precision), str(self.attention), self.compile, self.int8)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (Enums as their strings), for metadata, YAML and fingerprints."""

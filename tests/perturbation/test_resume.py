@@ -13,6 +13,7 @@ from ispo.errors import IspoError
 from ispo.io import shards
 from ispo.perturbation import engine
 from ispo.perturbation.engine import perturb
+from ispo.settings import RunSettings
 
 OPTS = dict(perturb_type="delete", emb_mode="cell_and_gene", shard_cells=2, batch_tokens=64)
 N_SHARDS = 6  # 12 cells, 2 per shard
@@ -172,7 +173,7 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
         dict(emb_layer=0),
         dict(genes=["ENSG00000000003"]),
         dict(max_ncells=8),
-        dict(fast_settings={"attention": "default", "compile": False, "int8": True}),
+        dict(settings=RunSettings(int8=True)),
     ],
     ids=["type", "shard_cells", "emb_mode", "layer", "genes", "cells", "int8"],
 )

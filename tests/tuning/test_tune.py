@@ -14,7 +14,8 @@ import yaml
 import ispo
 from ispo.cli.main import main
 from ispo.errors import IspoError
-from ispo.tuning import FastSettings, SearchSpace, fast_path, tune
+from ispo.settings import RunSettings
+from ispo.tuning import SearchSpace, tune
 from ispo.tuning import search as search_module
 
 optuna = pytest.importorskip("optuna")
@@ -105,7 +106,7 @@ def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_pa
     # the best setting is a --config that ispo embed accepts
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["embed"]["method"] == "fast"
-    assert FastSettings.from_dict(best["embed"]) == res2.best
+    assert RunSettings.from_dict(best["embed"]) == res2.best
 
     # another data set in the same folder is refused, not mixed in
     with pytest.raises(IspoError, match="holds a study of a different run"):
@@ -143,10 +144,10 @@ def test_interrupted_trial_is_run_again(cells, model, tmp_path):
 def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monkeypatch):
     real = search_module.embed_cells
 
-    def embed_cells(c, m, *, net=None, batch_tokens=None, **kw):
-        if net is not None and batch_tokens == 8192:
+    def embed_cells(c, m, *, batch_tokens=None, **kw):
+        if batch_tokens == 8192:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(c, m, net=net, batch_tokens=batch_tokens, **kw)
+        return real(c, m, batch_tokens=batch_tokens, **kw)
 
     monkeypatch.setattr(search_module, "embed_cells", embed_cells)
     space = SearchSpace(
@@ -210,18 +211,15 @@ def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_pa
     ]
 
 
-def test_fast_path_applies_settings_and_restores_the_model(cells, model):
-    plain = ispo.embed_cells(cells, model)
-    settings = FastSettings(batch_tokens=4096, attention="math", int8=True)
-    with fast_path(model, settings):
-        net = model.encoder(model.layers_for(-1), "fp32")
-        assert "DynamicQuantizedLinear" in repr(net) or "Int8Linear" in repr(net)
-        q = ispo.embed_cells(cells, model, batch_tokens=4096)
-    assert "encoder" not in model.__dict__  # restored
-    cos = (q * plain).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(plain, axis=1)
-    assert cos.min() > 0.99
-    with pytest.raises(IspoError, match="int8 runs with fp32"):
-        FastSettings(precision="bf16", int8=True)
+def test_the_best_setting_loads_as_run_settings(tiny_model_dir, cells, model, tmp_path):
+    """best.yaml read back by ispo.config.load_settings builds the model tune measured."""
+    from ispo.config import load_settings
+
+    res = tune(cells, model, out=tmp_path / "t", n_trials=1, space=SMALL, repeats=1)
+    settings = load_settings(tmp_path / "t" / "best.yaml", command="perturb")
+    assert settings == res.best
+    loaded = ispo.load_model(str(tiny_model_dir), vocab=model.vocab, settings=settings)
+    assert loaded.settings == settings
 
 
 def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, capsys):

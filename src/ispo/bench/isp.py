@@ -20,12 +20,8 @@ import torch.nn.functional as F
 from ispo.bench.flops import encoder_flops, mfu, peak_flops
 from ispo.model.load import DTYPES, GeneformerModel
 from ispo.perturbation.engine import perturb
+from ispo.runtime.profiler import synchronize
 from ispo.tokens import TokenizedCells
-
-
-def _sync(model: GeneformerModel) -> None:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
 
 
 def original_delete_all(
@@ -118,7 +114,7 @@ def isp_speed(
         max_ncells=1,
     )
     for precision in precisions:
-        _sync(model)
+        synchronize(model.device)
         t = time.perf_counter()
         df = perturb(
             sub,
@@ -128,7 +124,7 @@ def isp_speed(
             precision=precision,
             batch_tokens=batch_tokens,
         )
-        _sync(model)
+        synchronize(model.device)
         dt = time.perf_counter() - t
         values[f"ispo-{precision}"] = df["cos_sim"].to_numpy()
         rows.append(
@@ -145,11 +141,11 @@ def isp_speed(
             )
         )
     if with_original:
-        _sync(model)
+        synchronize(model.device)
         t = time.perf_counter()
         in_order = cells.subset(np.argsort(cells.obs_index))
         orig = original_delete_all(in_order, model)
-        _sync(model)
+        synchronize(model.device)
         dt = time.perf_counter() - t
         n_pert = sum(len(v) for v in orig)
         values["original"] = np.concatenate(orig)

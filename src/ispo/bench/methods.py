@@ -22,8 +22,9 @@ from typing import Literal
 import torch
 
 from ispo.errors import IspoError
-from ispo.model.int8 import Int8Unavailable, count_int8_linears, quantize_int8
+from ispo.model import variants
 from ispo.model.load import GeneformerModel, Precision
+from ispo.settings import RunSettings
 
 Path_ = Literal["baseline", "fast"]
 
@@ -285,34 +286,44 @@ class Prepared:
 
 
 def prepare(spec: MethodSpec, model: GeneformerModel, n_run: int) -> Prepared:
-    """Build the module ``spec`` runs; raise :class:`Unavailable` if this device cannot."""
-    dev = model.device
-    if spec.path == "baseline":
-        base = model.hf_model()
-        desc = "transformers BertForMaskedLM"
-        if spec.precision != "fp32":
-            desc += f" + torch.autocast({spec.precision})"
-        if dev.type == "cpu" and spec.precision == "fp16":
-            desc += " (CPU fp16 is emulated unless the CPU has AVX512-FP16/AMX-FP16)"
-    else:
-        base = model.encoder(n_run, "fp32" if spec.int8 else spec.precision)
-        desc = f"ispo Encoder (layers 1-{n_run} of {model.config.n_layers}, SDPA, no MLM head)"
+    """Build the module ``spec`` runs; raise :class:`Unavailable` if this device cannot.
+
+    The fast path is built by :func:`ispo.model.variants.build_encoder`, as ``ispo embed``,
+    ``ispo perturb`` and ``ispo tune`` build it; the reference path gets the same int8 and
+    compile steps around the Hugging Face model.
+    """
+    try:
+        if spec.path == "fast":
+            settings = RunSettings(
+                precision="fp32" if spec.int8 else spec.precision,
+                int8=spec.int8,
+                compile=spec.compile,
+            )
+            built = variants.build_encoder(
+                model.config, model.state_dict, n_run, settings, model.device
+            )
+            return Prepared(built.net, built.description, built.int8_linear_layers)
+        return _prepare_reference(spec, model)
+    except IspoError as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def _prepare_reference(spec: MethodSpec, model: GeneformerModel) -> Prepared:
+    """The reference ``BertForMaskedLM`` under ``spec``'s int8 / compile (autocast is applied
+    by the runner); ``net`` is None when the model's own module runs unchanged."""
+    desc = "transformers BertForMaskedLM"
+    if spec.precision != "fp32":
+        desc += f" + torch.autocast({spec.precision})"
+    if model.device.type == "cpu" and spec.precision == "fp16":
+        desc += " (CPU fp16 is emulated unless the CPU has AVX512-FP16/AMX-FP16)"
     net: torch.nn.Module | None = None
     n_int8 = None
     if spec.int8:
         if spec.precision != "fp32":
             raise Unavailable("int8 methods run with fp32 activations outside the int8 matmuls")
-        try:
-            net, backend = quantize_int8(base, dev)
-        except Int8Unavailable as exc:
-            raise Unavailable(str(exc)) from exc
-        n_int8 = count_int8_linears(net)
-        if n_int8 == 0:
-            raise Unavailable("quantization left no int8 linear layer")
+        net, backend, n_int8 = variants.apply_int8(model.hf_model(), model.device)
         desc += f"; {backend}; {n_int8} int8 linear layers"
     if spec.compile:
-        if not hasattr(torch, "compile"):
-            raise Unavailable(f"torch {torch.__version__} has no torch.compile")
-        net = torch.compile(net if net is not None else base, dynamic=True)
+        net = variants.apply_compile(net if net is not None else model.hf_model())
         desc += "; torch.compile(dynamic=True, inductor)"
     return Prepared(net, desc, n_int8)

@@ -11,13 +11,13 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ispo.bench.runner import ROW_KEYS, BenchResult
+from ispo.io.write import atomic_write
 
 # (header, row key or callable, format) of the summary table shared by terminal and Markdown.
 _GIB = 1024.0
@@ -103,16 +103,6 @@ def table_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the summary table."""
     header = [c[0] for c in COLUMNS]
     return header, [[f(r) for _, f in COLUMNS] for r in result.rows]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _json_default(o: Any) -> Any:
@@ -386,14 +376,14 @@ def write_results(
         ("results.csv", to_csv(result)),
         ("results.md", to_markdown(result)),
     ):
-        _atomic_write(out / name, text.encode())
+        atomic_write(out / name, text.encode())
         written.append(out / name)
     if embeddings and result.embeddings:
         buf = io.BytesIO()
         np.savez_compressed(
             buf, **{k.replace("+", "_plus_"): v for k, v in result.embeddings.items()}
         )
-        _atomic_write(out / "embeddings.npz", buf.getvalue())
+        atomic_write(out / "embeddings.npz", buf.getvalue())
         written.append(out / "embeddings.npz")
     if plots:
         written += write_plots(result, out)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ispo.errors import IspoError
+from ispo.settings import RunSettings
+
+if TYPE_CHECKING:
+    from ispo.model.load import GeneformerModel
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +47,61 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="layer of raw counts (default X)")]
 GeneKeyOpt = Annotated[str | None, typer.Option("--gene-key", help="var column of Ensembl ids")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing output")]
+# the run settings (ispo.settings.RunSettings), shared by embed, perturb and tune
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="fp32, fp16, bf16, or auto (bf16 on CUDA and on CPUs with bf16 matrix units, "
+        "fp32 elsewhere)"
+    ),
+]
+BatchTokensOpt = Annotated[int | None, typer.Option(help="token budget per batch")]
+AttentionOpt = Annotated[
+    str, typer.Option(help="SDPA kernel of the fast path: default, math, flash, efficient, cudnn")
+]
+CompileOpt = Annotated[bool, typer.Option(help="torch.compile the fast encoder")]
+Int8Opt = Annotated[bool, typer.Option(help="int8 linear layers (fast path, fp32 activations)")]
+EmbLayerOpt = Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")]
+PoolOpt = Annotated[str, typer.Option(help="mean, or cls (V2)")]
+# options of one command, named here so each command reads as its list of flags
+ChunkCellsOpt = Annotated[
+    int, typer.Option(help="input rows embedded and saved at a time (the unit --resume skips)")
+]
+NoXOpt = Annotated[
+    bool,
+    typer.Option("--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"),
+]
+PerturbTypeOpt = Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate")]
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="keep cells with obs KEY in values: KEY=v1,v2 (repeatable)"),
+]
+NCellsOpt = Annotated[int | None, typer.Option(help="tune on a seeded random subset of N cells")]
+MemoryCapOpt = Annotated[
+    float | None,
+    typer.Option(help="peak memory cap in GiB (default 90% of the GPU, or of RAM on CPU)"),
+]
+BatchTokensListOpt = Annotated[
+    list[int] | None,
+    typer.Option(help="token budget candidates (repeatable; default around the device default)"),
+]
+PrecisionListOpt = Annotated[
+    list[str] | None, typer.Option(help="precision candidates: fp32, fp16, bf16 (repeatable)")
+]
+AttentionListOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="SDPA backends: default, math, flash, efficient, cudnn (repeatable; default: "
+        "those that run on the device)"
+    ),
+]
+CompileSearchOpt = Annotated[
+    str, typer.Option(help="torch.compile: auto (search on CUDA, off on CPU), search, on, off")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(help="stop starting trials after this many seconds")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
 
 
 def open_data(source: str, vocab: str | None, *, backed: bool = True):
@@ -59,6 +118,43 @@ def open_data(source: str, vocab: str | None, *, backed: bool = True):
     return ispo.read_input(source, backed=backed), voc
 
 
+def run_settings(
+    precision: str,
+    batch_tokens: int | None,
+    attention: str,
+    compile: bool,
+    int8: bool,
+    emb_layer: int,
+    pool: str = "mean",
+) -> RunSettings:
+    """The :class:`~ispo.settings.RunSettings` of the shared flags (embed, perturb; checked
+    here, before any input is read)."""
+    return RunSettings(
+        precision=precision,
+        batch_tokens=batch_tokens,
+        attention=attention,
+        compile=compile,
+        int8=int8,
+        emb_layer=emb_layer,
+        pool=pool,
+    )
+
+
+def load_for_run(
+    model: str, vocab, device: str, random_init: bool, seed: int, settings
+) -> GeneformerModel:
+    """The model with the run's settings built in (encoder variants, ``precision auto``
+    resolved once); what auto chose is printed."""
+    import ispo
+
+    mdl = ispo.load_model(
+        model, vocab=vocab, device=device, random_init=random_init, seed=seed, settings=settings
+    )
+    if mdl.precision_note is not None:
+        typer.echo(f"precision auto: {mdl.precision_note}", err=True)
+    return mdl
+
+
 @app.command()
 def embed(
     input: Annotated[str, typer.Argument(help=".h5ad of raw counts, or demo[:N]")],
@@ -68,30 +164,20 @@ def embed(
     random_init: RandomOpt = False,
     seed: SeedOpt = 0,
     method: Annotated[str, typer.Option(help="fast or baseline")] = "fast",
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16")] = "fp32",
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
-    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
-    pool: Annotated[str, typer.Option(help="mean, or cls (V2)")] = "mean",
-    batch_tokens: Annotated[int | None, typer.Option(help="token budget per batch")] = None,
+    emb_layer: EmbLayerOpt = -1,
+    pool: PoolOpt = "mean",
+    batch_tokens: BatchTokensOpt = None,
     layer: LayerOpt = None,
     gene_key: GeneKeyOpt = None,
     key_added: Annotated[str, typer.Option(help="obsm key")] = "X_geneformer",
-    attention: Annotated[
-        str,
-        typer.Option(help="SDPA kernel of the fast path: default, math, flash, efficient, cudnn"),
-    ] = "default",
-    compile: Annotated[bool, typer.Option(help="torch.compile the fast encoder")] = False,
-    int8: Annotated[bool, typer.Option(help="int8 linear layers (fast path, fp32)")] = False,
-    chunk_cells: Annotated[
-        int, typer.Option(help="input rows embedded and saved at a time (the unit --resume skips)")
-    ] = 4096,
-    no_x: Annotated[
-        bool,
-        typer.Option(
-            "--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"
-        ),
-    ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
+    attention: AttentionOpt = "default",
+    compile: CompileOpt = False,
+    int8: Int8Opt = False,
+    chunk_cells: ChunkCellsOpt = 4096,
+    no_x: NoXOpt = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
@@ -100,7 +186,7 @@ def embed(
     finished chunks in OUT.parts/ so --resume continues a stopped run, and under
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
     """
-    import ispo
+    from ispo.config import current_params, save_run_config
     from ispo.embedding.stream import embed_file, open_source
     from ispo.io.write import check_output
     from ispo.runtime import dist
@@ -108,45 +194,33 @@ def embed(
     check_output(out, overwrite)
     if method not in ("fast", "baseline"):
         raise IspoError(f"--method must be fast or baseline, not {method!r}")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise IspoError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
-    if pool not in ("mean", "cls"):
-        raise IspoError(f"--pool must be mean or cls, not {pool!r}")
-    from ispo.config import current_params, save_run_config
-    from ispo.tuning.settings import FastSettings, fast_path
-
-    settings = FastSettings(batch_tokens, precision, attention, compile, int8)  # ispo tune's
+    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
     if method != "fast" and not settings.is_plain():
         raise IspoError("--attention, --compile and --int8 apply to --method fast only")
     src, voc = open_source(input, vocab)  # obs and var in memory, counts read by chunks
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
-    mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
-    extra = (
-        None
-        if settings.is_plain()
-        else {"fast_settings": {k: v for k, v in settings.to_dict().items() if v is not None}}
+    mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    s = mdl.settings  # precision auto resolved
+    res = embed_file(
+        src,
+        out,
+        mdl,
+        vocab=voc,
+        method=method,
+        precision=str(s.precision),
+        emb_layer=s.emb_layer,
+        pool_mode=str(s.pool),
+        batch_tokens=s.batch_tokens,
+        layer=layer,
+        gene_key=gene_key,
+        key_added=key_added,
+        chunk_cells=chunk_cells,
+        copy_x=not no_x,
+        resume=resume,
+        overwrite=overwrite,
+        progress=dist.is_main(),
+        extra_uns=None if s.is_plain() else {"fast_settings": s.variant()},
     )
-    with fast_path(mdl, settings):
-        res = embed_file(
-            src,
-            out,
-            mdl,
-            vocab=voc,
-            method=method,
-            precision=precision,
-            emb_layer=emb_layer,
-            pool_mode=pool,
-            batch_tokens=batch_tokens,
-            layer=layer,
-            gene_key=gene_key,
-            key_added=key_added,
-            chunk_cells=chunk_cells,
-            copy_x=not no_x,
-            resume=resume,
-            overwrite=overwrite,
-            progress=dist.is_main(),
-            extra_uns=extra,
-        )
     src.close()
     if res is not None:  # rank 0 (or the only process)
         save_run_config(out, current_params(), command="embed")
@@ -184,9 +258,7 @@ def perturb(
     model: ModelOpt,
     vocab: VocabOpt = None,
     genes: Annotated[str, typer.Option(help="'all' or G1,G2 (symbols or Ensembl ids)")] = "all",
-    perturb_type: Annotated[
-        str, typer.Option(help="delete, overexpress, inhibit or activate")
-    ] = "delete",
+    perturb_type: PerturbTypeOpt = "delete",
     rank_shift: Annotated[int, typer.Option(help="quartiles for inhibit/activate (1-3)")] = 1,
     anchor_gene: Annotated[str | None, typer.Option(help="gene paired with every other")] = None,
     combos: Annotated[int, typer.Option(help="1: pairs with --anchor-gene")] = 0,
@@ -195,110 +267,110 @@ def perturb(
     goal_state: Annotated[str | None, typer.Option(help="state to shift toward")] = None,
     alt_states: Annotated[str | None, typer.Option(help="other states, comma-separated")] = None,
     emb_mode: Annotated[str, typer.Option(help="cell, cell_and_gene, or cls (V2)")] = "cell",
-    filter: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="keep cells with obs KEY in values: KEY=v1,v2 (repeatable)"),
-    ] = None,
+    filter: FilterOpt = None,
     max_ncells: Annotated[int | None, typer.Option(help="perturb at most N cells")] = None,
     cell_range: Annotated[str | None, typer.Option(help="START:STOP of the selected cells")] = None,
-    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16")] = "fp32",
-    batch_tokens: Annotated[int | None, typer.Option(help="token budget per batch")] = None,
+    emb_layer: EmbLayerOpt = -1,
+    precision: PrecisionOpt = "fp32",
+    batch_tokens: BatchTokensOpt = None,
     shard_cells: Annotated[int, typer.Option(help="cells per written shard")] = 64,
-    attention: Annotated[
-        str, typer.Option(help="SDPA kernel: default, math, flash, efficient, cudnn")
-    ] = "default",
-    compile: Annotated[bool, typer.Option(help="torch.compile the encoder")] = False,
-    int8: Annotated[bool, typer.Option(help="int8 linear layers (fp32 activations)")] = False,
+    attention: AttentionOpt = "default",
+    compile: CompileOpt = False,
+    int8: Int8Opt = False,
     random_init: RandomOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     layer: LayerOpt = None,
     gene_key: GeneKeyOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
-    import ispo
+    from ispo.embedding.stream import check_unique_names
     from ispo.perturbation.engine import perturb as run
+    from ispo.runtime import dist
 
-    states = None
-    if any(v is not None for v in (state_key, start_state, goal_state)):
-        if None in (state_key, start_state, goal_state):
-            raise IspoError("cell states need --state-key, --start-state and --goal-state together")
-        states = {
-            "state_key": state_key,
-            "start_state": start_state,
-            "goal_state": goal_state,
-            "alt_states": [s for s in (alt_states or "").split(",") if s],
-        }
+    states = _cell_states(state_key, start_state, goal_state, alt_states)
+    cell_filter = _cell_filter(filter or [])
+    rng = _cell_range(cell_range)
+    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
+    adata, voc = open_data(input, vocab, backed=True)  # backed: counts read in chunks
+    check_unique_names(adata.obs_names)  # results are keyed by cell id
+    device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
+    mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    df = run(
+        adata,
+        mdl,  # carries the run settings: precision, batch tokens, encoder variant, layer
+        genes=genes,
+        perturb_type=perturb_type,
+        rank_shift=rank_shift,
+        anchor_gene=anchor_gene,
+        combos=combos,
+        cell_states=states,
+        emb_mode=emb_mode,
+        cell_filter=cell_filter or None,
+        max_ncells=max_ncells,
+        cell_range=rng,
+        shard_cells=shard_cells,
+        layer=layer,
+        gene_key=gene_key,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        progress=dist.is_main(),
+        load_result=False,
+    )
+    if dist.is_main():
+        _echo_perturb(df.attrs["metadata"], out, dist.info())
+    dist.close()
+
+
+def _echo_perturb(meta: dict, out: Path, where) -> None:
+    """The one-line outcome of ``ispo perturb``."""
+    typer.echo(
+        f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells -> {out} "
+        f"({meta['perturbations_per_s'] or 0:.1f} perturbations/s this run"
+        + (f" on {where.world} processes" if where.active else "")
+        + ")"
+    )
+
+
+def _cell_states(
+    state_key: str | None, start: str | None, goal: str | None, alt: str | None
+) -> dict | None:
+    """``--state-key/--start-state/--goal-state/--alt-states`` as perturb's ``cell_states``."""
+    if all(v is None for v in (state_key, start, goal)):
+        return None
+    if None in (state_key, start, goal):
+        raise IspoError("cell states need --state-key, --start-state and --goal-state together")
+    return {
+        "state_key": state_key,
+        "start_state": start,
+        "goal_state": goal,
+        "alt_states": [s for s in (alt or "").split(",") if s],
+    }
+
+
+def _cell_filter(items: list[str]) -> dict[str, list[str]]:
+    """Repeated ``--filter KEY=v1,v2`` as ``{KEY: [v1, v2]}``."""
     cell_filter = {}
-    for item in filter or []:
+    for item in items:
         if "=" not in item:
             raise IspoError(f"--filter {item!r} is not KEY=v1,v2")
         key, values = item.split("=", 1)
         cell_filter[key] = values.split(",")
-    rng = None
-    if cell_range is not None:
-        try:
-            a, b = cell_range.split(":")
-            rng = (int(a or 0), int(b) if b else None)
-        except ValueError as exc:
-            raise IspoError(f"--cell-range {cell_range!r} is not START:STOP") from exc
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise IspoError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
-    from ispo.embedding.stream import check_unique_names
-    from ispo.runtime import dist
+    return cell_filter
 
-    adata, voc = open_data(input, vocab, backed=True)  # backed: counts read in chunks
-    check_unique_names(adata.obs_names)  # results are keyed by cell id
-    device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
-    mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
-    from ispo.tuning.settings import FastSettings, fast_path
 
-    settings = FastSettings(batch_tokens, precision, attention, compile, int8)  # ispo tune's
-    extra = (
-        None
-        if settings.is_plain()
-        else {k: v for k, v in settings.to_dict().items() if k in ("attention", "compile", "int8")}
-    )
-    with fast_path(mdl, settings):
-        df = run(
-            adata,
-            mdl,
-            genes=genes,
-            perturb_type=perturb_type,
-            rank_shift=rank_shift,
-            anchor_gene=anchor_gene,
-            combos=combos,
-            cell_states=states,
-            emb_mode=emb_mode,
-            cell_filter=cell_filter or None,
-            max_ncells=max_ncells,
-            cell_range=rng,
-            emb_layer=emb_layer,
-            precision=precision,
-            batch_tokens=batch_tokens,
-            shard_cells=shard_cells,
-            layer=layer,
-            gene_key=gene_key,
-            out=out,
-            resume=resume,
-            overwrite=overwrite,
-            progress=dist.is_main(),
-            load_result=False,
-            fast_settings=extra,
-        )
-    if dist.is_main():
-        meta = df.attrs["metadata"]
-        typer.echo(
-            f"{meta['n_rows']:,} perturbations of {meta['n_cells_selected']:,} cells "
-            f"-> {out} "
-            f"({meta['perturbations_per_s'] or 0:.1f} perturbations/s this run"
-            + (f" on {dist.info().world} processes" if dist.info().active else "")
-            + ")"
-        )
-    dist.close()
+def _cell_range(text: str | None) -> tuple[int, int | None] | None:
+    """``--cell-range START:STOP`` (either end may be left out)."""
+    if text is None:
+        return None
+    try:
+        a, b = text.split(":")
+        return int(a or 0), int(b) if b else None
+    except ValueError as exc:
+        raise IspoError(f"--cell-range {text!r} is not START:STOP") from exc
 
 
 # benchmark, and the reference project's `baseline` / `optimized` forms (ispo.cli.bench)
@@ -419,72 +491,45 @@ def tune(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     n_trials: Annotated[int, typer.Option(help="total trials (a resumed study continues)")] = 20,
-    n_cells: Annotated[
-        int | None, typer.Option(help="tune on a seeded random subset of N cells")
-    ] = None,
+    n_cells: NCellsOpt = None,
     min_cosine: Annotated[float, typer.Option(help="least mean cosine to the fp32 result")] = 0.999,
-    memory_cap: Annotated[
-        float | None,
-        typer.Option(help="peak memory cap in GiB (default 90% of the GPU, or of RAM on CPU)"),
-    ] = None,
-    batch_tokens: Annotated[
-        list[int] | None,
-        typer.Option(
-            help="token budget candidates (repeatable; default around the device default)"
-        ),
-    ] = None,
-    precision: Annotated[
-        list[str] | None, typer.Option(help="precision candidates: fp32, fp16, bf16 (repeatable)")
-    ] = None,
-    attention: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="SDPA backends: default, math, flash, efficient, cudnn (repeatable; default: "
-            "those that run on the device)"
-        ),
-    ] = None,
-    compile: Annotated[
-        str, typer.Option(help="torch.compile: auto (search on CUDA, off on CPU), search, on, off")
-    ] = "auto",
+    memory_cap: MemoryCapOpt = None,
+    batch_tokens: BatchTokensListOpt = None,
+    precision: PrecisionListOpt = None,
+    attention: AttentionListOpt = None,
+    compile: CompileSearchOpt = "auto",
     int8: Annotated[str, typer.Option(help="int8 linear layers: auto, search, on, off")] = "auto",
     repeats: Annotated[int, typer.Option(help="timed full passes per trial (median)")] = 3,
-    timeout: Annotated[
-        float | None, typer.Option(help="stop starting trials after this many seconds")
-    ] = None,
+    timeout: TimeoutOpt = None,
     search_seed: Annotated[int, typer.Option(help="seed of the sampler")] = 0,
-    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
-    pool: Annotated[str, typer.Option(help="mean, or cls (V2)")] = "mean",
+    emb_layer: EmbLayerOpt = -1,
+    pool: PoolOpt = "mean",
     layer: LayerOpt = None,
     gene_key: GeneKeyOpt = None,
     wandb: WandbOpt = False,
     wandb_project: WandbProjectOpt_ = "ispo",
 ) -> None:
     """Search batch size, precision, attention, compile, int8 for the fastest consistent setting."""
-    import numpy as np
-
-    import ispo
     from ispo.config import current_params
+    from ispo.tokens import tokenize
     from ispo.tracking import make_tracker
-    from ispo.tuning import SearchSpace
+    from ispo.tuning import SearchSpace, TuneOptions
     from ispo.tuning import tune as run_tune
 
     params = current_params()
-    if pool not in ("mean", "cls"):
-        raise IspoError(f"--pool must be mean or cls, not {pool!r}")
-    adata, voc = open_data(data, vocab, backed=False)
-    if n_cells is not None:
-        if n_cells < 1:
-            raise IspoError(f"--n-cells must be at least 1, got {n_cells}")
-        if n_cells < adata.n_obs:
-            pick = np.sort(
-                np.random.default_rng(search_seed).choice(adata.n_obs, n_cells, replace=False)
-            )
-            adata = adata[pick].copy()
-    mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
-    mdl.check_vocab(voc)
-    cells = ispo.tokenize(
-        adata, voc, layer=layer, gene_key=gene_key, max_input=min(voc.max_input, mdl.config.max_len)
+    base = RunSettings(emb_layer=emb_layer, pool=pool)  # the searched fields are set per trial
+    opts = TuneOptions(
+        n_trials=n_trials,
+        min_cosine=min_cosine,
+        memory_cap_mib=None if memory_cap is None else memory_cap * 1024.0,
+        repeats=repeats,
+        seed=search_seed,
+        timeout_s=timeout,
     )
+    adata, voc = open_data(data, vocab, backed=False)
+    adata = _subset(adata, n_cells, search_seed)
+    mdl = load_for_run(model, voc, device, random_init, seed, None)
+    cells = tokenize(adata, voc, layer=layer, gene_key=gene_key, max_input=mdl.max_input(voc))
     space = SearchSpace.for_device(
         mdl.device,
         batch_tokens=batch_tokens,
@@ -493,7 +538,6 @@ def tune(
         compile=compile,
         int8=int8,
     )
-    cap = None if memory_cap is None else memory_cap * 1024.0
     with make_tracker(
         wandb=wandb, project=wandb_project, run_name=f"tune {Path(model).name}", config=params
     ) as tracker:
@@ -501,21 +545,34 @@ def tune(
             cells,
             mdl,
             out=out,
-            n_trials=n_trials,
-            min_cosine=min_cosine,
-            memory_cap_mib=cap,
             space=space,
-            emb_layer=emb_layer,
-            pool_mode=pool,
-            repeats=repeats,
-            seed=search_seed,
-            timeout_s=timeout,
+            settings=base,
+            options=opts,
             data_source=data,
             run_config=params,
             tracker=tracker,
         )
         tracker.log_artifact(out / "best.yaml", name="best-config", type="config")
-    s = res.summary
+    _echo_tune(res, min_cosine)
+
+
+def _subset(adata, n_cells: int | None, seed: int):
+    """A seeded random subset of ``n_cells`` cells (``ispo tune --n-cells``), in input order."""
+    import numpy as np
+
+    if n_cells is None:
+        return adata
+    if n_cells < 1:
+        raise IspoError(f"--n-cells must be at least 1, got {n_cells}")
+    if n_cells >= adata.n_obs:
+        return adata
+    rng = np.random.default_rng(seed)
+    return adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
+
+
+def _echo_tune(res, min_cosine: float) -> None:
+    """The one-paragraph outcome of ``ispo tune``."""
+    s, out = res.summary, res.out
     typer.echo(
         f"{s['n_trials']} trial{'s' * (s['n_trials'] != 1)} ({s['n_complete']} "
         f"complete, {s['n_pruned']} pruned, "
@@ -526,14 +583,14 @@ def tune(
             f"no setting met mean cosine >= {min_cosine} within the memory cap; see "
             f"{out}/summary.json"
         )
-    else:
-        b = s["best"]
-        speed = s["speedup_vs_default"]
-        typer.echo(
-            f"best: {res.best.to_dict()} -> {b['cells_per_s']:.1f} cells/s"
-            + (f" ({speed:.2f}x default)" if speed else "")
-            + f", cosine {b['cos_mean']:.6f}; config: {out}/best.yaml"
-        )
+        return
+    b = s["best"]
+    speed = s["speedup_vs_default"]
+    typer.echo(
+        f"best: {b['settings']} -> {b['cells_per_s']:.1f} cells/s"
+        + (f" ({speed:.2f}x default)" if speed else "")
+        + f", cosine {b['cos_mean']:.6f}; config: {out}/best.yaml"
+    )
 
 
 @app.command()

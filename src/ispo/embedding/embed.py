@@ -29,6 +29,7 @@ from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode, pool, pool_packed
 from ispo.runtime.profiler import Profiler
+from ispo.settings import RunSettings
 from ispo.tokens import TokenizedCells, tokenize
 
 log = logging.getLogger(__name__)
@@ -145,37 +146,70 @@ def checked_vocab(
     return vocab
 
 
+def embedding_metadata(
+    model: GeneformerModel,
+    vocab: Vocab,
+    s: RunSettings,
+    method: Method,
+    key_added: str,
+    profile: dict,
+) -> dict:
+    """What ``uns["geneformer"]`` records of an embedding run, whichever path wrote it
+    (:func:`embed`, and ``embed_file``): the model, the settings ``s`` it ran with
+    (``precision`` as resolved, ``fast_settings`` for an encoder variant, ``precision_auto``
+    when auto chose), the device and versions."""
+    meta = {
+        **model.metadata(),
+        "vocab": vocab.source,
+        "method": method,
+        "precision": str(s.precision),
+        "emb_layer": s.emb_layer,
+        "pool": str(s.pool),
+        "key_added": key_added,
+        "device": device_name(model.device),
+        "versions": versions(),
+        "profile": profile,
+    }
+    if not s.is_plain():
+        meta["fast_settings"] = s.variant()
+    return meta
+
+
 def embed(
     adata: ad.AnnData,
     model: GeneformerModel,
     *,
     vocab: Vocab | str | None = None,
     method: Method = "fast",
-    precision: Precision = "fp32",
-    emb_layer: int = -1,
-    pool_mode: PoolMode = "mean",
+    precision: Precision | str | None = None,
+    emb_layer: int | None = None,
+    pool_mode: PoolMode | None = None,
     batch_tokens: int | None = None,
     batch_size: int = 10,
     layer: str | None = None,
     gene_key: str | None = None,
     key_added: str = "X_geneformer",
     progress: bool = False,
+    settings: RunSettings | None = None,
 ) -> np.ndarray:
     """Embed every cell of ``adata``: fills ``obsm[key_added]`` and ``uns["geneformer"]``.
 
     Cells that were not embedded (``filter_pass == 0``, no vocabulary gene) get NaN rows and
-    ``obs["geneformer_embedded"] == False``. Returns the (n_obs, hidden) array.
+    ``obs["geneformer_embedded"] == False``. Returns the (n_obs, hidden) array. Speed and
+    numerics come from ``settings`` (default: the model's, as loaded), with the keywords on
+    top; ``precision="auto"`` is bf16 where the hardware has bf16 matrix units, else fp32.
     """
-    vocab = checked_vocab(model, vocab, pool_mode)
+    settings = (settings or model.settings).replace(
+        precision=precision, emb_layer=emb_layer, pool=pool_mode, batch_tokens=batch_tokens
+    )
+    model = model.with_settings(settings)  # the encoder variant; auto precision resolved
+    s = model.settings
+    vocab = checked_vocab(model, vocab, str(s.pool))
     # The same profiler as the benchmark's, so every run records comparable figures.
     with Profiler(device=model.device) as prof:
         t0 = time.perf_counter()
         cells = tokenize(
-            adata,
-            vocab,
-            layer=layer,
-            gene_key=gene_key,
-            max_input=min(vocab.max_input, model.config.max_len),
+            adata, vocab, layer=layer, gene_key=gene_key, max_input=model.max_input(vocab)
         )
         t_tok = time.perf_counter() - t0
         with tqdm(
@@ -185,12 +219,13 @@ def embed(
                 cells,
                 model,
                 method=method,
-                precision=precision,
-                emb_layer=emb_layer,
-                pool_mode=pool_mode,
-                batch_tokens=batch_tokens,
+                precision=str(s.precision),
+                emb_layer=s.emb_layer,
+                pool_mode=str(s.pool),
+                batch_tokens=s.batch_tokens,
                 batch_size=batch_size,
                 on_batch=bar.update,
+                layout=str(s.layout),
             )
         t_emb = time.perf_counter() - t0 - t_tok
     full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
@@ -199,22 +234,9 @@ def embed(
     done[cells.obs_index] = True
     adata.obsm[key_added] = full
     adata.obs["geneformer_embedded"] = done
-    adata.uns["geneformer"] = h5ad_safe(
-        {
-            **model.metadata(),
-            "vocab": vocab.source,
-            "method": method,
-            "precision": precision,
-            "emb_layer": emb_layer,
-            "pool": pool_mode,
-            "key_added": key_added,
-            "n_cells_embedded": len(cells),
-            "device": device_name(model.device),
-            "seconds": {"tokenize": t_tok, "embed": t_emb},
-            "versions": versions(),
-            "profile": prof.stats.to_dict(),
-        }
-    )
+    meta = embedding_metadata(model, vocab, s, method, key_added, prof.stats.to_dict())
+    meta.update(n_cells_embedded=len(cells), seconds={"tokenize": t_tok, "embed": t_emb})
+    adata.uns["geneformer"] = h5ad_safe(meta)
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
     return full

@@ -42,13 +42,13 @@ import pyarrow.parquet as pq
 from anndata.io import read_elem, sparse_dataset, write_elem
 from tqdm.auto import tqdm
 
-from ispo.embedding.embed import Method, checked_vocab, embed_cells
+from ispo.embedding.embed import Method, checked_vocab, embed_cells, embedding_metadata
 from ispo.errors import IspoError
 from ispo.io.genes import build_gene_map
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.io.write import atomic_output
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
-from ispo.provenance import device_name, h5ad_safe, versions
+from ispo.provenance import h5ad_safe
 from ispo.runtime import dist
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode
@@ -663,18 +663,10 @@ def embed_file(
             idx, emb = _read_part(path, hidden)
             yield u * chunk_cells, idx, emb
 
+    settings = model.settings.replace(precision=precision, emb_layer=emb_layer, pool=pool_mode)
     meta = {
-        **model.metadata(),
-        "vocab": vocab.source,
-        "method": method,
-        "precision": precision,
-        "emb_layer": emb_layer,
-        "pool": pool_mode,
-        "key_added": key_added,
-        "device": device_name(model.device),
+        **embedding_metadata(model, vocab, settings, method, key_added, prof.stats.to_dict()),
         "seconds": {"embed": t_all},
-        "versions": versions(),
-        "profile": prof.stats.to_dict(),
         "stream": {
             "chunk_cells": chunk_cells,
             "processes": me.world,

@@ -36,6 +36,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 from ispo.errors import IspoError
+from ispo.runtime.pool import rowwise_cosine
 
 #: Silhouette is O(n^2); above this many cells it is computed on a seeded random subsample.
 SILHOUETTE_MAX_CELLS = 5000
@@ -222,7 +223,7 @@ def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
     if k < 1:
         raise IspoError(f"k must be at least 1, got {k}")
 
-    cos = _rowwise_cosine(X, Y)
+    cos = rowwise_cosine(X, Y)
     k = min(k, X.shape[0] - 1)
     nx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
     ny = NearestNeighbors(n_neighbors=k).fit(Y).kneighbors(return_distance=False)
@@ -331,17 +332,3 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     if denominator <= 0 or not np.isfinite(numerator):
         return None
     return float(numerator / denominator)
-
-
-def _rowwise_cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of ``X`` with the same row of ``Y``.
-
-    A zero row has no direction: two zero rows are identical (1), a zero row against a non-zero
-    row is as different as it gets for this check (0).
-    """
-    nx = np.linalg.norm(X, axis=1)
-    ny = np.linalg.norm(Y, axis=1)
-    denom = nx * ny
-    cos = np.where(nx + ny == 0, 1.0, 0.0)
-    np.divide((X * Y).sum(axis=1), denom, out=cos, where=denom > 0)
-    return np.clip(cos, -1.0, 1.0)

@@ -59,25 +59,12 @@ class Vocab:
         return 4096 if self.version == 2 else 2048
 
     @property
-    def pad_id(self) -> int:
-        return self.token_dict[PAD]
-
-    @property
     def cls_id(self) -> int | None:
         return self.token_dict.get(CLS)
 
     @property
     def eos_id(self) -> int | None:
         return self.token_dict.get(EOS)
-
-    @property
-    def special_ids(self) -> list[int]:
-        """Tokens that are not genes (never pooled, never perturbed)."""
-        return [self.token_dict[t] for t in (PAD, MASK, CLS, EOS) if t in self.token_dict]
-
-    def gene_ids(self) -> list[str]:
-        """Ensembl ids that can be tokenized: in both the token and the median dictionary."""
-        return [g for g in self.token_dict if g in self.median_dict]
 
     def id_of_token(self) -> np.ndarray:
         """Array mapping token -> Ensembl id (special tokens keep their own names)."""

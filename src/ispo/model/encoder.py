@@ -87,13 +87,24 @@ class Attention(nn.Module):
         self.heads = cfg.heads
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
+        # the SDPA kernels this layer may use, fixed when the encoder is built
+        # (ispo.model.variants.set_attention); None lets PyTorch choose
+        self.sdpa_backends: list | None = None
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+        if self.sdpa_backends is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self.sdpa_backends):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
         if isinstance(ctx, Packed):
             return self._packed(x, ctx)
         B, L, h = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx)  # (B, heads, L, hd)
+        y = self._sdpa(q, k, v, ctx)  # (B, heads, L, hd)
         return self.out(y.transpose(1, 2).reshape(B, L, h))
 
     def _packed(self, x: torch.Tensor, ctx: Packed) -> torch.Tensor:
@@ -108,7 +119,7 @@ class Attention(nn.Module):
             buf[ctx.seq_of, ctx.pos] = qkv
             q, k, v = buf.permute(2, 0, 3, 1, 4)  # 3 x (B, heads, L, hd)
             keep = torch.arange(ctx.max_len, device=x.device)[None] < ctx.lengths[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+            y = self._sdpa(q, k, v, keep[:, None, None, :])
             y = y.transpose(1, 2)[ctx.seq_of, ctx.pos]  # (T, heads, hd)
         return self.out(y.reshape(T, h))
 

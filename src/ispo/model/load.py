@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
-from ispo.model.encoder import Encoder
+from ispo.model import variants
 from ispo.model.presets import GeneformerConfig, preset
+from ispo.model.variants import DTYPES
+from ispo.settings import RunSettings
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "bf16"]
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+__all__ = ["DTYPES", "GeneformerModel", "Precision", "load_model", "resolve_device"]
 INIT_STD = 0.02  # BertConfig.initializer_range, the init of random-weight presets
 RANDOM_WARNING = (
     "RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
@@ -155,10 +154,12 @@ def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tens
 
 @dataclass
 class GeneformerModel:
-    """A loaded Geneformer: its architecture, weights and provenance.
+    """A loaded Geneformer: its architecture, weights, provenance and run settings.
 
-    ``encoder()`` gives the fast encoder truncated to the needed layers; ``hf_model()`` the
-    reference Hugging Face model. Both are cached per (layers, dtype).
+    ``encoder()`` gives the fast encoder truncated to the needed layers, built once per
+    (layers, settings) with the variants of ``settings`` (precision, attention kernel, int8,
+    compile: :mod:`ispo.model.variants`); ``hf_model()`` the reference Hugging Face model.
+    ``precision_note`` says what ``precision="auto"`` chose and why (None when not asked).
     """
 
     config: GeneformerConfig
@@ -168,6 +169,8 @@ class GeneformerModel:
     seed: int | None
     device: torch.device
     vocab: Vocab | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
+    precision_note: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def layers_for(self, emb_layer: int) -> int:
@@ -176,12 +179,51 @@ class GeneformerModel:
             raise IspoError(f"emb_layer must be -1 (penultimate) or 0 (last), not {emb_layer}")
         return self.config.n_layers + emb_layer
 
-    def encoder(self, n_run: int | None = None, precision: Precision = "fp32") -> Encoder:
+    def max_input(self, vocab: Vocab | None = None) -> int:
+        """Longest cell the tokenizer may give this model: the vocabulary's input size, capped
+        by the model's position table."""
+        vocab = self.vocab if vocab is None else vocab
+        if vocab is None:
+            return self.config.max_len
+        return min(vocab.max_input, self.config.max_len)
+
+    def with_settings(self, settings: RunSettings, *, own_cache: bool = False) -> GeneformerModel:
+        """This model (same weights) with other run settings; ``auto`` precision is resolved.
+
+        The encoders it builds go to the shared cache, or, with ``own_cache``, to a cache of
+        its own that is dropped with it (one ``ispo tune`` trial).
+        """
+        resolved, note = variants.resolve(settings, self.device)
+        if note is not None:
+            log.info("precision auto -> %s", note)
+        elif resolved.precision == self.settings.precision:
+            note = self.precision_note  # chosen by auto at load, still the same
+        cache = {} if own_cache else self._cache
+        return replace(self, settings=resolved, precision_note=note, _cache=cache)
+
+    def encoder(
+        self, n_run: int | None = None, settings: RunSettings | str | None = None
+    ) -> nn.Module:
+        """The fast encoder for ``n_run`` layers (default all) with ``settings`` (default the
+        model's; a precision name means the model's settings in that precision), built once."""
+        return self.built_encoder(n_run, settings).net
+
+    def built_encoder(
+        self, n_run: int | None = None, settings: RunSettings | str | None = None
+    ) -> variants.Built:
+        """:meth:`encoder` with its description (what ran, for logs and benchmark rows)."""
         n_run = self.config.n_layers if n_run is None else n_run
-        key = ("fast", n_run, precision)
+        if settings is None:
+            settings = self.settings
+        elif not isinstance(settings, RunSettings):
+            settings = self.settings.replace(precision=settings)
+        settings, _ = variants.resolve(settings, self.device)
+        key = ("fast", n_run, settings.encoder_key())
         if key not in self._cache:
-            enc = Encoder.from_hf_state_dict(self.config, self.state_dict, n_run)
-            self._cache[key] = enc.to(device=self.device, dtype=DTYPES[precision])
+            self._cache[key] = variants.build_encoder(
+                self.config, self.state_dict, n_run, settings, self.device
+            )
+            log.debug("built %s", self._cache[key].description)
         return self._cache[key]
 
     def hf_model(self):
@@ -215,13 +257,16 @@ class GeneformerModel:
 
     def metadata(self) -> dict:
         """Provenance recorded with every output."""
-        return {
+        meta = {
             "model": self.name,
             "random_init": self.random_init,
             "seed": self.seed,
             "architecture": self.config.to_dict(),
             "vocab": None if self.vocab is None else self.vocab.source,
         }
+        if self.precision_note is not None:
+            meta["precision_auto"] = self.precision_note
+        return meta
 
 
 def load_model(
@@ -231,11 +276,14 @@ def load_model(
     device: str | torch.device = "auto",
     random_init: bool = False,
     seed: int = 0,
+    settings: RunSettings | None = None,
 ) -> GeneformerModel:
     """Load a Geneformer from a local checkpoint directory, or a preset name.
 
     A preset has no weights offline: it is only built, with seeded random weights, when
     ``random_init=True``, and that is logged loudly and recorded in every output's metadata.
+    ``settings`` are the run's (default: plain fp32); ``precision="auto"`` is resolved here,
+    once, for the device, and the choice is logged and recorded in the metadata.
     """
     dev = resolve_device(device)
     path = Path(source)
@@ -259,4 +307,4 @@ def load_model(
     if vocab is not None:
         model.vocab = load_vocab(vocab)
         model.check_vocab(model.vocab)
-    return model
+    return model if settings is None else model.with_settings(settings)

@@ -24,10 +24,6 @@ class GeneformerConfig:
     type_vocab_size: int = 2
     pad_id: int = 0
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
     def to_hf(self):
         """The equivalent ``transformers.BertConfig`` (for the reference model)."""
         from transformers import BertConfig

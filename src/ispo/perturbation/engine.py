@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -27,10 +28,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ispo.embedding.embed import Layout, checked_vocab
+from ispo.embedding.embed import checked_vocab
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab
-from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
+from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.perturbation.index import PerturbType
 from ispo.perturbation.options import (
     CellStates,
@@ -39,6 +40,7 @@ from ispo.perturbation.options import (
     wanted_tokens,
 )
 from ispo.perturbation.passes import (
+    InputScan,
     check_expressed,
     iter_shards,
     scan_input,
@@ -49,10 +51,61 @@ from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
 from ispo.provenance import device_name, versions
 from ispo.runtime import dist
-from ispo.runtime.profiler import Profiler
+from ispo.runtime.profiler import Profiler, ProfileStats
+from ispo.settings import Layout, Pool, Precision, RunSettings
 from ispo.tokens import NO_CELLS, TokenizedCells, iter_tokenize
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PerturbRequest:
+    """What to perturb and in which cells (everything of a run but its speed settings)."""
+
+    genes: str | list[str] = "all"
+    perturb_type: PerturbType = "delete"
+    rank_shift: int = 1
+    anchor_gene: str | None = None
+    combos: int = 0
+    cell_states: CellStates | None = None
+    emb_mode: EmbMode = "cell"
+    cell_filter: dict | None = None
+    max_ncells: int | None = None
+    cell_range: tuple[int, int] | None = None
+    shard_cells: int = 64
+    layer: str | None = None
+    gene_key: str | None = None
+
+    def params(self, settings: RunSettings) -> dict[str, Any]:
+        """The run's parameters as recorded in the metadata and the resume fingerprint."""
+        return dict(
+            genes=self.genes,
+            perturb_type=self.perturb_type,
+            rank_shift=self.rank_shift,
+            anchor_gene=self.anchor_gene,
+            combos=self.combos,
+            emb_mode=self.emb_mode,
+            cell_states=None if self.cell_states is None else asdict(self.cell_states),
+            cell_filter=self.cell_filter,
+            max_ncells=self.max_ncells,
+            cell_range=self.cell_range,
+            emb_layer=settings.emb_layer,
+            precision=str(settings.precision),
+            shard_cells=self.shard_cells,
+            fast_settings=settings.variant(),
+        )
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how results go: ``out`` (None: in memory), resume, overwrite, progress bar,
+    and whether the written table is read back."""
+
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = False
+    load_result: bool = True
 
 
 def perturb(
@@ -70,10 +123,10 @@ def perturb(
     cell_filter: dict | None = None,
     max_ncells: int | None = None,
     cell_range: tuple[int, int] | None = None,
-    emb_layer: int = -1,
-    precision: Precision = "fp32",
+    emb_layer: int | None = None,
+    precision: Precision | str | None = None,
     batch_tokens: int | None = None,
-    layout: Layout = "auto",
+    layout: Layout | str | None = None,
     shard_cells: int = 64,
     layer: str | None = None,
     gene_key: str | None = None,
@@ -82,7 +135,7 @@ def perturb(
     overwrite: bool = False,
     progress: bool = False,
     load_result: bool = True,
-    fast_settings: dict | None = None,
+    settings: RunSettings | None = None,
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
@@ -95,124 +148,241 @@ def perturb(
     ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
     ``load_result=False`` the table is not read back (an empty table carrying the metadata in
     ``attrs`` is returned), so memory stays bounded whatever the number of cells. Under
-    torchrun (:mod:`ispo.runtime.dist`; ``out`` required) each process runs its share of the shards
-    still to do; rank 0 merges them and returns the table, the other ranks an empty DataFrame.
-    ``fast_settings`` records encoder variants the caller put in place
-    (:func:`ispo.tuning.settings.fast_path`: attention kernel, compile, int8) in the metadata
-    and the resume fingerprint, so a resumed run cannot mix them.
-    ``layout`` is how batches that mix cells of different lengths run: ``packed`` (no padding,
-    varlen flash attention; the ``auto`` choice on CUDA in fp16/bf16) or ``padded`` (a mask).
+    torchrun (:mod:`ispo.runtime.dist`; ``out`` required) each process runs its share of the
+    shards still to do; rank 0 merges them and returns the table, the other ranks an empty
+    DataFrame.
+
+    Speed and numerics come from ``settings`` (default: the model's, as loaded), with the
+    keywords ``precision`` (``auto``: bf16 where the hardware has bf16 matrix units),
+    ``batch_tokens``, ``layout`` and ``emb_layer`` on top. Its encoder variant (attention
+    kernel, compile, int8) is recorded in the metadata and the resume fingerprint
+    (``fast_settings``), so a resumed run cannot mix them. ``layout`` is how batches that mix
+    cells of different lengths run: ``packed`` (no padding, varlen flash attention; the
+    ``auto`` choice on CUDA in fp16/bf16) or ``padded`` (a mask).
     """
-    vocab = checked_vocab(model, vocab)
-    states = CellStates.parse(cell_states)
-    targets, anchor = check_options(
-        vocab, genes, perturb_type, rank_shift, anchor_gene, combos, emb_mode
-    )
-    writer = None
-    if out is not None:
-        out = Path(out)
-        from ispo.io.write import check_output
-
-        check_output(out, overwrite)
-    t0 = time.perf_counter()
-    # streaming passes over the input (tokenizing chunk by chunk, no pass keeps every cell's
-    # tokens): what to select and check, then the target states, then each shard's cells
-    max_input = min(vocab.max_input, model.config.max_len)
-
-    def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
-        return iter_tokenize(
-            adata, vocab, layer=layer, gene_key=gene_key, max_input=max_input, warn_empty=warn
-        )
-
-    wanted = wanted_tokens(targets, anchor, perturb_type)
-    scan = scan_input(chunks(warn=True), wanted)
-    if len(scan.obs_index) == 0:
-        raise IspoError(NO_CELLS)
-    sel = select_cells(adata, scan.obs_index, cell_filter, states, max_ncells, cell_range)
-    check_expressed(scan, sel, wanted, vocab)
-    pool_mode = "cls" if emb_mode == "cls" else "mean"
-    kw = dict(
-        method="fast",
+    settings = (settings or model.settings).replace(
         precision=precision,
-        emb_layer=emb_layer,
-        pool_mode=pool_mode,
         batch_tokens=batch_tokens,
+        layout=layout,
+        emb_layer=emb_layer,
+        pool=Pool.CLS if emb_mode == "cls" else Pool.MEAN,
     )
-    state_emb = (
-        state_embeddings(adata, scan.obs_index, model, states, chunks, **kw) if states else None
-    )
-    params = dict(
+    request = PerturbRequest(
         genes=genes,
         perturb_type=perturb_type,
         rank_shift=rank_shift,
         anchor_gene=anchor_gene,
         combos=combos,
+        cell_states=CellStates.parse(cell_states),
         emb_mode=emb_mode,
-        cell_states=None if states is None else asdict(states),
         cell_filter=cell_filter,
         max_ncells=max_ncells,
         cell_range=cell_range,
-        emb_layer=emb_layer,
-        precision=precision,
         shard_cells=shard_cells,
-        fast_settings=fast_settings,
+        layer=layer,
+        gene_key=gene_key,
     )
+    sink = Output(None if out is None else Path(out), resume, overwrite, progress, load_result)
+    return run_request(adata, model.with_settings(settings), vocab, request, sink)
+
+
+@dataclass
+class _Plan:
+    """What the first streaming pass decided: the cells, the targets, the state embeddings."""
+
+    vocab: Vocab
+    targets: torch.Tensor | None
+    anchor: int | None
+    chunks: Callable[..., Iterator[TokenizedCells]]
+    scan: InputScan
+    sel: np.ndarray
+    state_emb: Any
+
+
+def run_request(
+    adata: ad.AnnData,
+    model: GeneformerModel,
+    vocab: Vocab | str | None,
+    request: PerturbRequest,
+    sink: Output,
+) -> pd.DataFrame:
+    """:func:`perturb` with its options grouped: ``model`` carries the run settings."""
+    vocab = checked_vocab(model, vocab)
+    req = request
+    targets, anchor = check_options(
+        vocab,
+        req.genes,
+        req.perturb_type,
+        req.rank_shift,
+        req.anchor_gene,
+        req.combos,
+        req.emb_mode,
+    )
+    if sink.out is not None:  # every option is checked, and the output, before any work
+        from ispo.io.write import check_output
+
+        check_output(sink.out, sink.overwrite)
+    t0 = time.perf_counter()
+    plan = _plan(adata, model, vocab, targets, anchor, request)
+    params = request.params(model.settings)
     fingerprint = {
         **params,
         "model": model.name,
-        "vocab": vocab.source,
-        "data": scan.digest,
-        "cells": hashlib.sha1(sel.tobytes()).hexdigest(),
+        "vocab": plan.vocab.source,
+        "data": plan.scan.digest,
+        "cells": hashlib.sha1(plan.sel.tobytes()).hexdigest(),
     }
-    if out is None and dist.info().active:
+    if sink.out is None and dist.info().active:
         raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
-    if out is not None:  # under torchrun: rank 0 prepares the parts folder, every rank joins
-        writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
+    writer = None
+    if sink.out is not None:  # under torchrun: rank 0 prepares the parts folder, every rank joins
+        writer = dist.shard_writer(
+            sink.out, fingerprint, resume=sink.resume, overwrite=sink.overwrite
+        )
+    shards = [
+        plan.sel[i : i + request.shard_cells] for i in range(0, len(plan.sel), request.shard_cells)
+    ]
+    done = _run_shards(adata, model, plan, request, shards, writer, sink.progress)
+    if not dist.is_main():
+        return pd.DataFrame()  # rank 0 merges the shards and writes the outputs
+    metadata = {
+        **model.metadata(),
+        "vocab": plan.vocab.source,
+        "params": params,
+        "cell_states": params["cell_states"],
+        "n_cells_selected": len(plan.sel),
+        **done.figures(time.perf_counter() - t0),
+        "device": device_name(model.device),
+        "versions": versions(),
+    }
+    result = _finish(done, writer, len(shards), metadata, request.cell_states, sink)
+    if model.random_init:
+        log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
+    return result
+
+
+def _plan(
+    adata: ad.AnnData,
+    model: GeneformerModel,
+    vocab: Vocab,
+    targets: torch.Tensor | None,
+    anchor: int | None,
+    req: PerturbRequest,
+) -> _Plan:
+    """Stream the input once to choose the cells (tokenizing chunk by chunk: no pass keeps
+    every cell's tokens), and embed the target states' cells."""
+    max_input = model.max_input(vocab)
+
+    def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
+        return iter_tokenize(
+            adata,
+            vocab,
+            layer=req.layer,
+            gene_key=req.gene_key,
+            max_input=max_input,
+            warn_empty=warn,
+        )
+
+    wanted = wanted_tokens(targets, anchor, req.perturb_type)
+    scan = scan_input(chunks(warn=True), wanted)
+    if len(scan.obs_index) == 0:
+        raise IspoError(NO_CELLS)
+    states = req.cell_states
+    sel = select_cells(
+        adata, scan.obs_index, req.cell_filter, states, req.max_ncells, req.cell_range
+    )
+    check_expressed(scan, sel, wanted, vocab)
+    s = model.settings
+    state_emb = None
+    if states:
+        state_emb = state_embeddings(
+            adata,
+            scan.obs_index,
+            model,
+            states,
+            chunks,
+            method="fast",
+            precision=str(s.precision),
+            emb_layer=s.emb_layer,
+            pool_mode=str(s.pool),
+            batch_tokens=s.batch_tokens,
+        )
+    return _Plan(vocab, targets, anchor, chunks, scan, sel, state_emb)
+
+
+@dataclass
+class _Done:
+    """What the shard loop did: counts, time, profile, and the tables kept in memory."""
+
+    n_pert: int
+    n_cells: int
+    seconds: float
+    profile: ProfileStats
+    tables: dict[str, list[pd.DataFrame]]
+
+    def figures(self, total_s: float) -> dict[str, Any]:
+        """The run's counts and rates as metadata."""
+        t = self.seconds
+        return {
+            "n_cells_this_run": self.n_cells,
+            "n_perturbations_this_run": self.n_pert,
+            "seconds": {"total": total_s, "perturb": t},
+            "cells_per_s": self.n_cells / t if t else None,
+            "perturbations_per_s": self.n_pert / t if t else None,
+            "profile": self.profile.to_dict(),
+        }
+
+
+def _run_shards(
+    adata: ad.AnnData,
+    model: GeneformerModel,
+    plan: _Plan,
+    req: PerturbRequest,
+    shards: list[np.ndarray],
+    writer: Any,
+    progress: bool,
+) -> _Done:
+    """Perturb this process's shards still to do (under torchrun the ranks share them),
+    writing each as it finishes; totals are summed over all ranks."""
+    s = model.settings
     perturber = Perturber(
         model,
-        vocab,
-        perturb_type=perturb_type,
-        rank_shift=rank_shift,
-        emb_mode=emb_mode,
-        emb_layer=emb_layer,
-        precision=precision,
-        batch_tokens=batch_tokens,
-        layout=layout,
+        plan.vocab,
+        perturb_type=req.perturb_type,
+        rank_shift=req.rank_shift,
+        emb_mode=req.emb_mode,
+        emb_layer=s.emb_layer,
+        precision=str(s.precision),
+        batch_tokens=s.batch_tokens,
+        layout=str(s.layout),
     )
-    id_of_token = vocab.id_of_token()
-    shards = [sel[i : i + shard_cells] for i in range(0, len(sel), shard_cells)]
+    id_of_token = plan.vocab.id_of_token()
     tables: dict[str, list[pd.DataFrame]] = {"cells": [], "genes": []}
-    n_pert = n_cells_done = 0
+    n_pert = n_cells = 0
     t_run = time.perf_counter()
-    # under torchrun the shards still to do are dealt to the ranks (all of them in one process)
-    mine = list(
-        dist.mine([(i, x) for i, x in enumerate(shards) if writer is None or not writer.done(i)])
+    todo = [(i, x) for i, x in enumerate(shards) if writer is None or not writer.done(i)]
+    mine = list(dist.mine(todo))
+    bar = tqdm(
+        total=sum(len(x) for _, x in mine),
+        unit="cell",
+        disable=not progress,
+        desc=f"perturb ({req.perturb_type})",
     )
-    with (
-        Profiler(model.device) as prof,
-        torch.inference_mode(),
-        tqdm(
-            total=sum(len(x) for _, x in mine),
-            unit="cell",
-            disable=not progress,
-            desc=f"perturb ({perturb_type})",
-        ) as bar,
-    ):
-        for s_idx, cells in iter_shards(chunks(), shards, {i for i, _ in mine}):
+    with Profiler(model.device) as prof, torch.inference_mode(), bar:
+        for s_idx, cells in iter_shards(plan.chunks(), shards, {i for i, _ in mine}):
             got = run_shard(
                 perturber,
                 adata,
                 cells,
-                np.arange(len(cells)),
-                targets,
-                anchor,
-                state_emb,
-                states,
+                plan.targets,
+                plan.anchor,
+                plan.state_emb,
+                req.cell_states,
                 id_of_token,
-                vocab,
+                plan.vocab,
             )
             n_pert += len(got["cells"])
-            n_cells_done += len(cells)
+            n_cells += len(cells)
             if writer is not None:
                 writer.write(s_idx, got)
             else:
@@ -221,49 +391,44 @@ def perturb(
             bar.update(len(cells))
             bar.set_postfix(perturbations_per_s=f"{n_pert / (time.perf_counter() - t_run):.1f}")
     # under torchrun: totals of all ranks, and a wait until every rank's shards are written
-    n_pert, n_cells_done = (int(v) for v in dist.all_sum(n_pert, n_cells_done))
-    elapsed = time.perf_counter() - t_run
-    if not dist.is_main():
-        return pd.DataFrame()  # rank 0 merges the shards and writes the outputs
+    n_pert, n_cells = (int(v) for v in dist.all_sum(n_pert, n_cells))
+    return _Done(n_pert, n_cells, time.perf_counter() - t_run, prof.stats, tables)
+
+
+def _finish(
+    done: _Done,
+    writer: Any,
+    n_shards: int,
+    metadata: dict[str, Any],
+    states: CellStates | None,
+    sink: Output,
+) -> pd.DataFrame:
+    """The result table with its metadata: merged and written from the shards (rank 0), or
+    concatenated in memory."""
+    gene_table = None
     if writer is not None:
         writer.refresh()  # the other ranks' manifests
-        missing = [i for i in range(len(shards)) if not writer.done(i)]
+        missing = [i for i in range(n_shards) if not writer.done(i)]
         if missing:
             raise IspoError(
                 f"shards {missing[:5]} were not written (a process stopped?): rerun with --resume"
             )
-        n_rows = writer.n_rows("cells")
-    else:
-        result = pd.concat(tables["cells"], ignore_index=True)
-        gene_table = pd.concat(tables["genes"], ignore_index=True) if tables["genes"] else None
-        n_rows = len(result)
-    metadata = {
-        **model.metadata(),
-        "vocab": vocab.source,
-        "params": params,
-        "cell_states": params["cell_states"],
-        "n_cells_selected": len(sel),
-        "n_rows": int(n_rows),
-        "n_cells_this_run": n_cells_done,
-        "n_perturbations_this_run": n_pert,
-        "seconds": {"total": time.perf_counter() - t0, "perturb": elapsed},
-        "cells_per_s": n_cells_done / elapsed if elapsed else None,
-        "perturbations_per_s": n_pert / elapsed if elapsed else None,
-        "device": device_name(model.device),
-        "profile": prof.stats.to_dict(),
-        "versions": versions(),
-    }
-    if writer is not None:
+        metadata["n_rows"] = int(writer.n_rows("cells"))
+        out = sink.out
         genes_path = out.with_name(out.stem + ".genes.parquet")
         writer.finish({"cells": out, "genes": genes_path}, metadata, out.with_suffix(".json"))
-        result = pd.read_parquet(out) if load_result else empty_table(states)
-        gene_table = pd.read_parquet(genes_path) if load_result and genes_path.exists() else None
+        result = pd.read_parquet(out) if sink.load_result else empty_table(states)
+        if sink.load_result and genes_path.exists():
+            gene_table = pd.read_parquet(genes_path)
+    else:
+        result = pd.concat(done.tables["cells"], ignore_index=True)
+        if done.tables["genes"]:
+            gene_table = pd.concat(done.tables["genes"], ignore_index=True)
+        metadata["n_rows"] = len(result)
     result.attrs["cell_states"] = metadata["cell_states"]
     result.attrs["metadata"] = metadata
     if gene_table is not None and len(gene_table):
         result.attrs["gene_table"] = gene_table
-    if model.random_init:
-        log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
     return result
 
 
@@ -271,7 +436,6 @@ def run_shard(
     p: Perturber,
     adata: ad.AnnData,
     cells: TokenizedCells,
-    shard_sel: np.ndarray,
     targets,
     anchor,
     state_emb,
@@ -280,7 +444,7 @@ def run_shard(
     vocab: Vocab,
 ) -> dict[str, pd.DataFrame]:
     """All perturbations of one shard of cells, as output tables (rows in input order)."""
-    order = shard_sel[np.argsort(-cells.lengths[shard_sel], kind="stable")]  # longest first
+    order = np.argsort(-cells.lengths, kind="stable")  # longest first
     t = None if targets is None else targets.to(p.dev)
     built = p.specs(cells, order.tolist(), t, anchor)
     if not built:

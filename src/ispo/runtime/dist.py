@@ -122,11 +122,6 @@ def all_sum(*values: float) -> list[float]:
     return _reduce(values, torch.distributed.ReduceOp.SUM)
 
 
-def all_max(*values: float) -> list[float]:
-    """Maximum of each value over all ranks."""
-    return _reduce(values, torch.distributed.ReduceOp.MAX)
-
-
 def gather(value: T) -> list[T]:
     """Every rank's (picklable, small) ``value``, in rank order; ``[value]`` in one process."""
     if not _info.active:

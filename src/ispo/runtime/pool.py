@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ispo.model.encoder import Packed
@@ -40,3 +41,19 @@ def pool_packed(
     sums = torch.zeros(len(ctx.lengths), hidden.shape[1], device=hidden.device)
     sums.index_add_(0, ctx.seq_of[gene], hidden[gene].float())
     return sums / (ctx.lengths - 2 * trim)[:, None].float()
+
+
+def rowwise_cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``X`` with the same row of ``Y``, in float64.
+
+    A zero row has no direction: two zero rows are identical (1), a zero row against a non-zero
+    row is as different as it gets for a consistency check (0).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    nx = np.linalg.norm(X, axis=1)
+    ny = np.linalg.norm(Y, axis=1)
+    denom = nx * ny
+    cos = np.where(nx + ny == 0, 1.0, 0.0)
+    np.divide((X * Y).sum(axis=1), denom, out=cos, where=denom > 0)
+    return np.clip(cos, -1.0, 1.0)

@@ -288,6 +288,13 @@ class Profiler:
         return 100.0 * (b.cpu_s - a.cpu_s) / (b.t - a.t) if b.t > a.t else 0.0
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a timer stops at the
+    end of the work and not at its launch; a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed_steady(
     fn: Callable[[], object],
     *,

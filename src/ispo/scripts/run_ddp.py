@@ -93,9 +93,7 @@ def run(args: argparse.Namespace) -> dict | None:
     )
     rows = dist.block(n)
     adata = ispo.demo_adata(n)  # the same seeded cells on every rank; each takes its block
-    cells = ispo.tokenize(
-        adata[rows.start : rows.stop], vocab, max_input=min(vocab.max_input, model.config.max_len)
-    )
+    cells = ispo.tokenize(adata[rows.start : rows.stop], vocab, max_input=model.max_input(vocab))
     cells.obs_index = cells.obs_index + rows.start
     path = "fast" if args.method == "fast" else "baseline"
     batch_size = 10 if args.method == "baseline" else args.batch_size

@@ -25,10 +25,9 @@ import io
 import json
 import logging
 import math
-import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +37,15 @@ import torch
 
 from ispo.embedding.embed import default_batch_tokens, embed_cells
 from ispo.errors import IspoError
+from ispo.io.write import atomic_write
+from ispo.model import variants
 from ispo.model.load import GeneformerModel
 from ispo.provenance import device_name, versions
 from ispo.runtime.batching import token_budget_batches
-from ispo.runtime.profiler import Profiler
+from ispo.runtime.pool import rowwise_cosine
+from ispo.runtime.profiler import Profiler, synchronize
+from ispo.settings import Attention, Precision, RunSettings
 from ispo.tokens import TokenizedCells
-from ispo.tuning.settings import (
-    ATTENTION_BACKENDS,
-    PRECISIONS,
-    FastSettings,
-    attention_backend,
-    compile_available,
-    int8_available,
-    prepare_encoder,
-    valid_attention_backends,
-)
 
 log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
@@ -61,6 +54,10 @@ STUDY_FILE = "study.db"
 BEST_FILE = "best.yaml"
 SUMMARY_FILE = "summary.json"
 TRIALS_FILE = "trials.csv"
+#: The RunSettings fields the study searches (the others come from the run: layer, pool...).
+SEARCHED = ("batch_tokens", "precision", "attention", "compile", "int8")
+PRECISIONS = tuple(p.value for p in Precision if p != Precision.AUTO)
+KERNELS = tuple(a.value for a in Attention)
 
 
 @dataclass
@@ -100,26 +97,18 @@ class SearchSpace:
             precision = ["fp32", "bf16"]
             if cuda:
                 precision = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
-        bad = [p for p in precision if p not in PRECISIONS]
-        if bad:
-            raise IspoError(f"unknown precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
+        _check_names(precision, PRECISIONS, "precision")
         if attention is None:  # those that run with a padding mask in some searched precision
             attention = [
-                a
-                for a in ATTENTION_BACKENDS
-                if any(a in valid_attention_backends(device, p) for p in precision)
+                a for a in KERNELS if any(variants.attention_works(a, device, p) for p in precision)
             ]
-        bad = [a for a in attention if a not in ATTENTION_BACKENDS]
-        if bad:
-            raise IspoError(
-                f"unknown attention backend {bad[0]!r}: choose from {', '.join(ATTENTION_BACKENDS)}"
-            )
+        _check_names(attention, KERNELS, "attention backend")
         comp = _switch(compile, "compile", auto=[False, True] if cuda else [False])
-        if True in comp and not compile_available():
+        if True in comp and not variants.compile_available():
             raise IspoError(f"torch {torch.__version__} has no torch.compile: use --compile off")
         q8 = _switch(int8, "int8", auto=None)
         if q8 is None or True in q8:
-            available = int8_available(device)
+            available = variants.int8_available(device)
             if q8 is None:
                 q8 = [False, True] if available else [False]
             elif not available:
@@ -143,17 +132,15 @@ class SearchSpace:
                 for bt in self.batch_tokens:
                     for a in self.attention:
                         for c in self.compile:
-                            params = {
-                                "int8": q8,
-                                "precision": p,
-                                "batch_tokens": bt,
-                                "attention": a,
-                                "compile": c,
-                            }
-                            if q8:
-                                del params["precision"]
-                            out.append(params)
+                            params = {"int8": q8, "batch_tokens": bt, "attention": a, "compile": c}
+                            out.append(params if q8 else {**params, "precision": p})
         return out
+
+
+def _check_names(values: list[str], known: tuple[str, ...], what: str) -> None:
+    bad = [v for v in values if v not in known]
+    if bad:
+        raise IspoError(f"unknown {what} {bad[0]!r}: choose from {', '.join(known)}")
 
 
 def _unique(values: list) -> list:
@@ -169,11 +156,55 @@ def _switch(value: str | list[bool], name: str, *, auto: list[bool] | None) -> l
     return choices[value]
 
 
+def searched(settings: RunSettings) -> dict[str, Any]:
+    """The searched part of ``settings`` as plain data (what a trial records and compares)."""
+    d = settings.to_dict()
+    return {k: d[k] for k in SEARCHED}
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How the search runs.
+
+    Attributes
+    ----------
+    n_trials
+        Total finished trials wanted (completed or pruned, earlier calls included).
+    min_cosine
+        Least mean per-cell cosine to the fp32 fast result for a setting to count.
+    memory_cap_mib
+        Peak memory allowed (MiB); default 90 % of the GPU's memory, or of host RAM on CPU.
+    repeats, repeat_budget_s
+        Timed full passes per trial (at most ``repeats``, stopping early once the budget is
+        used); throughput comes from the median pass.
+    seed
+        Seeds the sampler (with the same history, the same settings are proposed).
+    timeout_s
+        Stop starting new trials after this many seconds (the study stays resumable).
+    """
+
+    n_trials: int = 20
+    min_cosine: float = 0.999
+    memory_cap_mib: float | None = None
+    repeats: int = 3
+    repeat_budget_s: float = 30.0
+    seed: int = 0
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise IspoError(f"--n-trials must be at least 1, got {self.n_trials}")
+        if not 0.0 < self.min_cosine <= 1.0:
+            raise IspoError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
+        if self.repeats < 1:
+            raise IspoError(f"--repeats must be at least 1, got {self.repeats}")
+
+
 @dataclass
 class TuneResult:
     """What :func:`tune` found: the best feasible setting (None if none) and the summary."""
 
-    best: FastSettings | None
+    best: RunSettings | None
     summary: dict[str, Any]
     out: Path
 
@@ -183,19 +214,13 @@ def tune(
     model: GeneformerModel,
     *,
     out: str | Path,
-    n_trials: int = 20,
-    min_cosine: float = 0.999,
-    memory_cap_mib: float | None = None,
     space: SearchSpace | None = None,
-    emb_layer: int = -1,
-    pool_mode: str = "mean",
-    repeats: int = 3,
-    repeat_budget_s: float = 30.0,
-    seed: int = 0,
-    timeout_s: float | None = None,
+    settings: RunSettings | None = None,
+    options: TuneOptions | None = None,
     data_source: str = "in-memory",
     run_config: dict | None = None,
     tracker: Any = None,
+    **option_values: Any,
 ) -> TuneResult:
     """Search the fast path's settings for the highest throughput that stays consistent.
 
@@ -208,23 +233,14 @@ def tune(
         The loaded model (its device is where the search runs).
     out
         Folder of the study (created if missing; an existing study there is resumed).
-    n_trials
-        Total finished trials wanted (completed or pruned, earlier calls included).
-    min_cosine
-        Least mean per-cell cosine to the fp32 fast result for a setting to count.
-    memory_cap_mib
-        Peak memory allowed (MiB); default 90 % of the GPU's memory, or of host RAM on CPU.
     space
         Candidate values (default :meth:`SearchSpace.for_device`).
-    emb_layer, pool_mode
-        The embedding that is computed (as in ``ispo embed``).
-    repeats, repeat_budget_s
-        Timed full passes per trial (at most ``repeats``, stopping early once the budget is
-        used); throughput comes from the median pass.
-    seed
-        Seeds the sampler (with the same history, the same settings are proposed).
-    timeout_s
-        Stop starting new trials after this many seconds (the study stays resumable).
+    settings
+        What every trial shares (embedding layer, pooling, layout); the searched fields are
+        set by each trial.
+    options
+        How the search runs (:class:`TuneOptions`); its fields can also be given as keywords
+        (``n_trials=3``), which override ``options``.
     data_source
         Where the cells came from (recorded, and checked when a study is resumed).
     run_config
@@ -236,47 +252,74 @@ def tune(
         import optuna
     except ImportError as exc:
         raise IspoError("ispo tune needs optuna: pip install 'ispo[tune]'") from exc
-    if n_trials < 1:
-        raise IspoError(f"--n-trials must be at least 1, got {n_trials}")
-    if not 0.0 < min_cosine <= 1.0:
-        raise IspoError(f"--min-cosine must be in (0, 1], got {min_cosine}")
-    if repeats < 1:
-        raise IspoError(f"--repeats must be at least 1, got {repeats}")
+    opts = replace(options or TuneOptions(), **option_values)
     if len(cells) == 0:
         raise IspoError("no cells to tune on: none has a vocabulary gene")
+    out = _study_folder(out)
+    dev = model.device
+    base = RunSettings(
+        **{k: v for k, v in (settings or RunSettings()).to_dict().items() if k not in SEARCHED}
+    )
+    space = space or SearchSpace.for_device(dev)
+    cap = opts.memory_cap_mib if opts.memory_cap_mib is not None else _default_cap_mib(dev)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    identity = _identity(cells, model, base, data_source)
+    study = _open_study(out, identity, opts)
+    log.info("tune: reference embedding (fp32 fast path, device default batch size)")
+    reference = _embed(cells, model.with_settings(base))
+    if not study.trials:
+        study.enqueue_trial(_first_params(space, dev))
+    objective = _Objective(study, cells, model, base, space, reference, opts, cap, tracker)
+    _run_trials(study, objective, space, opts, dev)
+    summary = summarise(
+        study, min_cosine=opts.min_cosine, memory_cap_mib=cap, space=space, identity=identity
+    )
+    _write_outputs(out, summary, run_config)
+    _track_summary(tracker, summary)
+    best = summary["best"]
+    return TuneResult(None if best is None else base.replace(**best["settings"]), summary, out)
+
+
+def _study_folder(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IspoError(f"--out {out} is a file: give a folder for the study")
     if not out.parent.is_dir():
         raise IspoError(f"output folder {out.parent} does not exist: create it first")
     out.mkdir(exist_ok=True)
-    dev = model.device
-    space = space or SearchSpace.for_device(dev)
-    cap = memory_cap_mib if memory_cap_mib is not None else _default_cap_mib(dev)
-    n_run = model.layers_for(emb_layer)
+    return out
 
-    identity = {
+
+def _identity(
+    cells: TokenizedCells, model: GeneformerModel, base: RunSettings, data_source: str
+) -> dict[str, Any]:
+    """What a resumed study must share with the one in the folder (data, model, embedding)."""
+    return {
         "model": model.name,
         "random_init": bool(model.random_init),
         "seed": model.seed,
         "data": data_source,
         "n_cells": len(cells),
         "tokens_sha1": hashlib.sha1(np.ascontiguousarray(cells.tokens).tobytes()).hexdigest(),
-        "device": device_name(dev).split(" (")[0],
-        "emb_layer": emb_layer,
-        "pool": pool_mode,
+        "device": device_name(model.device).split(" (")[0],
+        "emb_layer": base.emb_layer,
+        "pool": str(base.pool),
     }
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+
+
+def _open_study(out: Path, identity: dict, opts: TuneOptions):
+    """The study in ``out`` (created, or resumed when its identity matches)."""
+    import optuna
+
     with warnings.catch_warnings():  # constraints_func is marked experimental in some versions
         warnings.simplefilter("ignore")
         sampler = optuna.samplers.TPESampler(
-            seed=seed,
+            seed=opts.seed,
             constraints_func=_constraints,
-            n_startup_trials=max(4, min(10, n_trials // 3)),
+            n_startup_trials=max(4, min(10, opts.n_trials // 3)),
         )
     study = optuna.create_study(
-        storage=storage,
+        storage=f"sqlite:///{(out / STUDY_FILE).resolve()}",
         study_name=STUDY_NAME,
         direction="maximize",
         sampler=sampler,
@@ -293,66 +336,109 @@ def tune(
             "use another --out, or the same data, model and options to resume it"
         )
     _requeue_interrupted(study)
+    return study
 
-    log.info("tune: reference embedding (fp32 fast path, device default batch size)")
-    reference = embed_cells(
-        cells, model, method="fast", precision="fp32", emb_layer=emb_layer, pool_mode=pool_mode
-    )
-    baseline = FastSettings(None, "fp32", "default", False, False)
-    if not study.trials:
-        first = {
-            "batch_tokens": _closest(space.batch_tokens, default_batch_tokens(dev)),
-            "precision": "fp32" if "fp32" in space.precision else space.precision[0],
-            "attention": "default" if "default" in space.attention else space.attention[0],
-            "compile": False if False in space.compile else space.compile[0],
-            "int8": False if False in space.int8 else space.int8[0],
-        }
-        study.enqueue_trial(first)
 
-    def objective(trial) -> float:
-        int8 = trial.suggest_categorical("int8", space.int8)
-        precision = "fp32" if int8 else trial.suggest_categorical("precision", space.precision)
-        settings = FastSettings(
-            batch_tokens=int(trial.suggest_categorical("batch_tokens", space.batch_tokens)),
-            precision=precision,
-            attention=trial.suggest_categorical("attention", space.attention),
-            compile=bool(trial.suggest_categorical("compile", space.compile)),
-            int8=bool(int8),
+def _first_params(space: SearchSpace, dev: torch.device) -> dict[str, Any]:
+    """The default setting (the speedup's reference), as near as the space allows."""
+    return {
+        "batch_tokens": _closest(space.batch_tokens, default_batch_tokens(dev)),
+        "precision": "fp32" if "fp32" in space.precision else space.precision[0],
+        "attention": "default" if "default" in space.attention else space.attention[0],
+        "compile": False if False in space.compile else space.compile[0],
+        "int8": False if False in space.int8 else space.int8[0],
+    }
+
+
+def _run_trials(study, objective, space: SearchSpace, opts: TuneOptions, dev) -> None:
+    remaining = opts.n_trials - _n_finished(study)
+    grid = space.grid()
+    if 0 < len(grid) <= remaining:  # the whole space fits in the budget: try every setting once
+        for params in grid:
+            study.enqueue_trial(params, skip_if_exists=True)
+    if remaining > 0:
+        log.info("tune: %d trial(s) to run (%d finished before)", remaining, _n_finished(study))
+        study.optimize(
+            objective, n_trials=remaining, timeout=opts.timeout_s, gc_after_trial=dev.type == "cuda"
         )
-        trial.set_user_attr("settings", settings.to_dict())
-        same = _finished_with(study, settings, trial.number)
+    else:
+        log.info(
+            "tune: study already has %d finished trials (asked for %d); rewriting outputs",
+            _n_finished(study),
+            opts.n_trials,
+        )
+
+
+@dataclass
+class _Objective:
+    """One trial: propose a setting, reuse an identical finished trial or measure it, record."""
+
+    study: Any
+    cells: TokenizedCells
+    model: GeneformerModel
+    base: RunSettings
+    space: SearchSpace
+    reference: np.ndarray
+    opts: TuneOptions
+    cap: float | None
+    tracker: Any
+
+    def __call__(self, trial) -> float:
+        settings = self.propose(trial)
+        trial.set_user_attr("settings", searched(settings))
+        same = _finished_with(self.study, settings, trial.number)
         if same is not None:  # the sampler proposed a setting already measured: reuse it
-            for k, v in same.user_attrs.items():
-                if k not in ("settings", "copied_from"):
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("copied_from", same.number)
-            log.info(
-                "trial %d %s: measured in trial %d already, reused",
-                trial.number,
-                _short(settings),
-                same.number,
-            )
-            if same.state == optuna.trial.TrialState.PRUNED:
-                raise optuna.TrialPruned(same.user_attrs.get("pruned", "pruned"))
-            return float(same.value)
+            return self.reuse(trial, settings, same)
         try:
             m = measure(
-                cells,
-                model,
+                self.cells,
+                self.model,
                 settings,
-                reference=reference,
-                emb_layer=emb_layer,
-                pool_mode=pool_mode,
-                n_run=n_run,
-                repeats=repeats,
-                repeat_budget_s=repeat_budget_s,
+                reference=self.reference,
+                repeats=self.opts.repeats,
+                repeat_budget_s=self.opts.repeat_budget_s,
             )
         except _Pruned as exc:
+            import optuna
+
             trial.set_user_attr("pruned", str(exc))
             log.warning("trial %d %s: pruned: %s", trial.number, _short(settings), exc)
-            if tracker is not None:
-                tracker.log({"trial": trial.number, "pruned": 1}, step=trial.number)
+            if self.tracker is not None:
+                self.tracker.log({"trial": trial.number, "pruned": 1}, step=trial.number)
             raise optuna.TrialPruned(str(exc)) from exc
+        self.record(trial, settings, m)
+        return m["cells_per_s"]
+
+    def propose(self, trial) -> RunSettings:
+        space = self.space
+        int8 = bool(trial.suggest_categorical("int8", space.int8))
+        return self.base.replace(
+            precision="fp32" if int8 else trial.suggest_categorical("precision", space.precision),
+            batch_tokens=int(trial.suggest_categorical("batch_tokens", space.batch_tokens)),
+            attention=trial.suggest_categorical("attention", space.attention),
+            compile=bool(trial.suggest_categorical("compile", space.compile)),
+            int8=int8,
+        )
+
+    def reuse(self, trial, settings: RunSettings, same) -> float:
+        import optuna
+
+        for k, v in same.user_attrs.items():
+            if k not in ("settings", "copied_from"):
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("copied_from", same.number)
+        log.info(
+            "trial %d %s: measured in trial %d already, reused",
+            trial.number,
+            _short(settings),
+            same.number,
+        )
+        if same.state == optuna.trial.TrialState.PRUNED:
+            raise optuna.TrialPruned(same.user_attrs.get("pruned", "pruned"))
+        return float(same.value)
+
+    def record(self, trial, settings: RunSettings, m: dict[str, Any]) -> None:
+        cap, min_cosine = self.cap, self.opts.min_cosine
         feasible = m["cos_mean"] >= min_cosine and (cap is None or m["mem_peak_mib"] <= cap)
         for k, v in {**m, "feasible": feasible}.items():
             trial.set_user_attr(k, v)
@@ -368,129 +454,103 @@ def tune(
             m["mem_peak_mib"],
             "" if feasible else " (infeasible)",
         )
-        if tracker is not None:
-            tracker.log(
-                {
-                    "trial": trial.number,
-                    "cells_per_s": m["cells_per_s"],
-                    "cos_mean": m["cos_mean"],
-                    "cos_min": m["cos_min"],
-                    "mem_peak_mib": m["mem_peak_mib"],
-                    "feasible": feasible,
-                    **{f"setting/{k}": v for k, v in settings.to_dict().items()},
-                },
-                step=trial.number,
-            )
-        return m["cells_per_s"]
-
-    remaining = n_trials - _n_finished(study)
-    grid = space.grid()
-    if 0 < len(grid) <= remaining:  # the whole space fits in the budget: try every setting once
-        for params in grid:
-            study.enqueue_trial(params, skip_if_exists=True)
-    if remaining > 0:
-        log.info("tune: %d trial(s) to run (%d finished before)", remaining, _n_finished(study))
-        study.optimize(
-            objective, n_trials=remaining, timeout=timeout_s, gc_after_trial=dev.type == "cuda"
-        )
-    else:
-        log.info(
-            "tune: study already has %d finished trials (asked for %d); rewriting outputs",
-            _n_finished(study),
-            n_trials,
-        )
-
-    summary = summarise(
-        study,
-        min_cosine=min_cosine,
-        memory_cap_mib=cap,
-        space=space,
-        identity=identity,
-        baseline=baseline,
-    )
-    _write_outputs(out, summary, run_config)
-    if tracker is not None:
-        b = summary["best"]
-        tracker.summary(
-            {
-                "best_cells_per_s": b and b["cells_per_s"],
-                "speedup_vs_default": summary["speedup_vs_default"],
-                "n_trials": summary["n_trials"],
+        if self.tracker is not None:
+            keys = ("cells_per_s", "cos_mean", "cos_min", "mem_peak_mib")
+            values = {
+                "trial": trial.number,
+                **{k: m[k] for k in keys},
+                "feasible": feasible,
+                **{f"setting/{k}": v for k, v in searched(settings).items()},
             }
-        )
-    best = None if summary["best"] is None else FastSettings.from_dict(summary["best"]["settings"])
-    return TuneResult(best, summary, out)
+            self.tracker.log(values, step=trial.number)
+
+
+def _track_summary(tracker: Any, summary: dict[str, Any]) -> None:
+    if tracker is None:
+        return
+    b = summary["best"]
+    tracker.summary(
+        {
+            "best_cells_per_s": b and b["cells_per_s"],
+            "speedup_vs_default": summary["speedup_vs_default"],
+            "n_trials": summary["n_trials"],
+        }
+    )
 
 
 class _Pruned(Exception):
     """The trial cannot run here (out of memory, missing kernel or compiler)."""
 
 
+def _embed(cells: TokenizedCells, model: GeneformerModel) -> np.ndarray:
+    """The fast path's embeddings of ``cells`` with the model's own settings."""
+    s = model.settings
+    return embed_cells(
+        cells,
+        model,
+        method="fast",
+        precision=str(s.precision),
+        emb_layer=s.emb_layer,
+        pool_mode=str(s.pool),
+        batch_tokens=s.batch_tokens,
+        layout=str(s.layout),
+    )
+
+
 def measure(
     cells: TokenizedCells,
     model: GeneformerModel,
-    settings: FastSettings,
+    settings: RunSettings,
     *,
     reference: np.ndarray,
-    emb_layer: int = -1,
-    pool_mode: str = "mean",
-    n_run: int | None = None,
     repeats: int = 3,
     repeat_budget_s: float = 30.0,
 ) -> dict[str, Any]:
     """Throughput, consistency and peak memory of one setting (raises _Pruned when it cannot run).
 
-    Warm-up is the first batch (a full pass when compiled: it compiles per shape), then up to
-    ``repeats`` timed full passes; throughput is from the median pass.
+    The setting's encoder is built once, into a cache dropped after the trial. Warm-up is the
+    first batch (a full pass when compiled: it compiles per shape), then up to ``repeats``
+    timed full passes; throughput is from the median pass.
     """
     dev = model.device
-    n_run = model.layers_for(emb_layer) if n_run is None else n_run
-    kwargs = dict(
-        method="fast",
-        precision=settings.precision,
-        emb_layer=emb_layer,
-        pool_mode=pool_mode,
-        batch_tokens=settings.batch_tokens,
-    )
     times: list[float] = []
     try:
+        trial = model.with_settings(settings, own_cache=True)
         with Profiler(device=dev) as prof:
             t0 = time.perf_counter()
-            net, desc = prepare_encoder(model, settings, n_run)
-            with attention_backend(settings.attention):
-                # warm-up: a full pass when compiled (it compiles per shape), else one batch
-                first = token_budget_batches(
-                    cells.lengths, settings.batch_tokens or default_batch_tokens(dev)
-                )[0]
-                embed_cells(
-                    cells if settings.compile else cells.subset(first), model, net=net, **kwargs
-                )
-                _sync(dev)
-                warmup = time.perf_counter() - t0
-                prof.mark_steady()
-                while True:
-                    t = time.perf_counter()
-                    emb = embed_cells(cells, model, net=net, **kwargs)
-                    _sync(dev)
-                    times.append(time.perf_counter() - t)
-                    if len(times) >= repeats or sum(times) + times[-1] > repeat_budget_s:
-                        break
+            desc = trial.built_encoder(trial.layers_for(settings.emb_layer)).description
+            budget = settings.batch_tokens or default_batch_tokens(dev)
+            first = token_budget_batches(cells.lengths, budget)[0]
+            _embed(cells if settings.compile else cells.subset(first), trial)
+            synchronize(dev)
+            warmup = time.perf_counter() - t0
+            prof.mark_steady()
+            while True:
+                t = time.perf_counter()
+                emb = _embed(cells, trial)
+                synchronize(dev)
+                times.append(time.perf_counter() - t)
+                if len(times) >= repeats or sum(times) + times[-1] > repeat_budget_s:
+                    break
     except IspoError as exc:
         raise _Pruned(str(exc)) from exc
     except Exception as exc:  # OOM, no kernel for this combination, compiler failure...
         _free(dev)
         raise _Pruned(_reason(exc)) from exc
     finally:
-        net = None
-    s = prof.stats
-    mem = s.gpu_mem_peak_bytes if s.gpu_mem_peak_bytes is not None else s.rss_peak_bytes
-    cos = _rowwise_cosine(emb, reference)
-    t = float(np.median(times))
-    n_tokens = int(cells.lengths.sum())
+        trial = None
     _free(dev)
+    return _figures(cells, emb, reference, times, warmup, prof.stats, dev) | {"backend": desc}
+
+
+def _figures(cells, emb, reference, times, warmup, stats, dev) -> dict[str, Any]:
+    """A trial's plain-data figures from its embeddings, pass times and profile."""
+    mem = stats.gpu_mem_peak_bytes if stats.gpu_mem_peak_bytes is not None else stats.rss_peak_bytes
+    cos = rowwise_cosine(emb, reference)
+    t = float(np.median(times))
     return {
         "cells_per_s": len(cells) / t,
-        "tokens_per_s": n_tokens / t,
+        "tokens_per_s": int(cells.lengths.sum()) / t,
         "time_s": t,
         "time_s_passes": times,
         "warmup_s": warmup,
@@ -499,7 +559,34 @@ def measure(
         "max_abs_diff": float(np.abs(emb - reference).max()),
         "mem_peak_mib": mem / _MIB,
         "memory_kind": "gpu" if dev.type == "cuda" else "rss",
-        "backend": desc,
+    }
+
+
+def _trial_row(t, min_cosine: float, cap: float | None) -> dict[str, Any]:
+    """One trial of the study as a plain-data row of the summary."""
+    import optuna
+
+    a = t.user_attrs
+    cos, mem = a.get("cos_mean"), a.get("mem_peak_mib")
+    complete = t.state == optuna.trial.TrialState.COMPLETE
+    feasible = (
+        complete
+        and cos is not None
+        and cos >= min_cosine
+        and (cap is None or (mem is not None and mem <= cap))
+    )
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "cells_per_s": t.value if complete else None,
+        "tokens_per_s": a.get("tokens_per_s"),
+        "cos_mean": cos,
+        "cos_min": a.get("cos_min"),
+        "mem_peak_mib": mem,
+        "feasible": feasible,
+        "reason": a.get("pruned") or _infeasible_reason(cos, mem, min_cosine, cap, t.state),
+        "copied_from": a.get("copied_from"),
+        "settings": a.get("settings") or dict(t.params),
     }
 
 
@@ -510,42 +597,12 @@ def summarise(
     memory_cap_mib: float | None,
     space: SearchSpace,
     identity: dict,
-    baseline: FastSettings,
 ) -> dict[str, Any]:
     """Plain-data summary of a study: every trial, the best feasible one, the speedup."""
-    import optuna
-
-    rows = []
-    for t in study.trials:
-        a = t.user_attrs
-        settings = a.get("settings") or dict(t.params)
-        cos, mem = a.get("cos_mean"), a.get("mem_peak_mib")
-        feasible = (
-            t.state == optuna.trial.TrialState.COMPLETE
-            and cos is not None
-            and cos >= min_cosine
-            and (memory_cap_mib is None or (mem is not None and mem <= memory_cap_mib))
-        )
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name.lower(),
-                "cells_per_s": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
-                "tokens_per_s": a.get("tokens_per_s"),
-                "cos_mean": cos,
-                "cos_min": a.get("cos_min"),
-                "mem_peak_mib": mem,
-                "feasible": feasible,
-                "reason": a.get("pruned")
-                or _infeasible_reason(cos, mem, min_cosine, memory_cap_mib, t.state),
-                "copied_from": a.get("copied_from"),
-                "settings": settings,
-            }
-        )
+    rows = [_trial_row(t, min_cosine, memory_cap_mib) for t in study.trials]
     feasible = [r for r in rows if r["feasible"]]
     best = max(feasible, key=lambda r: r["cells_per_s"], default=None)
-    default_rows = [r for r in rows if r["state"] == "complete" and r["number"] == 0]
-    default = default_rows[0] if default_rows else None
+    default = next((r for r in rows if r["state"] == "complete" and r["number"] == 0), None)
     speedup = (
         best["cells_per_s"] / default["cells_per_s"]
         if best is not None and default is not None and default["cells_per_s"]
@@ -611,8 +668,8 @@ def best_config_yaml(summary: dict) -> str:
 
 
 def _write_outputs(out: Path, summary: dict, run_config: dict | None) -> None:
-    _atomic_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _atomic_text(out / BEST_FILE, best_config_yaml(summary))
+    atomic_write(out / SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write(out / BEST_FILE, best_config_yaml(summary))
     buf = io.StringIO()
     cols = [
         "number",
@@ -634,17 +691,11 @@ def _write_outputs(out: Path, summary: dict, run_config: dict | None) -> None:
     w.writeheader()
     for r in summary["trials"]:
         w.writerow({k: "" if v is None else v for k, v in {**r, **r["settings"]}.items()})
-    _atomic_text(out / TRIALS_FILE, buf.getvalue())
+    atomic_write(out / TRIALS_FILE, buf.getvalue())
     if run_config is not None:
         from ispo.config import save_run_config
 
         save_run_config(out, run_config, command="tune")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _constraints(trial) -> list[float]:
@@ -678,10 +729,10 @@ def _requeue_interrupted(study) -> None:
     study.set_user_attr("requeued", sorted(requeued))
 
 
-def _finished_with(study, settings: FastSettings, number: int):
+def _finished_with(study, settings: RunSettings, number: int):
     import optuna
 
-    want = settings.to_dict()
+    want = searched(settings)
     for t in study.trials:
         if (
             t.number != number
@@ -712,7 +763,7 @@ def _closest(values: list[int], target: int) -> int:
     return min(values, key=lambda v: (abs(math.log(v / target)), v))
 
 
-def _short(s: FastSettings) -> str:
+def _short(s: RunSettings) -> str:
     extra = "".join([" compile" if s.compile else "", " int8" if s.int8 else ""])
     return f"[{s.precision} bt={s.batch_tokens} attn={s.attention}{extra}]"
 
@@ -728,21 +779,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _free(dev: torch.device) -> None:
     import gc
 
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _rowwise_cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    X = X.astype(np.float64)
-    Y = Y.astype(np.float64)
-    denom = np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1)
-    return np.divide((X * Y).sum(axis=1), denom, out=np.ones(len(X)), where=denom > 0)
