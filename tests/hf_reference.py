@@ -13,8 +13,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Half-precision tolerance: every layer rounds its outputs (residual sums, LayerNorm, attention)
+# to the half type, a relative step of 2^-8 (bf16) or 2^-10 (fp16), and the roundings compound
+# layer by layer. A vector may carry ULPS_PER_LAYER steps per layer run plus 2 (embeddings and
+# output) of relative error; measured worst at two layers: 3.2 bf16 steps (a <cls> vector: one
+# token, no averaging), so the 6 allowed there leave about 2x.
+ULPS_PER_LAYER = 2
+SPACING = {"bf16": 2.0**-8, "fp16": 2.0**-10}
+
+
+def half_error(precision: str, n_run: int) -> float:
+    """Allowed relative error of a hidden-state vector after ``n_run`` layers in ``precision``."""
+    return ULPS_PER_LAYER * (n_run + 1) * SPACING[precision]
+
+
+def cosine_atol(ref_cos: np.ndarray, precision: str, n_run: int) -> np.ndarray:
+    """Allowed error of each cosine between two half-precision vectors.
+
+    Each vector of the pair may turn by its relative error ``e``; the cosine of an angle t then
+    moves by at most about ``2 e sin t + e^2``: almost nothing for near-identical vectors (most
+    perturbations), more for far-apart ones. A fixed bound would be either too loose near 1 or
+    too tight far from it.
+    """
+    e = half_error(precision, n_run)
+    return 2 * e * np.sqrt(np.clip(1 - np.asarray(ref_cos) ** 2, 0, 1)) + e**2
 
 
 def load_reference(ckpt: Path):
@@ -70,15 +96,18 @@ def perturbed_row(
     """``cos_sim`` (mean cosine of the genes left in place) and ``cell_cos_sim`` (cosine of the
     mean-pooled cells) of one cell's gene list ``genes`` turned into ``new`` (no truncation).
 
-    ``cls_eos`` is the (<cls>, <eos>) pair of V2 models, which wrap both lists.
+    ``cls_eos`` is the (<cls>, <eos>) pair of V2 models, which wrap both lists; then
+    ``cls_cos_sim`` is the cosine of the two <cls> states as well.
     """
     wrap = (lambda g: [cls_eos[0], *g, cls_eos[1]]) if cls_eos else list
     orig_h, new_h = hidden_at(hf, [wrap(genes), wrap(new)], layer_of(hf, emb_layer))
+    extra = {}
     if cls_eos:
+        extra["cls_cos_sim"] = float(F.cosine_similarity(orig_h[0], new_h[0], dim=0))
         orig_h, new_h = orig_h[1:-1], new_h[1:-1]
     affected = [g for g in genes if g not in perturbed and g in new]
     cos = F.cosine_similarity(
         orig_h[[genes.index(g) for g in affected]], new_h[[new.index(g) for g in affected]], dim=-1
     )
     cell = F.cosine_similarity(orig_h.mean(0), new_h.mean(0), dim=0)
-    return {"cos_sim": float(cos.mean()), "cell_cos_sim": float(cell)}
+    return {"cos_sim": float(cos.mean()), "cell_cos_sim": float(cell), **extra}

@@ -10,13 +10,10 @@ Tolerances, against the fp32 reference:
 - fp32: ``FP32_ATOL`` absolute. Hidden states are O(1) and float32 sums over ~2k tokens round
   at ~1e-6 (measured at most 4e-6 here), so 2e-5 leaves 5x and still catches a real mistake: a
   wrong activation is off by 0.1, a leaked pad token by 1e-3.
-- bf16 / fp16: every layer rounds its outputs (residual sums, LayerNorm, attention) to the half
-  type, a relative step of 2^-8 (bf16) or 2^-10 (fp16), and those roundings compound layer
-  by layer. We allow ``ULPS_PER_LAYER`` = 2 steps per layer run plus 2 (embeddings and
-  output) times the largest reference entry: 6 steps at two layers. Measured worst: 3.2 steps,
-  the <cls> vector of the last layer (one token, no averaging); mean pooling stays under 2.
-  The cosine gap of a vector with relative error e is about e^2 / 2, so we allow
-  (allowed steps x step)^2 (measured worst 1.2e-4 for bf16 <cls>, 1e-6 for fp16).
+- bf16 / fp16: ``hf_reference.half_error`` (a few steps of the half type per layer run, times
+  the largest reference entry; measured worst 3.2 bf16 steps, the <cls> vector of the last
+  layer, against 6 allowed). The cosine gap of a vector with relative error e is about e^2 / 2;
+  we allow e^2 (measured worst 1.2e-4 for bf16 <cls>, 1e-6 for fp16).
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ import numpy as np
 import pytest
 
 import ispo
-from hf_reference import embed_reference, load_reference
+from hf_reference import embed_reference, half_error, load_reference
 from ispo.embedding.embed import embed_cells
 from ispo.errors import IspoError
 from ispo.io.demo import demo_adata, demo_vocab
@@ -39,8 +36,6 @@ from ispo.io.vocab import Vocab, load_vocab
 from support import save_tiny_checkpoint, shared_path
 
 FP32_ATOL = 2e-5
-ULPS_PER_LAYER = 2
-SPACING = {"bf16": 2.0**-8, "fp16": 2.0**-10}
 N_LAYERS = 2
 # (data, vocabulary version, activation): every pairing of V1/V2 with ReLU/GELU occurs
 CASES = [
@@ -106,7 +101,7 @@ def tolerance(precision: str, n_run: int) -> tuple[float, float]:
     """(allowed relative error vs the largest reference entry, allowed cosine gap)."""
     if precision == "fp32":
         return FP32_ATOL, 1e-6
-    rel = ULPS_PER_LAYER * (n_run + 1) * SPACING[precision]
+    rel = half_error(precision, n_run)
     return rel, rel**2
 
 
