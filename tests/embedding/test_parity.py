@@ -267,9 +267,7 @@ def test_embed_key_added_and_model_vocab(models, vocab_v2):
 
 
 def test_embed_cls_needs_v2(models, vocab_v1):
-    with pytest.raises(
-        IspoError, match=r"pool 'cls' needs a V2 vocabulary .*use pool 'mean'"
-    ):
+    with pytest.raises(IspoError, match=r"pool 'cls' needs a V2 vocabulary .*use pool 'mean'"):
         embed(_adata(4), models[1], vocab=vocab_v1, pool_mode="cls")
 
 

@@ -88,7 +88,7 @@ def test_perturb_resumes_after_kill_9(files, tmp_path):
     )
     assert len(done) < n_cells  # killed mid-run (maybe between a part and its manifest entry)
     _plant_debris(parts, "cells", done, n_cells)
-    with pytest.raises(SystemExit):  # without --resume the unfinished run is refused
+    with pytest.raises(SystemExit, match=r"^2$"):  # without --resume the unfinished run is refused
         main(["-q", "perturb", *args, "--out", str(out)])
     main(["-q", "perturb", *args, "--out", str(out), "--resume"])
     ref = tmp_path / "ref.parquet"
@@ -142,6 +142,6 @@ def test_resume_refuses_other_options(files, tmp_path):
     ShardWriter(out, {"something": "else"}, resume=False, overwrite=False).write(
         0, {"emb": pd.DataFrame({"obs_index": [0]})}
     )
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^2$") as info:
         main(["-q", "embed", *args, "--out", str(out), "--resume"])
     assert info.value.code == 2 and not out.exists()

@@ -95,7 +95,7 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
     out = tmp_path / "r.parquet"
     parts = tmp_path / "r.parquet.parts"
     kill_after(monkeypatch, n_done)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     assert not out.exists() and not out.with_suffix(".json").exists()
     if n_done:
@@ -122,10 +122,10 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
 def test_resume_twice_interrupted(setup_v1, full_run, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
     monkeypatch.undo()
     df = perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
@@ -147,7 +147,7 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
         return real_replace(src, dst)
 
     monkeypatch.setattr(shards.os, "replace", replace)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
     stray = [p.name for p in parts.iterdir() if p.name.endswith(".tmp")]
@@ -179,10 +179,10 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
 def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, change):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
-    with pytest.raises(IspoError) as info:
+    with pytest.raises(IspoError, match="@@NOMATCH@@") as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **{**OPTS, **change})
     assert "\n" not in str(info.value)
     assert (tmp_path / "r.parquet.parts" / "manifest.json").exists()  # left for a real resume
@@ -191,22 +191,24 @@ def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, chan
 def test_resume_with_other_data_refused(setup_v1, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
     other = setup_v1.adata.copy()
     other.X = other.X * 2 + (other.X > 0) * 1.0  # other counts, other ranks
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match="@@NOMATCH@@"):
         perturb(other, setup_v1.model, out=out, resume=True, **OPTS)
 
 
 def test_existing_output_refused(setup_v1, full_run, tmp_path):
     out = tmp_path / "r.parquet"
     out.write_bytes(b"not mine")
-    with pytest.raises(IspoError) as info:
+    with pytest.raises(IspoError, match="@@NOMATCH@@") as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     assert "\n" not in str(info.value) and "overwrite" in str(info.value)
-    with pytest.raises(IspoError):  # resume does not overwrite a finished output either
+    with pytest.raises(
+        IspoError, match="@@NOMATCH@@"
+    ):  # resume does not overwrite a finished output either
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
     assert out.read_bytes() == b"not mine"
     df = perturb(setup_v1.adata, setup_v1.model, out=out, overwrite=True, **OPTS)
@@ -217,10 +219,10 @@ def test_existing_output_refused(setup_v1, full_run, tmp_path):
 def test_leftover_parts_need_resume(setup_v1, full_run, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 3)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed, match="@@NOMATCH@@"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
-    with pytest.raises(IspoError) as info:
+    with pytest.raises(IspoError, match="@@NOMATCH@@") as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     assert "\n" not in str(info.value) and "resume" in str(info.value)
     # --overwrite starts again from scratch

@@ -71,7 +71,7 @@ def test_mark_steady_averages_over_steady_part() -> None:
 
 
 def test_exception_inside_block_stops_sampler() -> None:
-    with pytest.raises(KeyError), Profiler(interval=0.01) as prof:
+    with pytest.raises(KeyError, match="boom"), Profiler(interval=0.01) as prof:
         time.sleep(0.03)
         raise KeyError("boom")
     assert not _sampler_alive()
@@ -80,11 +80,13 @@ def test_exception_inside_block_stops_sampler() -> None:
 
 def test_misuse_raises() -> None:
     prof = Profiler()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"mark_steady\(\) must be called inside"):
         prof.mark_steady()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(
+        RuntimeError, match=r"profile stats are available once the `with Profiler\(\)` block ends"
+    ):
         _ = prof.stats
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="interval must be positive, got 0"):
         Profiler(interval=0)
 
 
@@ -95,7 +97,7 @@ def test_to_dict_is_json_and_stats_frozen() -> None:
     json.dumps(d)
     assert d["rss_peak_mib"] == d["rss_peak_bytes"] / 2**20
     assert d["gpu_mem_peak_mib"] is None
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'wall_s'"):
         prof.stats.wall_s = 0.0  # type: ignore[misc]
 
 
@@ -111,7 +113,7 @@ def test_timed_steady_counts_and_times() -> None:
     assert calls[:2] == ["fn", "fn"]
     assert calls[2:] == ["sync", "fn", "sync"] * 3
     assert len(timed_steady(lambda: None, warmup=0, repeats=1)) == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need warmup >= 0 and repeats >= 1, got 0 and 0"):
         timed_steady(lambda: None, warmup=0, repeats=0)
 
 
