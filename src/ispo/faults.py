@@ -17,6 +17,8 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
     propagate, not be split and retried).
 ``tokenize_chunk:N``
     Tokenize at most N cells per chunk (the chunk boundaries of the streaming passes).
+``no_int8:1``
+    Quantizing to int8 fails as on a torch build without an int8 backend.
 
 Counts are per process and restart whenever the variable changes or :func:`reset` is called;
 :func:`count` says how often a site was reached while the variable was set. Unset (always, in
@@ -30,7 +32,14 @@ import os
 from ispo.errors import IspoError
 
 ENV = "ISPO_FAULT"
-NAMES = ("crash_after_shard", "crash_in_part", "oom_above_tokens", "batch_error", "tokenize_chunk")
+NAMES = (
+    "crash_after_shard",
+    "crash_in_part",
+    "oom_above_tokens",
+    "batch_error",
+    "tokenize_chunk",
+    "no_int8",
+)
 _state: dict = {"raw": "", "spec": {}, "counts": {}}
 
 
@@ -107,6 +116,11 @@ def before_batch(tokens: int) -> None:
         raise torch.OutOfMemoryError(
             f"{ENV}: out of memory on {tokens} tokens (simulated limit {limit})"
         )
+
+
+def active(name: str) -> bool:
+    """Whether ``ISPO_FAULT`` holds ``name`` with a non-zero value (``no_int8``)."""
+    return bool(_spec().get(name))
 
 
 def chunk_cap(default: int) -> int:

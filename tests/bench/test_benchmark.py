@@ -23,7 +23,6 @@ from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
 from ispo.bench.tables import read_results, to_markdown, write_results
 from ispo.cli.main import app
 from ispo.errors import IspoError
-from ispo.model import int8 as int8_mod
 from ispo.model.int8 import Int8Linear, count_float_linears, count_int8_linears
 
 N_CELLS = 4
@@ -215,14 +214,11 @@ def test_int8_linear_kernel_matches_float() -> None:
 
 
 def test_missing_int8_backend_is_reported_not_faked(tiny_model, small_adata, monkeypatch) -> None:
-    def no_backend(module):
-        raise int8_mod.Int8Unavailable("no quantized engine in this build (test)")
-
-    monkeypatch.setattr(int8_mod, "_quantize_dynamic_cpu", no_backend)
+    monkeypatch.setenv("ISPO_FAULT", "no_int8:1")  # the documented injection point
     cells = ispo.tokenize(small_adata[:2], ispo.demo_vocab())
     spec = resolve_methods("int8", ref_batch_size=2)[1]
     row, emb = run_method(spec, tiny_model, cells, BenchConfig(repeats=1))
-    assert row["status"] == "unavailable" and "no quantized engine" in row["reason"]
+    assert row["status"] == "unavailable" and "no int8 backend" in row["reason"]
     assert emb is None and row["time_s"] is None and row["cells_per_s"] is None
 
 
