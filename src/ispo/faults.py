@@ -6,6 +6,9 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
 ``crash_after_shard:N``
     Raise :class:`InjectedFault` once the N-th output shard of this process is written
     (``perturb`` and streamed ``embed`` with ``out``): a kill between shards.
+``hang_after_shard:N``
+    Stop (sleep until killed) once the N-th output shard is written: a run that is certainly
+    mid-way when an outside ``kill -9`` arrives.
 ``crash_in_part:N``
     Raise :class:`InjectedFault` when the N-th part file is written but not yet renamed into
     place: a kill mid-write, which leaves a ``.tmp`` file and no manifest entry.
@@ -28,12 +31,14 @@ normal use), every check is one environment lookup.
 from __future__ import annotations
 
 import os
+import time
 
 from ispo.errors import IspoError
 
 ENV = "ISPO_FAULT"
 NAMES = (
     "crash_after_shard",
+    "hang_after_shard",
     "crash_in_part",
     "oom_above_tokens",
     "batch_error",
@@ -89,8 +94,13 @@ def count(site: str) -> int:
 def shard_written() -> None:
     """Called after each output shard is recorded as done."""
     spec = _spec()
-    if spec and _hit("shard") == spec.get("crash_after_shard"):
-        raise InjectedFault(f"{ENV}: crash after shard {spec['crash_after_shard']}")
+    if not spec:
+        return
+    n = _hit("shard")
+    if n == spec.get("crash_after_shard"):
+        raise InjectedFault(f"{ENV}: crash after shard {n}")
+    while n == spec.get("hang_after_shard"):
+        time.sleep(1.0)  # until the drill kills the process
 
 
 def part_written() -> None:
