@@ -311,8 +311,11 @@ def test_results_files_parse(result, tmp_path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "| Method | Time (s) | Cells/s" in md and meta["device"] in md
     assert "git commit" in md and "Tokenizer" in md
+    from matplotlib.image import imread
+
     for png in ("throughput.png", "speedup.png", "memory.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(tmp_path / png)  # decodes, has a size, and something is drawn
+        assert min(img.shape[:2]) >= 100 and len(np.unique(img.reshape(-1, img.shape[2]), 0)) > 10
     npz = np.load(tmp_path / "embeddings.npz")
     assert npz["fast"].shape == (N_CELLS, 16)
     again = read_results(tmp_path)  # the JSON holds everything the report needs
@@ -449,8 +452,8 @@ def test_compile_row_on_cpu(tiny_model, small_adata) -> None:
     config = BenchConfig(methods="fast,fast+compile", repeats=1)
     res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
     r = res.row("fast+compile")
-    if r["status"] == "unavailable":
+    if r["status"] == "unavailable":  # reported, not a pass: the check did not run
         assert "torch.compile failed" in r["reason"]
-    else:
-        assert r["status"] == "ok" and r["cos_min"] >= 0.9999
-        assert "torch.compile" in r["backend"] and r["warmup_s"] > 0
+        pytest.skip(f"torch.compile unavailable here: {r['reason']}")
+    assert r["status"] == "ok" and r["cos_min"] >= 0.9999
+    assert "torch.compile" in r["backend"] and r["warmup_s"] > 0
