@@ -9,6 +9,8 @@ with ``save_pretrained`` stand in for Geneformer; V1-style (no <cls>/<eos>) and 
 
 from __future__ import annotations
 
+from functools import cache
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -151,8 +153,11 @@ def test_baseline_batch_size_invariance(models, cells, version):
 
 def transformers_reference(ckpt, c, emb_layer: int, pool_mode: str) -> np.ndarray:
     """Embeddings computed with transformers only (tests/hf_reference.py)."""
-    hf = load_reference(ckpt)
+    hf = cached_reference(str(ckpt))
     return embed_reference(hf, c.to_lists(), emb_layer, pool_mode, c.has_cls).numpy()
+
+
+cached_reference = cache(load_reference)  # one read per checkpoint: the model is never changed
 
 
 @pytest.mark.parametrize(("version", "emb_layer", "pool_mode"), CASES)
