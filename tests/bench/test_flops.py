@@ -52,9 +52,7 @@ def test_cpu_peak_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1.5e12")
     assert peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e12
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "fast")
-    with pytest.raises(
-        IspoError, match=r"=.fast. is not a positive .*; fix or unset it"
-    ):
+    with pytest.raises(IspoError, match=r"=.fast. is not a positive .*; fix or unset it"):
         peak_flops("cpu", torch.float32)
 
 
