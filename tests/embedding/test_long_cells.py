@@ -142,7 +142,10 @@ def test_activation_is_the_checkpoints(ckpt_root, tmp_path):
     (relu / "config.json").write_text(json.dumps({**cfg, "hidden_act": "relu"}))
     lists = ispo.tokenize(adata, vocab).to_lists()
     ref = embed_reference(load_reference(gelu), lists, -1, "mean", False).numpy()
-    as_gelu = ispo.embed(adata.copy(), ispo.load_model(gelu, vocab=vocab, device="cpu"))
+    gelu_model = ispo.load_model(gelu, vocab=vocab, device="cpu")
+    as_gelu = ispo.embed(adata.copy(), gelu_model)
+    # the baseline method (ispo's own BertForMaskedLM, built from the config) runs GELU too
+    assert_matches(ispo.embed(adata.copy(), gelu_model, method="baseline"), ref, "fp32", -1)
     as_relu = ispo.embed(adata.copy(), ispo.load_model(relu, vocab=vocab, device="cpu"))
     assert_matches(as_gelu, ref, "fp32", -1)
     assert np.abs(as_relu - ref).max() > 100 * FP32_ATOL
