@@ -635,7 +635,10 @@ BAD_OPTIONS = {
     ),
     "combos_2": dict(combos=2, anchor_gene=gid(0), match=r"combos must be 0 or 1 .*, not 2"),
     "anchor_inhibit": dict(
-        anchor_gene=gid(0), combos=1, perturb_type="inhibit", match="anchor pairs support delete"
+        anchor_gene=gid(0),
+        combos=1,
+        perturb_type="inhibit",
+        match=r"anchor pairs support delete and overexpress, not .inhibit.: pass --perturb-type",
     ),
     "inhibit_two_genes": dict(
         genes=[gid(0), gid(1)], perturb_type="inhibit", match="take one gene .*one gene at a time"
