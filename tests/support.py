@@ -6,6 +6,7 @@ conftest.py Python imported first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -16,7 +17,11 @@ import scipy.sparse as sp
 
 from ispo.io.vocab import CLS, EOS, MASK, PAD, Vocab
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ``../shared/data`` beside the checkout; ISPO_SHARED_DATA points elsewhere (a git worktree)
+SHARED = Path(
+    os.environ.get("ISPO_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 N_VOCAB_GENES = 120
 TIED_MEDIAN = 1.5  # several genes share this median, so equal counts tie exactly
@@ -126,23 +131,26 @@ def save_tiny_checkpoint(
     max_len: int = 2048,
     seed: int = 0,
     safe_serialization: bool = True,
+    hidden_act: str = "relu",
+    hidden: int = 32,
 ) -> Path:
     """A seeded random ``BertForMaskedLM`` saved as a Hugging Face checkpoint directory.
 
     ``initializer_range`` is larger than BERT's so that hidden states depend clearly on the input
-    (a sloppy mask or pooling would show), while staying well conditioned.
+    (a sloppy mask or pooling would show), while staying well conditioned. ``hidden_act`` is
+    written to config.json as Hugging Face reads it (a GELU checkpoint must run as GELU).
     """
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=n_layers,
         num_attention_heads=4,
-        intermediate_size=64,
+        intermediate_size=2 * hidden,
         max_position_embeddings=max_len,
-        hidden_act="relu",
+        hidden_act=hidden_act,
         layer_norm_eps=1e-12,
         pad_token_id=0,
         initializer_range=0.2,

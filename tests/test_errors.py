@@ -254,6 +254,6 @@ def test_obs_is_untouched_by_errors(vocab_v1):
     adata = make_adata(3)
     adata.var["ensembl_id"] = "ENSMUSG00000000001"
     before = adata.obs.copy()
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=r"none of the \d+ genes is in the vocabulary .*check the"):
         tokenize(adata, vocab_v1)
     pd.testing.assert_frame_equal(adata.obs, before)

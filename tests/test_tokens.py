@@ -375,7 +375,7 @@ def test_layer(vocab):
     cells = tokenize(adata, vocab, layer="counts")
     check_against_reference(cells, adata, vocab, layer="counts")
     assert cells.to_lists() == tokenize(ad.AnnData(X=counts, var=adata.var), vocab).to_lists()
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=r"non-integer values .*give raw integer counts"):
         tokenize(adata, vocab)  # X is log-normalised, not counts
 
 
@@ -447,12 +447,14 @@ def test_empty_cells_skipped_with_warning(vocab, caplog):
 def test_all_empty_raises(vocab):
     adata = make_adata(5, seed=21)
     adata.X = sp.csr_matrix(adata.shape, dtype=np.float32)
-    with pytest.raises(IspoError) as err:
+    with pytest.raises(
+        IspoError, match=r"no cell has counts in vocabulary genes .*check the counts"
+    ) as err:
         tokenize(adata, vocab)
     assert "\n" not in str(err.value)
     adata = make_adata(5, seed=21)
     adata.obs["filter_pass"] = 0
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=r"no cell has counts .*obs\[.filter_pass.\]"):
         tokenize(adata, vocab)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ispo import faults
 from ispo.errors import IspoError
 from ispo.io.genes import GeneMap, build_gene_map
 from ispo.io.read import iter_count_chunks, obs_column
@@ -206,7 +207,7 @@ def iter_tokenize(
     genes of the raw counts (before any is dropped), as Geneformer does.
     """
     vocab = load_vocab(vocab)
-    chunk_size = min(chunk_size, MAX_CHUNK)
+    chunk_size = faults.chunk_cap(min(chunk_size, MAX_CHUNK))  # ISPO_FAULT: tiny chunks
     gmap = build_gene_map(adata.var, vocab, gene_key)
     max_input = max_input or vocab.max_input
     special = (vocab.cls_id, vocab.eos_id) if vocab.version == 2 else None

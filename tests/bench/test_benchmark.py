@@ -16,13 +16,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ispo
+from hf_reference import embed_reference, half_error, load_reference
 from ispo.bench import runner
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
 from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
 from ispo.bench.tables import read_results, to_markdown, write_results
 from ispo.cli.main import app
 from ispo.errors import IspoError
-from ispo.model import int8 as int8_mod
 from ispo.model.int8 import Int8Linear, count_float_linears, count_int8_linears
 
 N_CELLS = 4
@@ -141,12 +141,38 @@ def test_every_method_gives_a_complete_row(result) -> None:
 
 
 def test_fp32_methods_match_the_baseline(result) -> None:
+    """The benchmark's own accuracy columns (against its baseline method)."""
     for name in FP32:
         r = result.row(name)
         assert r["cos_min"] >= 0.9999, (name, r["cos_min"])
         assert r["cos_min"] <= r["cos_mean"] <= 1.0 + 1e-9
-    for name in ("fp16", "bf16", "int8", "fast-bf16", "fast-int8"):
+    for name in ("fp16", "bf16", "int8", "fast-bf16", "fast-fp16", "fast-int8"):
         assert result.row(name)["cos_min"] > 0.99, name
+
+
+# int8 (dynamic quantization of weights and activations: a relative step of 2^-7 per tensor,
+# several per layer) is held to a cosine: a vector error of a few steps e gives a gap of about
+# e^2 / 2 ~ 1e-4; measured 4e-5 here, allowed 1e-3.
+INT8_COS_GAP = 1e-3
+
+
+def test_every_method_matches_transformers(result, tiny_ckpt, small_adata) -> None:
+    """Oracle: ``BertForMaskedLM.from_pretrained`` of the checkpoint (tests/hf_reference.py),
+    not the benchmark's baseline. fp32 within 2e-5; bf16/fp16 within the half-precision
+    tolerance of the long-cell tests (a few steps of the format per layer run); int8 by cosine."""
+    hf = load_reference(tiny_ckpt)
+    lists = ispo.tokenize(small_adata, ispo.demo_vocab()).to_lists()[:N_CELLS]
+    ref = embed_reference(hf, lists, -1, "mean", has_cls=False).numpy()
+    scale = float(np.abs(ref).max())
+    for r in result.rows[:-1]:  # the last row is the tokenizer's
+        got, name = result.embeddings[r["method"]], r["method"]
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        if "int8" in name:
+            assert 1 - cos.min() <= INT8_COS_GAP, (name, cos.min())
+            continue
+        prec = r["precision"]
+        atol = 2e-5 if prec == "fp32" else half_error(prec, hf.config.num_hidden_layers) * scale
+        assert np.abs(got - ref).max() <= atol, (name, np.abs(got - ref).max(), atol)
 
 
 def test_int8_rows_really_use_int8_linear_layers(tiny_model, result) -> None:
@@ -188,14 +214,11 @@ def test_int8_linear_kernel_matches_float() -> None:
 
 
 def test_missing_int8_backend_is_reported_not_faked(tiny_model, small_adata, monkeypatch) -> None:
-    def no_backend(module):
-        raise int8_mod.Int8Unavailable("no quantized engine in this build (test)")
-
-    monkeypatch.setattr(int8_mod, "_quantize_dynamic_cpu", no_backend)
+    monkeypatch.setenv("ISPO_FAULT", "no_int8:1")  # the documented injection point
     cells = ispo.tokenize(small_adata[:2], ispo.demo_vocab())
     spec = resolve_methods("int8", ref_batch_size=2)[1]
     row, emb = run_method(spec, tiny_model, cells, BenchConfig(repeats=1))
-    assert row["status"] == "unavailable" and "no quantized engine" in row["reason"]
+    assert row["status"] == "unavailable" and "no int8 backend" in row["reason"]
     assert emb is None and row["time_s"] is None and row["cells_per_s"] is None
 
 
@@ -288,8 +311,11 @@ def test_results_files_parse(result, tmp_path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "| Method | Time (s) | Cells/s" in md and meta["device"] in md
     assert "git commit" in md and "Tokenizer" in md
+    from matplotlib.image import imread
+
     for png in ("throughput.png", "speedup.png", "memory.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(tmp_path / png)  # decodes, has a size, and something is drawn
+        assert min(img.shape[:2]) >= 100 and len(np.unique(img.reshape(-1, img.shape[2]), 0)) > 10
     npz = np.load(tmp_path / "embeddings.npz")
     assert npz["fast"].shape == (N_CELLS, 16)
     again = read_results(tmp_path)  # the JSON holds everything the report needs
@@ -426,8 +452,8 @@ def test_compile_row_on_cpu(tiny_model, small_adata) -> None:
     config = BenchConfig(methods="fast,fast+compile", repeats=1)
     res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
     r = res.row("fast+compile")
-    if r["status"] == "unavailable":
+    if r["status"] == "unavailable":  # reported, not a pass: the check did not run
         assert "torch.compile failed" in r["reason"]
-    else:
-        assert r["status"] == "ok" and r["cos_min"] >= 0.9999
-        assert "torch.compile" in r["backend"] and r["warmup_s"] > 0
+        pytest.skip(f"torch.compile unavailable here: {r['reason']}")
+    assert r["status"] == "ok" and r["cos_min"] >= 0.9999
+    assert "torch.compile" in r["backend"] and r["warmup_s"] > 0

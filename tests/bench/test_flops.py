@@ -31,7 +31,7 @@ def test_encoder_flops_sums_unpadded_cells() -> None:
     total = encoder_flops(lengths, **SMALL)
     assert total == pytest.approx(sum(encoder_flops([n], **SMALL) for n in lengths))
     assert encoder_flops([], **SMALL) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="lengths must be a 1-D sequence of non-negative"):
         encoder_flops([-1], **SMALL)
 
 
@@ -42,7 +42,7 @@ def test_mlm_head_flops() -> None:
 def test_mfu() -> None:
     assert mfu(1e12, 2.0, 1e12) == pytest.approx(0.5)
     assert mfu(1e12, 2.0, None) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seconds must be positive, got 0\.0"):
         mfu(1e12, 0.0, 1e12)
 
 
@@ -52,7 +52,7 @@ def test_cpu_peak_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1.5e12")
     assert peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e12
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "fast")
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=r"=.fast. is not a positive .*; fix or unset it"):
         peak_flops("cpu", torch.float32)
 
 

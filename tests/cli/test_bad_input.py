@@ -155,7 +155,7 @@ def test_bad_input_is_one_clear_line(
     for flag, value in zip(extra[::2], extra[1::2]):
         args[flag] = value
     before = _files(tmp_path)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^2$") as info:
         main([command, str(data), *[x for kv in args.items() for x in kv], "--device", "cpu"])
     err = capsys.readouterr().err
     assert info.value.code == 2, err

@@ -1,10 +1,15 @@
-"""Cell embeddings: the fast path against the baseline path and against plain transformers.
+"""Cell embeddings: the fast and baseline paths against plain transformers.
 
-Tiny seeded checkpoints (hidden 32, 3 layers) saved with ``save_pretrained`` stand in for
-Geneformer; V1-style (no <cls>/<eos>) and V2-style (<pad>=0, <mask>=1, <cls>=2, <eos>=3).
+Oracle: ``tests/hf_reference.py`` (``BertForMaskedLM.from_pretrained`` of the checkpoint
+directory, padded by hand, pooled by hand; no ispo code). ispo's own baseline method is checked
+against it too, never used as the oracle. Tiny seeded checkpoints (hidden 32, 3 layers) saved
+with ``save_pretrained`` stand in for Geneformer; V1-style (no <cls>/<eos>) and V2-style
+(<pad>=0, <mask>=1, <cls>=2, <eos>=3). Real cell lengths: ``test_long_cells.py``.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import anndata as ad
 import numpy as np
@@ -12,13 +17,17 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from hf_reference import embed_reference, load_reference
 from ispo.embedding.embed import embed, embed_cells
 from ispo.errors import IspoError
 from ispo.model.load import load_model
 from ispo.tokens import tokenize
 from support import make_adata, save_tiny_checkpoint
 
-N_LAYERS = 3
+
+@pytest.fixture(scope="module")
+def ckpts(ckpt_v1, ckpt_v2):
+    return {1: ckpt_v1, 2: ckpt_v2}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +93,11 @@ CASES = [
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize(("version", "emb_layer", "pool_mode"), CASES)
-def test_fast_matches_baseline(models, cells, version, emb_layer, pool_mode, layout):
+def test_fast_and_baseline_match_transformers(
+    ckpts, models, cells, version, emb_layer, pool_mode, layout
+):
     model, c = models[version], cells[version]
+    ref = transformers_reference(ckpts[version], c, emb_layer, pool_mode)
     fast = embed_cells(
         c,
         model,
@@ -99,17 +111,19 @@ def test_fast_matches_baseline(models, cells, version, emb_layer, pool_mode, lay
         c, model, method="baseline", emb_layer=emb_layer, pool_mode=pool_mode, batch_size=7
     )
     assert fast.dtype == np.float32 and fast.shape == (len(c), 32)
-    assert_close_embeddings(fast, base)
+    assert_close_embeddings(fast, ref)
+    assert_close_embeddings(base, ref)
     # the cells are told apart (a broken model would give one vector for every cell)
     assert cosine(fast[:1].repeat(len(c), 0), fast)[1:].min() < 0.999
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_fast_matches_baseline_uniform_lengths(models, uniform_cells, version):
+def test_uniform_lengths_match_transformers(ckpts, models, uniform_cells, version):
+    """All cells of one length: the fast path runs without any mask."""
     model, c = models[version], uniform_cells[version]
-    fast = embed_cells(c, model, method="fast")
-    base = embed_cells(c, model, method="baseline")
-    assert_close_embeddings(fast, base)
+    ref = transformers_reference(ckpts[version], c, -1, "mean")
+    assert_close_embeddings(embed_cells(c, model, method="fast"), ref)
+    assert_close_embeddings(embed_cells(c, model, method="baseline"), ref)
 
 
 def test_layers_differ(models, cells):
@@ -138,31 +152,12 @@ def test_baseline_batch_size_invariance(models, cells, version):
 
 
 def transformers_reference(ckpt, c, emb_layer: int, pool_mode: str) -> np.ndarray:
-    """Embeddings computed with transformers only: pad, mask, hidden_states, pool by hand."""
-    from transformers import BertForMaskedLM
+    """Embeddings computed with transformers only (tests/hf_reference.py)."""
+    hf = cached_reference(str(ckpt))
+    return embed_reference(hf, c.to_lists(), emb_layer, pool_mode, c.has_cls).numpy()
 
-    hf = BertForMaskedLM.from_pretrained(str(ckpt)).float().eval()
-    n_layers = hf.config.num_hidden_layers
-    assert n_layers == N_LAYERS
-    lists = c.to_lists()
-    width = max(len(x) for x in lists)
-    ids = torch.zeros((len(lists), width), dtype=torch.long)
-    mask = torch.zeros((len(lists), width), dtype=torch.long)
-    for i, x in enumerate(lists):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    with torch.no_grad():
-        hs = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    assert len(hs) == n_layers + 1
-    h = hs[n_layers - 1] if emb_layer == -1 else hs[n_layers]
-    out = []
-    for i, x in enumerate(lists):
-        if pool_mode == "cls":
-            out.append(h[i, 0])
-        else:
-            lo, hi = (1, len(x) - 1) if c.has_cls else (0, len(x))
-            out.append(h[i, lo:hi].mean(0))
-    return torch.stack(out).numpy()
+
+cached_reference = cache(load_reference)  # one read per checkpoint: the model is never changed
 
 
 @pytest.mark.parametrize(("version", "emb_layer", "pool_mode"), CASES)
@@ -208,7 +203,7 @@ def test_embed_truncates_to_model_positions(tmp_path, vocab_v1, vocab_v2, versio
     ref = transformers_reference(root, c, -1, "mean")
     np.testing.assert_allclose(out[c.obs_index], ref, atol=2e-5, rtol=0)
     base = embed(adata, model, method="baseline", key_added="base")
-    assert_close_embeddings(out, base)
+    np.testing.assert_allclose(base[c.obs_index], ref, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["fast", "baseline"])
@@ -277,7 +272,7 @@ def test_embed_key_added_and_model_vocab(models, vocab_v2):
 
 
 def test_embed_cls_needs_v2(models, vocab_v1):
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=r"pool 'cls' needs a V2 vocabulary .*use pool 'mean'"):
         embed(_adata(4), models[1], vocab=vocab_v1, pool_mode="cls")
 
 
@@ -287,21 +282,20 @@ def test_random_weights_have_the_reference_layout() -> None:
     so the reference model loads every tensor and agrees with the fast path."""
     from transformers import BertForMaskedLM
 
-    from ispo.model.load import _random_state_dict
-    from ispo.model.presets import GeneformerConfig
+    from ispo.model.load import load_model
 
-    cfg = GeneformerConfig(
-        n_layers=2, hidden=16, heads=2, intermediate=32, max_len=64, vocab_size=40
-    )
-    sd = _random_state_dict(cfg, seed=3)
+    name = "Geneformer-V1-10M"  # the smallest preset (6 layers, hidden 256)
+    model = load_model(name, random_init=True, seed=3, device="cpu")
+    cfg, sd = model.config, model.state_dict
     ref = BertForMaskedLM(cfg.to_hf()).state_dict()
     assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
     assert sd["cls.predictions.decoder.weight"] is sd["bert.embeddings.word_embeddings.weight"]
-    assert torch.equal(sd["bert.embeddings.word_embeddings.weight"][cfg.pad_id], torch.zeros(16))
+    word = sd["bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(word[cfg.pad_id], torch.zeros(cfg.hidden))
     assert 0.015 < float(sd["bert.encoder.layer.0.intermediate.dense.weight"].std()) < 0.025
-    again = _random_state_dict(cfg, seed=3)
+    again = load_model(name, random_init=True, seed=3, device="cpu").state_dict
     assert all(torch.equal(sd[k], again[k]) for k in sd)
-    other = _random_state_dict(cfg, seed=4)
+    other = load_model(name, random_init=True, seed=4, device="cpu").state_dict
     assert not torch.equal(
         sd["bert.embeddings.word_embeddings.weight"],
         other["bert.embeddings.word_embeddings.weight"],

@@ -1,9 +1,11 @@
 """``kill -9`` in the middle of a run, then ``--resume``: exactly the rows of an uninterrupted run.
 
-A real ``python -m ispo`` child is killed with SIGKILL as soon as it has written its first part
-(one cell per shard, so many remain). Before resuming, debris of a half-written shard is planted
-in the parts folder (a temporary file and a garbage part that no manifest lists): the resumed
-run must not take it for done. The uninterrupted references run in this process.
+A real ``python -m ispo`` child is killed with SIGKILL once it has recorded ``HANG_AFTER`` shards
+(one cell per shard, so many remain): ``ISPO_FAULT=hang_after_shard:N`` (:mod:`ispo.faults`)
+holds it there, so the kill lands mid-run however loaded the machine is. Before resuming, debris
+of a half-written shard is planted in the parts folder (a temporary file and a garbage part that
+no manifest lists): the resumed run must not take it for done. The uninterrupted references run
+in this process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import pytest
 
 from _scaleout import REPO, env, ispo_cmd, tiny_checkpoint, write_small
+from ispo import faults
 from ispo.cli.main import main
 
 
@@ -39,19 +42,23 @@ def _done(parts: Path) -> set[str]:
     return done
 
 
-def _start_and_kill(cmd: list[str], parts: Path, out: Path, pattern: str) -> set[str]:
-    """Start ``cmd``, SIGKILL it once a part is on disk; return the shards it recorded."""
+HANG_AFTER = 3  # shards the child records before it waits to be killed
+
+
+def _start_and_kill(cmd: list[str], parts: Path, out: Path) -> set[str]:
+    """Start ``cmd``, SIGKILL it once it has recorded ``HANG_AFTER`` shards; return them."""
+    child_env = {**env(), faults.ENV: f"hang_after_shard:{HANG_AFTER}"}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(), cwd=REPO
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env, cwd=REPO
     )
     try:
         deadline = time.monotonic() + 120
-        while not any(parts.glob(pattern)):
+        while not parts.exists() or len(_done(parts)) < HANG_AFTER:
             if proc.poll() is not None:
                 pytest.fail(f"run ended before it was killed: {proc.stderr.read()[-2000:]}")
             if time.monotonic() > deadline:
                 pytest.fail("no part written within 120 s")
-            time.sleep(0.005)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -83,12 +90,10 @@ def test_perturb_resumes_after_kill_9(files, tmp_path):
     ]
     out = tmp_path / "isp.parquet"
     parts = tmp_path / "isp.parquet.parts"
-    done = _start_and_kill(
-        ispo_cmd("-q", "perturb", *args, "--out", str(out)), parts, out, "cells-*.parquet"
-    )
-    assert len(done) < n_cells  # killed mid-run (maybe between a part and its manifest entry)
+    done = _start_and_kill(ispo_cmd("-q", "perturb", *args, "--out", str(out)), parts, out)
+    assert len(done) == HANG_AFTER  # killed mid-run
     _plant_debris(parts, "cells", done, n_cells)
-    with pytest.raises(SystemExit):  # without --resume the unfinished run is refused
+    with pytest.raises(SystemExit, match=r"^2$"):  # without --resume the unfinished run is refused
         main(["-q", "perturb", *args, "--out", str(out)])
     main(["-q", "perturb", *args, "--out", str(out), "--resume"])
     ref = tmp_path / "ref.parquet"
@@ -117,10 +122,8 @@ def test_embed_resumes_after_kill_9(files, tmp_path):
     ]
     out = tmp_path / "emb.h5ad"
     parts = tmp_path / "emb.h5ad.parts"
-    done = _start_and_kill(
-        ispo_cmd("-q", "embed", *args, "--out", str(out)), parts, out, "emb-*.parquet"
-    )
-    assert len(done) < n_cells
+    done = _start_and_kill(ispo_cmd("-q", "embed", *args, "--out", str(out)), parts, out)
+    assert len(done) == HANG_AFTER
     _plant_debris(parts, "emb", done, n_cells)
     main(["-q", "embed", *args, "--out", str(out), "--resume"])
     ref = tmp_path / "ref.h5ad"
@@ -142,6 +145,6 @@ def test_resume_refuses_other_options(files, tmp_path):
     ShardWriter(out, {"something": "else"}, resume=False, overwrite=False).write(
         0, {"emb": pd.DataFrame({"obs_index": [0]})}
     )
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^2$") as info:
         main(["-q", "embed", *args, "--out", str(out), "--resume"])
     assert info.value.code == 2 and not out.exists()

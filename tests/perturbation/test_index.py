@@ -173,7 +173,7 @@ def test_with_anchor(kind, anchor_pos):
 
 
 def test_with_anchor_rejects_moves():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="anchor pairs support delete and overexpress"):
         with_anchor(T(make_genes(5)), 1, "inhibit", max_genes=BIG)
 
 
@@ -242,7 +242,7 @@ def test_gene_set_move(kind, shift, p):
 
 def test_gene_set_move_errors():
     genes = make_genes(8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="inhibit/activate take one gene at a time"):
         gene_set(T(genes), T(genes[:2]), "inhibit", max_genes=BIG)
     assert gene_set(T(genes), T([99]), "activate", max_genes=BIG) is None
 

@@ -9,9 +9,9 @@ import warnings
 import pandas as pd
 import pytest
 
+from ispo import faults
 from ispo.errors import IspoError
-from ispo.io import shards
-from ispo.perturbation import engine
+from ispo.faults import InjectedFault
 from ispo.perturbation.engine import perturb
 from ispo.settings import RunSettings
 
@@ -28,31 +28,22 @@ VOLATILE = {
 }
 
 
-_RUN_SHARD = engine.run_shard  # the real one (tests patch the module attribute)
+def kill_after(monkeypatch, n_shards: int) -> None:
+    """Make the engine die once ``n_shards`` shards are written (0: in its first batch), through
+    the documented ``ISPO_FAULT`` injection point (:mod:`ispo.faults`)."""
+    spec = f"crash_after_shard:{n_shards}" if n_shards else "batch_error:1"
+    monkeypatch.setenv(faults.ENV, spec)
+    faults.reset()
 
 
-class Killed(RuntimeError):
-    """Stands in for the process being killed."""
+def count_shards(monkeypatch) -> None:
+    """Count the shards the next run writes (``faults.count("shard")``), crashing never."""
+    kill_after(monkeypatch, 10**9)
 
 
-def kill_after(monkeypatch, n_shards: int) -> list[int]:
-    """Make the engine die when it starts shard number ``n_shards`` (0-based count of shards
-    actually run); returns the list that records each shard run."""
-    real = _RUN_SHARD
-    calls: list[int] = []
-
-    def run_shard(*args, **kw):
-        if len(calls) == n_shards:
-            raise Killed("simulated kill")
-        calls.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(engine, "run_shard", run_shard)
-    return calls
-
-
-def count_shards(monkeypatch) -> list[int]:
-    return kill_after(monkeypatch, 10**9)
+# what the injected kill raises, in one line
+KILLED = r"ISPO_FAULT: (crash after shard \d+|injected batch error)"
+OTHER_RUN = r"was made with other options or data: rerun with the same options, or --overwrite"
 
 
 def files_of(out) -> dict:
@@ -96,7 +87,7 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
     out = tmp_path / "r.parquet"
     parts = tmp_path / "r.parquet.parts"
     kill_after(monkeypatch, n_done)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     assert not out.exists() and not out.with_suffix(".json").exists()
     if n_done:
@@ -105,9 +96,9 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
     else:
         assert not (parts / "manifest.json").exists()
 
-    calls = count_shards(monkeypatch)
+    count_shards(monkeypatch)
     df = perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
-    assert len(calls) == N_SHARDS - n_done  # finished shards are not run again
+    assert faults.count("shard") == N_SHARDS - n_done  # finished shards are not run again
     pd.testing.assert_frame_equal(df, full_run[0])
     pd.testing.assert_frame_equal(df.attrs["gene_table"], full_run[0].attrs["gene_table"])
     assert not df.duplicated(["obs_index", "perturbed_ids"]).any()
@@ -123,10 +114,10 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
 def test_resume_twice_interrupted(setup_v1, full_run, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
     monkeypatch.undo()
     df = perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
@@ -138,17 +129,9 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
     """A kill while a part is written leaves a ``.tmp`` file and no manifest entry."""
     out = tmp_path / "r.parquet"
     parts = tmp_path / "r.parquet.parts"
-    real_replace = shards.os.replace
-    n = {"replace": 0}
-
-    def replace(src, dst):
-        n["replace"] += 1
-        if n["replace"] == 7:  # parts: cells, genes, manifest per shard -> dies in shard 3
-            raise Killed("killed while renaming a part")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(shards.os, "replace", replace)
-    with pytest.raises(Killed):
+    # two parts per shard (cells, genes): the 5th is shard 2's cells, written but not renamed
+    monkeypatch.setenv(faults.ENV, "crash_in_part:5")
+    with pytest.raises(InjectedFault, match=r"ISPO_FAULT: crash while writing part 5"):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
     stray = [p.name for p in parts.iterdir() if p.name.endswith(".tmp")]
@@ -180,10 +163,10 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
 def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, change):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
-    with pytest.raises(IspoError) as info:
+    with pytest.raises(IspoError, match=OTHER_RUN) as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **{**OPTS, **change})
     assert "\n" not in str(info.value)
     assert (tmp_path / "r.parquet.parts" / "manifest.json").exists()  # left for a real resume
@@ -192,22 +175,23 @@ def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, chan
 def test_resume_with_other_data_refused(setup_v1, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
     other = setup_v1.adata.copy()
     other.X = other.X * 2 + (other.X > 0) * 1.0  # other counts, other ranks
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match=OTHER_RUN):
         perturb(other, setup_v1.model, out=out, resume=True, **OPTS)
 
 
 def test_existing_output_refused(setup_v1, full_run, tmp_path):
     out = tmp_path / "r.parquet"
     out.write_bytes(b"not mine")
-    with pytest.raises(IspoError) as info:
+    exists = r"r\.parquet already exists: choose another path or pass --overwrite"
+    with pytest.raises(IspoError, match=exists) as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
-    assert "\n" not in str(info.value) and "overwrite" in str(info.value)
-    with pytest.raises(IspoError):  # resume does not overwrite a finished output either
+    assert "\n" not in str(info.value)
+    with pytest.raises(IspoError, match=exists):  # resume does not overwrite a finished output
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
     assert out.read_bytes() == b"not mine"
     df = perturb(setup_v1.adata, setup_v1.model, out=out, overwrite=True, **OPTS)
@@ -218,25 +202,26 @@ def test_existing_output_refused(setup_v1, full_run, tmp_path):
 def test_leftover_parts_need_resume(setup_v1, full_run, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 3)
-    with pytest.raises(Killed):
+    with pytest.raises(InjectedFault, match=KILLED):
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
     monkeypatch.undo()
-    with pytest.raises(IspoError) as info:
+    unfinished = r"holds an unfinished run: pass --resume to continue it, or --overwrite"
+    with pytest.raises(IspoError, match=unfinished) as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
-    assert "\n" not in str(info.value) and "resume" in str(info.value)
+    assert "\n" not in str(info.value)
     # --overwrite starts again from scratch
-    calls = count_shards(monkeypatch)
+    count_shards(monkeypatch)
     df = perturb(setup_v1.adata, setup_v1.model, out=out, overwrite=True, **OPTS)
-    assert len(calls) == N_SHARDS
+    assert faults.count("shard") == N_SHARDS
     pd.testing.assert_frame_equal(df, full_run[0])
     assert not (tmp_path / "r.parquet.parts").exists()
 
 
 def test_resume_without_parts_runs_everything(setup_v1, full_run, tmp_path, monkeypatch):
     out = tmp_path / "r.parquet"
-    calls = count_shards(monkeypatch)
+    count_shards(monkeypatch)
     df = perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
-    assert len(calls) == N_SHARDS
+    assert faults.count("shard") == N_SHARDS
     pd.testing.assert_frame_equal(df, full_run[0])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ispo import faults
 from ispo.perturbation import passes
 from ispo.perturbation.engine import perturb
 
@@ -30,7 +31,7 @@ CASES = {
 def test_chunking_does_not_change_results(setup_v1, monkeypatch, case, chunk):
     s = setup_v1
     whole = perturb(s.adata, s.model, **CASES[case])
-    monkeypatch.setattr(tokenize_module, "MAX_CHUNK", chunk)
+    monkeypatch.setenv(faults.ENV, f"tokenize_chunk:{chunk}")  # the documented hook
     parts = perturb(s.adata, s.model, **CASES[case])
     # state embeddings are sums over chunks: the shifts equal to float32 rounding of a
     # difference of two cosines; every other column exactly
@@ -45,13 +46,12 @@ def test_chunking_does_not_change_results(setup_v1, monkeypatch, case, chunk):
         pd.testing.assert_frame_equal(parts.attrs["gene_table"], whole.attrs["gene_table"])
 
 
-def test_shard_tokens_yields_only_wanted_shards_and_stops_early(setup_v1, monkeypatch):
+def test_shard_tokens_yields_only_wanted_shards_and_stops_early(setup_v1):
     s = setup_v1
-    monkeypatch.setattr(tokenize_module, "MAX_CHUNK", 2)
     read = []
 
     def chunks():
-        for part in tokenize_module.iter_tokenize(s.adata, s.vocab):
+        for part in tokenize_module.iter_tokenize(s.adata, s.vocab, chunk_size=2):
             read.append(len(part))
             yield part
 

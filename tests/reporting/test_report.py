@@ -288,7 +288,7 @@ def test_report_errors_are_one_line(folders, tmp_path, capsys):
         out = tmp_path / "r"
         if message == "already exists":
             out.mkdir()
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(SystemExit, match=r"^2$") as info:
             main(["report", *args, "--out", str(out)])
         assert info.value.code == 2
         err = capsys.readouterr().err.strip()

@@ -1,9 +1,10 @@
 """Out of device memory: the batch is split and retried with a smaller budget, never the run lost.
 
-The encoder's forward is patched to raise CUDA's out-of-memory error whenever a batch holds more
-than ``limit`` tokens (the error class exists on CPU builds of torch too), as a GPU with that
-much memory would. Results must match an unconstrained run within float rounding (splitting
-changes which cells share a batch), with the same rows in the same order.
+The documented injection point (``ISPO_FAULT=oom_above_tokens:N``, :mod:`ispo.faults`) makes
+every batch of more than N tokens raise torch's out-of-memory error (the class exists on CPU
+builds of torch too), as a GPU with that much memory would. Results must match an unconstrained
+run within float rounding (splitting changes which cells share a batch), with the same rows in
+the same order.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ispo import faults
 from ispo.embedding.embed import embed_cells
 from ispo.errors import IspoError
-from ispo.model.encoder import Encoder
 from ispo.model.load import load_model
 from ispo.perturbation.engine import perturb
 from ispo.runtime.oom import OomSplitter, halve, is_oom
@@ -36,24 +37,12 @@ def model(ckpt_v1, vocab_v1):
 
 @pytest.fixture
 def limit(monkeypatch):
-    """Call ``limit(n)`` to make every forward of more than n tokens run out of memory."""
-    forward = Encoder.forward
-    seen = {"oom": 0, "ok": 0, "limit": None}
+    """Call ``limit(n)`` to make every batch of more than n tokens run out of memory;
+    ``faults.count("oom")`` then counts the simulated errors."""
 
-    def limited(self, ids, lengths=None):
-        if seen["limit"] is not None and ids.numel() > seen["limit"]:
-            seen["oom"] += 1
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate {ids.numel()} tokens (simulated)"
-            )
-        seen["ok"] += 1
-        return forward(self, ids, lengths)
-
-    monkeypatch.setattr(Encoder, "forward", limited)
-
-    def set_limit(n: int | None):
-        seen["limit"] = n
-        return seen
+    def set_limit(n: int) -> None:
+        monkeypatch.setenv(faults.ENV, f"oom_above_tokens:{n}")
+        faults.reset()
 
     return set_limit
 
@@ -74,17 +63,17 @@ def test_halve_splits_items_then_row_ranges():
 def test_embed_splits_and_retries(model, vocab_v1, limit, caplog, make_adata):
     cells = tokenize(make_adata(40, seed=1), vocab_v1)
     ref = embed_cells(cells, model, batch_tokens=10**6)  # one batch, nothing runs out
-    seen = limit(600)
+    limit(600)
     oom = OomSplitter(what="embed")
     with caplog.at_level(logging.WARNING, logger="ispo"):
         got = embed_cells(cells, model, batch_tokens=10**6, oom=oom)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
-    assert seen["oom"] >= 2 and oom.cap is not None and oom.cap <= 600
+    assert faults.count("oom") >= 2 and oom.cap is not None and oom.cap <= 600
     assert "out of device memory" in caplog.text and "token budget now" in caplog.text
     # the learned budget is kept: a second pass pre-splits and never runs out again
-    before = seen["oom"]
+    before = faults.count("oom")
     again = embed_cells(cells, model, batch_tokens=10**6, oom=oom)
-    assert seen["oom"] == before
+    assert faults.count("oom") == before
     np.testing.assert_array_equal(again, got)
 
 
@@ -97,11 +86,8 @@ def test_one_cell_that_never_fits_is_a_clear_error(model, vocab_v1, limit, make_
 
 
 def test_other_errors_are_not_swallowed(model, vocab_v1, monkeypatch, make_adata):
-    def broken(self, ids, lengths=None):
-        raise RuntimeError("a real bug")
-
-    monkeypatch.setattr(Encoder, "forward", broken)
-    with pytest.raises(RuntimeError, match="a real bug"):
+    monkeypatch.setenv(faults.ENV, "batch_error:1")
+    with pytest.raises(faults.InjectedFault, match="ISPO_FAULT: injected batch error"):
         embed_cells(tokenize(make_adata(3), vocab_v1), model)
 
 
@@ -110,10 +96,10 @@ def test_perturb_splits_and_retries(model, limit, caplog, emb_mode, make_adata):
     adata = make_adata(3, seed=2)
     kw = dict(genes="all", emb_mode=emb_mode, batch_tokens=10**6)
     ref = perturb(adata, model, **kw)
-    seen = limit(300)  # below one cell's perturbations: row ranges of a cell are split too
+    limit(300)  # below one cell's perturbations: row ranges of a cell are split too
     with caplog.at_level(logging.WARNING, logger="ispo"):
         got = perturb(adata, model, **kw)
-    assert seen["oom"] > 0 and "perturb: out of device memory" in caplog.text
+    assert faults.count("oom") > 0 and "perturb: out of device memory" in caplog.text
     ids = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "n_genes"]
     pd.testing.assert_frame_equal(got[ids], ref[ids])
     np.testing.assert_allclose(got["cos_sim"], ref["cos_sim"], rtol=0, atol=1e-5)

@@ -1,4 +1,9 @@
-"""Profiler and timed_steady: figures are present, plausible and the sampler never leaks."""
+"""Profiler and timed_steady: figures are present, plausible and the sampler never leaks.
+
+Timing bounds are one-sided or generous: the suite runs on loaded 2-core machines, where a block
+can take several times its nominal duration and a busy loop gets a fraction of a core. The
+claims are checked as comparisons made within one test (busy vs idle), not as absolute figures.
+"""
 
 import dataclasses
 import json
@@ -28,7 +33,7 @@ def test_busy_loop_figures() -> None:
         _busy(0.3)
     s = prof.stats
     assert isinstance(s, ProfileStats) and prof.result() is s
-    assert 0.3 <= s.wall_s < 0.6
+    assert 0.3 <= s.wall_s < 10  # never shorter than the block; no tight upper bound
     assert s.cpu_percent_avg > 0
     assert s.cpu_percent_peak >= s.cpu_percent_avg
     assert s.cpu_percent_avg_per_core == pytest.approx(s.cpu_percent_avg / psutil.cpu_count())
@@ -49,8 +54,8 @@ def test_gpu_fields_none_on_cpu() -> None:
 def test_sleep_wall_time_and_short_block() -> None:
     with Profiler(interval=0.05) as prof:
         time.sleep(0.2)
-    assert prof.stats.wall_s == pytest.approx(0.2, abs=0.1)
-    assert prof.stats.cpu_percent_avg < 50
+    assert 0.2 <= prof.stats.wall_s < 10
+    assert prof.stats.cpu_percent_avg < 50  # own CPU time while asleep: load elsewhere adds none
 
     with Profiler(interval=10.0) as prof:  # shorter than one interval: start and stop samples
         pass
@@ -59,19 +64,23 @@ def test_sleep_wall_time_and_short_block() -> None:
 
 
 def test_mark_steady_averages_over_steady_part() -> None:
+    """After mark_steady the averages cover the busy part only: the same busy block profiled
+    whole, idle warm-up included, averages less (compared in one test, so load cancels)."""
     with Profiler(interval=0.05) as prof:
         time.sleep(0.3)
         prof.mark_steady()
         _busy(0.3)
     s = prof.stats
     assert s.steady_wall_s is not None
-    assert s.steady_wall_s == pytest.approx(0.3, abs=0.1)
-    assert s.wall_s > s.steady_wall_s
-    assert s.cpu_percent_avg > 30  # the idle warm-up would pull it to about half
+    assert 0.3 <= s.steady_wall_s < s.wall_s
+    with Profiler(interval=0.05) as whole:
+        time.sleep(0.3)
+        _busy(0.3)
+    assert s.cpu_percent_avg > whole.stats.cpu_percent_avg
 
 
 def test_exception_inside_block_stops_sampler() -> None:
-    with pytest.raises(KeyError), Profiler(interval=0.01) as prof:
+    with pytest.raises(KeyError, match="boom"), Profiler(interval=0.01) as prof:
         time.sleep(0.03)
         raise KeyError("boom")
     assert not _sampler_alive()
@@ -80,11 +89,13 @@ def test_exception_inside_block_stops_sampler() -> None:
 
 def test_misuse_raises() -> None:
     prof = Profiler()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"mark_steady\(\) must be called inside"):
         prof.mark_steady()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(
+        RuntimeError, match=r"profile stats are available once the `with Profiler\(\)` block ends"
+    ):
         _ = prof.stats
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="interval must be positive, got 0"):
         Profiler(interval=0)
 
 
@@ -95,7 +106,7 @@ def test_to_dict_is_json_and_stats_frozen() -> None:
     json.dumps(d)
     assert d["rss_peak_mib"] == d["rss_peak_bytes"] / 2**20
     assert d["gpu_mem_peak_mib"] is None
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'wall_s'"):
         prof.stats.wall_s = 0.0  # type: ignore[misc]
 
 
@@ -111,7 +122,7 @@ def test_timed_steady_counts_and_times() -> None:
     assert calls[:2] == ["fn", "fn"]
     assert calls[2:] == ["sync", "fn", "sync"] * 3
     assert len(timed_steady(lambda: None, warmup=0, repeats=1)) == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need warmup >= 0 and repeats >= 1, got 0 and 0"):
         timed_steady(lambda: None, warmup=0, repeats=0)
 
 

@@ -280,7 +280,7 @@ def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, c
     ],
 )
 def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^2$") as info:
         main(
             [
                 "tune",

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ispo import faults
 from ispo.errors import IspoError
 
 
@@ -75,12 +76,14 @@ class ShardWriter:
             name = f"{kind}-{shard:06d}.parquet"
             tmp = self.parts / f".{name}.tmp"
             pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            faults.part_written()  # ISPO_FAULT: a kill mid-write
             os.replace(tmp, self.parts / name)
             names[kind] = name
         self.manifest["done"][str(shard)] = names
         tmp = self.parts / f".{self.manifest_path.name}.tmp"  # one per rank: ranks write at once
         tmp.write_text(json.dumps(self.manifest))
         os.replace(tmp, self.manifest_path)
+        faults.shard_written()  # ISPO_FAULT: a kill between shards
 
     def _files(self, kind: str) -> list[Path]:
         done = self.manifest["done"]

@@ -127,14 +127,15 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Post-LN BERT layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
 
-    def __init__(self, cfg: GeneformerConfig, act: str = "relu") -> None:
+    def __init__(self, cfg: GeneformerConfig) -> None:
         super().__init__()
         self.attn = Attention(cfg)
         self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.ffn_in = nn.Linear(cfg.hidden, cfg.intermediate)
         self.ffn_out = nn.Linear(cfg.intermediate, cfg.hidden)
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.act = F.relu if act == "relu" else F.gelu
+        # the checkpoint's own activation (GeneformerConfig.from_hf refuses any other)
+        self.act = F.gelu if cfg.hidden_act == "gelu" else F.relu
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
         x = self.ln1(x + self.attn(x, ctx))

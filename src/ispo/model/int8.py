@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ispo import faults
+
 
 class Int8Unavailable(RuntimeError):
     """No int8 backend for this device; the message says why."""
@@ -118,6 +120,8 @@ def quantize_int8(module: nn.Module, device: torch.device | str) -> tuple[nn.Mod
     no int8 backend.
     """
     device = torch.device(device)
+    if faults.active("no_int8"):
+        raise Int8Unavailable(f"{faults.ENV}: no int8 backend in this build (simulated)")
     if device.type == "cpu":
         q = _quantize_dynamic_cpu(module)
         engine = torch.backends.quantized.engine

@@ -9,10 +9,19 @@ from dataclasses import asdict, dataclass
 
 from ispo.errors import IspoError
 
+# Feed-forward activations the fast encoder runs, under Hugging Face's ``hidden_act`` names
+# ("gelu" is the exact erf GELU, as in ``transformers``; "gelu_new" and friends are refused).
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
+
 
 @dataclass(frozen=True)
 class GeneformerConfig:
-    """A BERT encoder as Geneformer uses it (post-LayerNorm, ReLU, absolute positions)."""
+    """A BERT encoder as Geneformer uses it (post-LayerNorm, absolute positions).
+
+    ``hidden_act`` is the feed-forward activation: every published Geneformer uses ReLU, but a
+    fine-tuned or re-trained checkpoint may say GELU, and running it with the wrong one gives
+    wrong numbers silently, so it is read from ``config.json`` and carried with the shape.
+    """
 
     n_layers: int
     hidden: int
@@ -23,6 +32,7 @@ class GeneformerConfig:
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
     pad_id: int = 0
+    hidden_act: str = "relu"
 
     def to_hf(self):
         """The equivalent ``transformers.BertConfig`` (for the reference model)."""
@@ -34,7 +44,7 @@ class GeneformerConfig:
             num_hidden_layers=self.n_layers,
             num_attention_heads=self.heads,
             intermediate_size=self.intermediate,
-            hidden_act="relu",
+            hidden_act=self.hidden_act,
             max_position_embeddings=self.max_len,
             layer_norm_eps=self.layer_norm_eps,
             type_vocab_size=self.type_vocab_size,
@@ -51,8 +61,13 @@ class GeneformerConfig:
                 f"checkpoint model_type is {cfg.get('model_type')!r}, not 'bert': "
                 "ispo runs Geneformer (BERT) checkpoints"
             )
-        if cfg.get("hidden_act", "relu") not in ("relu", "gelu"):
-            raise IspoError(f"unsupported hidden_act {cfg.get('hidden_act')!r} in config.json")
+        act = cfg.get("hidden_act", "relu")
+        if act not in ACTIVATIONS:
+            raise IspoError(
+                f"config.json has hidden_act {act!r}, which ispo does not run: use a checkpoint "
+                f"whose hidden_act is one of {', '.join(map(repr, ACTIVATIONS))} "
+                "(Geneformer's is 'relu')"
+            )
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise IspoError("only absolute position embeddings are supported (Geneformer's)")
         try:
@@ -66,6 +81,7 @@ class GeneformerConfig:
                 layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
                 type_vocab_size=cfg.get("type_vocab_size", 2),
                 pad_id=cfg.get("pad_token_id", 0),
+                hidden_act=act,
             )
         except KeyError as exc:
             raise IspoError(f"config.json lacks {exc.args[0]!r}: not a BERT config") from exc

@@ -71,7 +71,10 @@ def check_options(
                 "with --anchor-gene, or a gene list without it"
             )
         if perturb_type not in ("delete", "overexpress"):
-            raise IspoError("anchor pairs support delete and overexpress")
+            raise IspoError(
+                f"anchor pairs support delete and overexpress, not {perturb_type!r}: pass "
+                "--perturb-type delete or overexpress with --anchor-gene"
+            )
         return None, vocab.token_dict[vocab.resolve_gene(anchor_gene)]
     if isinstance(genes, str):
         if genes == "all":

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from ispo import faults
 from ispo.errors import IspoError
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class OomSplitter(Generic[B, R]):
                     todo.extend(reversed(halves))
                     continue
             try:
+                faults.before_batch(tokens)  # ISPO_FAULT: simulated out-of-memory
                 result = fn(part)
             except Exception as exc:
                 if not is_oom(exc):

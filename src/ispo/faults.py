@@ -1,0 +1,138 @@
+"""Fault injection: the one documented way to make ispo fail (or chunk) on purpose.
+
+Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-separated
+``name:N`` entries instead of patching ispo's internals:
+
+``crash_after_shard:N``
+    Raise :class:`InjectedFault` once the N-th output shard of this process is written
+    (``perturb`` and streamed ``embed`` with ``out``): a kill between shards.
+``hang_after_shard:N``
+    Stop (sleep until killed) once the N-th output shard is written: a run that is certainly
+    mid-way when an outside ``kill -9`` arrives.
+``crash_in_part:N``
+    Raise :class:`InjectedFault` when the N-th part file is written but not yet renamed into
+    place: a kill mid-write, which leaves a ``.tmp`` file and no manifest entry.
+``oom_above_tokens:N``
+    Every batch of more than N tokens raises ``torch.OutOfMemoryError``, as a GPU with that much
+    memory would (the split-and-retry path, on any device).
+``batch_error:1``
+    Every batch raises :class:`InjectedFault` (an error that is not out-of-memory: it must
+    propagate, not be split and retried).
+``tokenize_chunk:N``
+    Tokenize at most N cells per chunk (the chunk boundaries of the streaming passes).
+``no_int8:1``
+    Quantizing to int8 fails as on a torch build without an int8 backend.
+
+Counts are per process and restart whenever the variable changes or :func:`reset` is called;
+:func:`count` says how often a site was reached while the variable was set. Unset (always, in
+normal use), every check is one environment lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ispo.errors import IspoError
+
+ENV = "ISPO_FAULT"
+NAMES = (
+    "crash_after_shard",
+    "hang_after_shard",
+    "crash_in_part",
+    "oom_above_tokens",
+    "batch_error",
+    "tokenize_chunk",
+    "no_int8",
+)
+_state: dict = {"raw": "", "spec": {}, "counts": {}}
+
+
+class InjectedFault(RuntimeError):
+    """Raised where ``ISPO_FAULT`` asked for a failure (stands in for a kill or a crash)."""
+
+
+def parse(raw: str) -> dict[str, int]:
+    """``"a:1,b:2"`` -> ``{"a": 1, "b": 2}``; refuses unknown names and non-integer values."""
+    spec: dict[str, int] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        name, _, value = entry.partition(":")
+        if name not in NAMES or not value.strip().isdigit():
+            raise IspoError(
+                f"{ENV} entry {entry!r} is not NAME:N with NAME one of {', '.join(NAMES)}: "
+                f"fix or unset {ENV}"
+            )
+        spec[name] = int(value)
+    return spec
+
+
+def _spec() -> dict[str, int]:
+    raw = os.environ.get(ENV, "")
+    if raw != _state["raw"]:
+        _state.update(raw=raw, spec=parse(raw), counts={})
+    return _state["spec"]
+
+
+def _hit(site: str) -> int:
+    """Count one arrival at ``site`` (only while ``ISPO_FAULT`` is set); the new count."""
+    counts = _state["counts"]
+    counts[site] = counts.get(site, 0) + 1
+    return counts[site]
+
+
+def reset() -> None:
+    """Start counting again (a second injected run with the same ``ISPO_FAULT``)."""
+    _state["counts"] = {}
+
+
+def count(site: str) -> int:
+    """How often ``site`` (``shard``, ``part``, ``batch``) was reached since ISPO_FAULT changed."""
+    _spec()
+    return _state["counts"].get(site, 0)
+
+
+def shard_written() -> None:
+    """Called after each output shard is recorded as done."""
+    spec = _spec()
+    if not spec:
+        return
+    n = _hit("shard")
+    if n == spec.get("crash_after_shard"):
+        raise InjectedFault(f"{ENV}: crash after shard {n}")
+    while n == spec.get("hang_after_shard"):
+        time.sleep(1.0)  # until the drill kills the process
+
+
+def part_written() -> None:
+    """Called after a part file is written to its temporary name, before the rename."""
+    spec = _spec()
+    if spec and _hit("part") == spec.get("crash_in_part"):
+        raise InjectedFault(f"{ENV}: crash while writing part {spec['crash_in_part']}")
+
+
+def before_batch(tokens: int) -> None:
+    """Called before a batch of ``tokens`` tokens runs on the model."""
+    spec = _spec()
+    if not spec:
+        return
+    _hit("batch")
+    if spec.get("batch_error"):
+        raise InjectedFault(f"{ENV}: injected batch error")
+    limit = spec.get("oom_above_tokens")
+    if limit is not None and tokens > limit:
+        import torch
+
+        _hit("oom")
+        raise torch.OutOfMemoryError(
+            f"{ENV}: out of memory on {tokens} tokens (simulated limit {limit})"
+        )
+
+
+def active(name: str) -> bool:
+    """Whether ``ISPO_FAULT`` holds ``name`` with a non-zero value (``no_int8``)."""
+    return bool(_spec().get(name))
+
+
+def chunk_cap(default: int) -> int:
+    """Cells per tokenizer chunk: ``default``, or less under ``tokenize_chunk:N``."""
+    return min(default, _spec().get("tokenize_chunk") or default)
