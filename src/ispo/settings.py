@@ -113,9 +113,7 @@ class RunSettings:
                 "with int8"
             )
         if self.emb_layer not in (-1, 0):
-            raise IspoError(
-                f"emb_layer must be -1 (penultimate layer) or 0 (last layer), not {self.emb_layer}"
-            )
+            raise IspoError(f"emb_layer must be -1 (penultimate) or 0 (last), not {self.emb_layer}")
 
     def replace(self, **changes: Any) -> RunSettings:
         """A copy with ``changes`` applied (and checked); ``None`` values leave a field as it is,

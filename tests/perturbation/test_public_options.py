@@ -105,9 +105,12 @@ def test_perturb_stats_command(setup_v1, plain, tmp_path, capsys):
     # goal-state statistics read the run's states from its metadata; only known modes pass
     shift = tmp_path / "shift.parquet"
     main(["perturb-stats", str(results), "--out", str(shift), "--mode", "goal_state_shift"])
-    assert {"shift_to_goal", "goal_fdr", "c_fdr", "significant"} <= set(
-        pd.read_parquet(shift).columns
-    )
+    paired = {"shift_to_goal", "goal_effect", "goal_toward_fdr", "goal_away_fdr", "tested"}
+    assert paired <= set(pd.read_parquet(shift).columns)
+    gf = tmp_path / "gf.parquet"
+    main(["perturb-stats", str(results), "--out", str(gf), "--mode", "goal_state_shift",
+          "--method", "geneformer"])  # fmt: skip
+    assert {"shift_to_goal", "goal_fdr", "c_fdr", "significant"} <= set(pd.read_parquet(gf).columns)
     with pytest.raises(SystemExit, match=r"^2$"):
         main(["perturb-stats", str(results), "--out", str(tmp_path / "x.csv"), "--mode", "x"])
     assert "mode" in capsys.readouterr().err
