@@ -89,35 +89,35 @@ def test_rank_manifests_merge_and_resume_with_any_world(tmp_path):
         ShardWriter(out, {"a": 2}, resume=True, overwrite=False)
 
 
-def test_units_are_the_same_however_they_are_read():
-    """A unit's cells (hence its batches and numbers) depend on neither the rows read at a time
-    nor which units are asked for: what makes any number of processes agree bit for bit."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_units_are_the_same_however_they_are_read(workers):
+    """A unit's cells (hence its batches and numbers) depend on neither the rows read at a time,
+    nor which units are asked for, nor how many worker processes tokenize them: what makes any
+    number of processes agree bit for bit."""
     import ispo
     from _scaleout import small_adata
-    from ispo.embedding.stream import MemorySource, _tokenized_units
+    from ispo.embedding.stream import UnitReader, tokenized_units
+    from ispo.io.read import MemorySource
+    from ispo.tokens import Tokenizer
 
     a = small_adata(23, seed=5)
     X = a.X.toarray()
     X[[3, 4, 17]] = 0  # empty cells: skipped
     a.X = sp.csr_matrix(X)
     a.obs["filter_pass"] = [int(i != 9) for i in range(23)]  # a filtered cell
-    voc = ispo.demo_vocab()
     src = MemorySource(a)
-    whole = {
-        u: c
-        for u, c in _tokenized_units(
-            src, src.matrix(None), voc, list(range(5)), 5, None, None, 2048, read_rows=5
-        )
-    }
+    tok = Tokenizer.build(a.var, ispo.demo_vocab())
+
+    def read(units, read_rows, workers=0):
+        reader = UnitReader(tok, 5, 23, None, src, read_rows=read_rows)
+        return list(tokenized_units(reader, units, workers))
+
+    whole = dict(read(list(range(5)), 5))
     assert set(np.concatenate([c.obs_index for c in whole.values()])) == (
         set(range(23)) - {3, 4, 9, 17}
     )
     for read_rows, units in [(2, [0, 1, 2, 3, 4]), (3, [1, 3, 4]), (1, [2]), (4, [0, 4])]:
-        got = list(
-            _tokenized_units(
-                src, src.matrix(None), voc, units, 5, None, None, 2048, read_rows=read_rows
-            )
-        )
+        got = read(units, read_rows, workers)
         assert [u for u, _ in got] == units
         for u, c in got:
             np.testing.assert_array_equal(c.obs_index, whole[u].obs_index)

@@ -45,20 +45,6 @@ GeneKeyOpt = Annotated[str | None, typer.Option("--gene-key", help="var column o
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing output")]
 
 
-def open_data(source: str, vocab: str | None, *, backed: bool = True):
-    """(AnnData, Vocab) for an input path or ``demo[:N]`` (built-in synthetic data)."""
-    import ispo
-
-    if source == "demo" or source.startswith("demo:"):
-        n = int(source.split(":", 1)[1]) if ":" in source else 1000
-        adata = ispo.demo_adata(n)
-        return adata, ispo.demo_vocab() if vocab in (None, "demo") else ispo.load_vocab(vocab)
-    if vocab is None:
-        raise IspoError("--vocab DIR is required: the Geneformer dictionaries of the model")
-    voc = ispo.demo_vocab() if vocab == "demo" else ispo.load_vocab(vocab)
-    return ispo.read_input(source, backed=backed), voc
-
-
 @app.command()
 def embed(
     input: Annotated[str, typer.Argument(help=".h5ad of raw counts, or demo[:N]")],
@@ -93,6 +79,13 @@ def embed(
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
     overwrite: OverwriteOpt = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="processes that read and tokenize ahead of the device "
+            "(default: the cores left after the main process; 0: a thread)"
+        ),
+    ] = None,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
 
@@ -101,7 +94,8 @@ def embed(
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
     """
     import ispo
-    from ispo.embedding.stream import embed_file, open_source
+    from ispo.embedding.stream import embed_file
+    from ispo.io.read import open_with_vocab
     from ispo.io.write import check_output
     from ispo.runtime import dist
 
@@ -118,7 +112,7 @@ def embed(
     settings = FastSettings(batch_tokens, precision, attention, compile, int8)  # ispo tune's
     if method != "fast" and not settings.is_plain():
         raise IspoError("--attention, --compile and --int8 apply to --method fast only")
-    src, voc = open_source(input, vocab)  # obs and var in memory, counts read by chunks
+    src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
     extra = (
@@ -146,6 +140,7 @@ def embed(
             overwrite=overwrite,
             progress=dist.is_main(),
             extra_uns=extra,
+            workers=workers,
         )
     src.close()
     if res is not None:  # rank 0 (or the only process)
@@ -247,10 +242,11 @@ def perturb(
             raise IspoError(f"--cell-range {cell_range!r} is not START:STOP") from exc
     if precision not in ("fp32", "fp16", "bf16"):
         raise IspoError(f"--precision must be fp32, fp16 or bf16, not {precision!r}")
-    from ispo.embedding.stream import check_unique_names
+    from ispo.io.read import open_with_vocab
+    from ispo.io.validate import check_unique_names
     from ispo.runtime import dist
 
-    adata, voc = open_data(input, vocab, backed=True)  # backed: counts read in chunks
+    adata, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
@@ -471,7 +467,10 @@ def tune(
     params = current_params()
     if pool not in ("mean", "cls"):
         raise IspoError(f"--pool must be mean or cls, not {pool!r}")
-    adata, voc = open_data(data, vocab, backed=False)
+    from ispo.io.read import input_vocab, read_input
+
+    voc = input_vocab(data, vocab)
+    adata = read_input(data, backed=False)
     if n_cells is not None:
         if n_cells < 1:
             raise IspoError(f"--n-cells must be at least 1, got {n_cells}")
@@ -640,10 +639,12 @@ def bench_isp(
 
     import ispo
     from ispo.bench.isp import isp_speed
+    from ispo.io.read import input_vocab, read_input
     from ispo.io.write import atomic_output
     from ispo.provenance import device_name, git_commit, versions
 
-    adata, voc = open_data(data, vocab, backed=False)
+    voc = input_vocab(data, vocab)
+    adata = read_input(data, backed=False)
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
     res = isp_speed(
         adata,
