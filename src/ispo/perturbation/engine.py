@@ -7,9 +7,10 @@ perturbations all share a length); the encoder runs only up to the needed layer 
 head; pooling, cosines and state shifts are batched tensor ops on the device, read back once per
 shard. Shards are written as they finish, so a stopped run resumes where it was.
 
-The input is streamed: one pass tokenizes it chunk by chunk to choose the cells (keeping ~16
-bytes per cell, no tokens), one embeds the target states' cells, and one tokenizes each shard's
-cells again as it comes, so host memory does not grow with the number of cells.
+The input is streamed in two passes (:mod:`ispo.perturbation.passes`): one tokenizes it chunk by
+chunk to choose the cells (keeping ~16 bytes per cell, no tokens) and embeds the target states'
+cells on the way, one tokenizes each shard's cells again as it comes, so host memory does not
+grow with the number of cells.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from ispo.perturbation.options import (
     wanted_tokens,
 )
 from ispo.perturbation.passes import (
+    StateSums,
     check_expressed,
     iter_shards,
     scan_input,
     select_cells,
-    state_embeddings,
 )
 from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
@@ -116,7 +117,7 @@ def perturb(
         check_output(out, overwrite)
     t0 = time.perf_counter()
     # streaming passes over the input (tokenizing chunk by chunk, no pass keeps every cell's
-    # tokens): what to select and check, then the target states, then each shard's cells
+    # tokens): what to select and check (and the target states), then each shard's cells
     max_input = min(vocab.max_input, model.config.max_len)
 
     def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
@@ -124,12 +125,6 @@ def perturb(
             adata, vocab, layer=layer, gene_key=gene_key, max_input=max_input, warn_empty=warn
         )
 
-    wanted = wanted_tokens(targets, anchor, perturb_type)
-    scan = scan_input(chunks(warn=True), wanted)
-    if len(scan.obs_index) == 0:
-        raise IspoError(NO_CELLS)
-    sel = select_cells(adata, scan.obs_index, cell_filter, states, max_ncells, cell_range)
-    check_expressed(scan, sel, wanted, vocab)
     pool_mode = "cls" if emb_mode == "cls" else "mean"
     kw = dict(
         method="fast",
@@ -138,9 +133,15 @@ def perturb(
         pool_mode=pool_mode,
         batch_tokens=batch_tokens,
     )
-    state_emb = (
-        state_embeddings(adata, scan.obs_index, model, states, chunks, **kw) if states else None
-    )
+    # the target states are embedded during the scan (ispo.perturbation.passes: two passes)
+    sums = StateSums(adata, model, states, **kw) if states else None
+    wanted = wanted_tokens(targets, anchor, perturb_type)
+    scan = scan_input(chunks(warn=True), wanted, sums)
+    if len(scan.obs_index) == 0:
+        raise IspoError(NO_CELLS)
+    sel = select_cells(adata, scan.obs_index, cell_filter, states, max_ncells, cell_range)
+    check_expressed(scan, sel, wanted, vocab)
+    state_emb = sums.means(scan.obs_index) if sums is not None else None
     params = dict(
         genes=genes,
         perturb_type=perturb_type,

@@ -1,0 +1,182 @@
+"""Host pipeline ceiling of ``ispo embed``: cells/s file to file with the device work removed.
+
+    python benchmarks/pipeline.py [--n-cells 200000] [--workers 0,1,2] [--out DIR]
+
+Runs the real streaming path (:func:`ispo.embedding.stream.embed_file`: backed read, rank-value
+tokenizing in ``--workers`` processes, length-sorted token-budget batches, pooling of (B, L, h)
+hidden states, Parquet parts, the output ``.h5ad``) with a model whose encoder does nothing: it
+returns zeros of the shape the real encoder would (gf-6L's width, h = 256). What is left is what
+the host must do per cell, so the cells/s here is the most a device can be fed on this host. The
+no-op model is a subclass that overrides the public ``GeneformerModel.encoder``; nothing in
+ispo is patched.
+
+Input: the 2,000 Kang PBMC cells of the shared data, repeated to ``--n-cells`` rows (unique
+names), written once to an ``.h5ad`` (CSR, float32) in ``--workdir`` and reused. V1 dictionaries.
+``X`` is not copied into the output (``--copy-x`` to include it: an HDF5 copy of the counts).
+
+Writes ``results.json`` (``{"rows": [{"workers", "cells", "cells_per_s", "tokens_per_s",
+"seconds"}], "meta": {...}}``, meta from :mod:`ispo.provenance`) and ``results.md`` in ``--out``.
+Workers 0 is the in-process background thread (the path before ``--workers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+KANG = "kang2018_pbmc_ifnb_2000.h5ad"
+
+
+class NoOpEncoder(torch.nn.Module):
+    """Zeros shaped like the encoder's output: (B, L, h) padded, (T, h) packed."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, ids: torch.Tensor, lengths=None) -> torch.Tensor:
+        return torch.zeros(1, self.hidden, device=ids.device).expand(*ids.shape, self.hidden)
+
+
+def noop_model(vocab, hidden_from: str = "gf-6L-10M-i2048"):
+    """A GeneformerModel of a preset's architecture whose encoder is :class:`NoOpEncoder`."""
+    from ispo.model.load import GeneformerModel
+    from ispo.model.presets import preset
+
+    class NoOpModel(GeneformerModel):
+        def encoder(self, n_run=None, precision="fp32"):
+            return NoOpEncoder(self.config.hidden)
+
+    return NoOpModel(
+        preset(hidden_from),
+        {},
+        f"no-op ({hidden_from} shapes)",
+        False,
+        None,
+        torch.device("cpu"),
+        vocab,
+    )
+
+
+def kang_like(n_cells: int, workdir: Path, shared: Path) -> Path:
+    """The Kang cells repeated to ``n_cells`` rows, written once (block by block) and reused."""
+    path = workdir / f"kang_like_{n_cells}.h5ad"
+    if path.exists():
+        return path
+    import scipy.sparse as sp
+
+    base = ad.read_h5ad(shared / KANG)
+    X = sp.csr_matrix(base.X, dtype=np.float32)
+    reps = -(-n_cells // base.n_obs)
+    big = sp.vstack([X] * reps, format="csr")[:n_cells]
+    obs = base.obs.iloc[np.arange(n_cells) % base.n_obs]
+    out = ad.AnnData(big, obs=obs.set_axis([f"c{i}" for i in range(n_cells)]), var=base.var)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.write_h5ad(path.with_suffix(".tmp.h5ad"))
+    path.with_suffix(".tmp.h5ad").rename(path)
+    return path
+
+
+def n_tokens(path: Path, vocab) -> int:
+    """Tokens the run ranks (every cell, truncated to the model input)."""
+    import ispo
+
+    return int(ispo.tokenize(ad.read_h5ad(path, backed="r"), vocab).lengths.sum())
+
+
+def run_once(path: Path, out: Path, vocab, workers: int, copy_x: bool) -> float:
+    from ispo.embedding.stream import embed_file
+
+    if out.exists():
+        out.unlink()
+    t0 = time.perf_counter()
+    embed_file(path, out, noop_model(vocab), vocab=vocab, workers=workers, copy_x=copy_x)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-cells", type=int, default=200_000)
+    cores = len(os.sched_getaffinity(0))
+    default = [0] + [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= cores]
+    p.add_argument("--workers", default=",".join(map(str, default)))
+    p.add_argument("--repeats", type=int, default=2, help="runs per row; the best is kept")
+    p.add_argument("--copy-x", action="store_true")
+    p.add_argument("--shared", type=Path, default=SHARED)
+    p.add_argument("--workdir", type=Path, default=REPO / "runs" / "pipeline")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cpu-pipeline")
+    args = p.parse_args(argv)
+    import ispo
+    from ispo.provenance import git_commit, versions
+
+    torch.set_num_threads(1)  # the no-op model's pooling: one thread, as the host has to spare
+    vocab = ispo.load_vocab(args.shared / "geneformer-v1")
+    path = kang_like(args.n_cells, args.workdir, args.shared)
+    tokens = n_tokens(path, vocab)
+    rows = []
+    for w in [int(x) for x in args.workers.split(",")]:
+        secs = min(
+            run_once(path, args.workdir / "out.h5ad", vocab, w, args.copy_x)
+            for _ in range(args.repeats)
+        )
+        rows.append(
+            {
+                "workers": w,
+                "cells": args.n_cells,
+                "cells_per_s": args.n_cells / secs,
+                "tokens_per_s": tokens / secs,
+                "seconds": secs,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {
+        "what": "ispo embed file to file with a no-op encoder (host pipeline ceiling)",
+        "data": f"{KANG} repeated to {args.n_cells:,} cells; V1 dictionaries",
+        "tokens": tokens,
+        "copy_x": args.copy_x,
+        "cpu": _cpu(),
+        "cores": cores,
+        "load_average_before_after": [LOAD0, os.getloadavg()],
+        "versions": versions(),
+        "commit": git_commit(),
+        "python": sys.version.split()[0],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
+    lines = ["| workers | cells | cells/s | tokens/s | s |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['workers']} | {r['cells']:,} | {r['cells_per_s']:,.0f} | "
+        f"{r['tokens_per_s']:,.0f} | {r['seconds']:.1f} |"
+        for r in rows
+    ]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    shutil.rmtree(args.workdir / "out.h5ad.parts", ignore_errors=True)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+LOAD0 = os.getloadavg()
+
+if __name__ == "__main__":
+    main()
