@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import anndata as ad
 import numpy as np
@@ -51,8 +52,9 @@ class TokenizedCells:
     def __len__(self) -> int:
         return len(self.obs_index)
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        """Tokens per cell (computed once: batching asks for them per batch)."""
         return np.diff(self.offsets)
 
     def cell(self, i: int) -> np.ndarray:

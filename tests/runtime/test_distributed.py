@@ -2,7 +2,8 @@
 
 The single-process references run in this process with one thread (as each torchrun worker
 does), so the comparison is bit for bit; the multi-process runs are real ``torchrun`` launches
-of ``python -m ispo``.
+of ``python -m ispo``: one node with two processes, and two "nodes" (two torchrun agents,
+``--nnodes=2``, c10d rendezvous on 127.0.0.1) with one process each.
 """
 
 from __future__ import annotations
@@ -50,12 +51,9 @@ def test_blocks_cover_every_item_once(n, world):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_work_still_to_do_is_dealt_once_and_evenly(monkeypatch, world):
+def test_work_still_to_do_is_dealt_once_and_evenly(world):
     todo = [2, 3, 7, 8, 9, 11, 12]  # e.g. the shards a killed run left
-    shares = []
-    for rank in range(world):
-        monkeypatch.setattr(dist, "_info", dist.DistInfo(rank, world, rank))
-        shares.append(list(dist.mine(todo)))
+    shares = [list(dist.mine(todo, rank, world)) for rank in range(world)]
     assert sorted(x for s in shares for x in s) == todo
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
@@ -182,6 +180,74 @@ def test_torchrun_perturb_equals_one_process(files, tmp_path, one_thread):
     # input order: cells appear in obs order, no cell twice
     order = a.drop_duplicates("obs_index")["obs_index"].tolist()
     assert order == sorted(order)
+
+
+# -- two torchrun "nodes" on this machine -----------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_nodes(args: list[str]) -> str:
+    """Two torchrun agents (``--nnodes=2``, one process each) meeting by c10d rendezvous on
+    127.0.0.1: what two machines run, each on its own port range. Returns their stdout."""
+    import subprocess
+
+    from _scaleout import env
+
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        f"--rdzv_id=ispo-test-{port}",
+        "--local-addr=127.0.0.1",
+        "-m",
+        "ispo",
+        "-q",
+        *args,
+    ]
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, err.decode()[-3000:]
+    return "".join(out.decode() for out, _ in outs)
+
+
+def test_two_nodes_embed_equals_one_process(files, tmp_path, one_thread):
+    common = [str(files["data"]), "--vocab", "demo", "--model", str(files["ckpt"])]
+    common += ["--chunk-cells", "3"]
+    one, two = tmp_path / "one.h5ad", tmp_path / "two.h5ad"
+    main(["-q", "embed", *common, "--out", str(one)])
+    stdout = _two_nodes(["embed", *common, "--out", str(two)])
+    assert stdout.count("embedded 13 of 13 cells") == 1  # rank 0 of the two nodes speaks
+    a, b = ad.read_h5ad(one), ad.read_h5ad(two)
+    np.testing.assert_array_equal(a.obsm["X_geneformer"], b.obsm["X_geneformer"])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert b.uns["geneformer"]["stream"]["processes"] == 2
+
+
+def test_two_nodes_perturb_equals_one_process(files, tmp_path, one_thread):
+    common = [str(files["data"]), "--vocab", "demo", "--model", str(files["ckpt"])]
+    common += ["--shard-cells", "2", "--state-key", "state", "--start-state", "a"]
+    common += ["--goal-state", "b", "--alt-states", "c"]
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    main(["-q", "perturb", *common, "--out", str(one)])
+    stdout = _two_nodes(["perturb", *common, "--out", str(two)])
+    assert stdout.count("perturbations of") == 1
+    a, b = pd.read_parquet(one), pd.read_parquet(two)
+    assert len(a) > 20 and {"shift_b", "shift_c"} <= set(a.columns)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 def test_run_ddp_reference_form(files, capsys, tmp_path):

@@ -138,13 +138,16 @@ def gather(value: T) -> list[T]:
     return out
 
 
-def mine(items: Iterable[T]) -> Iterator[T]:
+def mine(items: Iterable[T], rank: int | None = None, world: int | None = None) -> Iterator[T]:
     """This rank's share of ``items``, dealt round-robin by position (every item once overall).
 
     Deal only the work still to do (e.g. shards not yet recorded), so that a resumed run is
-    spread evenly whatever the earlier run finished.
+    spread evenly whatever the earlier run finished. ``rank``/``world`` default to this
+    process's.
     """
-    return (x for k, x in enumerate(items) if k % _info.world == _info.rank)
+    rank = _info.rank if rank is None else rank
+    world = _info.world if world is None else world
+    return (x for k, x in enumerate(items) if k % world == rank)
 
 
 def block(n: int, rank: int | None = None, world: int | None = None) -> range:
