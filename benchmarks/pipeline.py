@@ -3,12 +3,13 @@
     python benchmarks/pipeline.py [--n-cells 200000] [--workers 0,1,2] [--out DIR]
 
 Runs the real streaming path (:func:`ispo.embedding.stream.embed_file`: backed read, rank-value
-tokenizing in ``--workers`` processes, length-sorted token-budget batches, pooling of (B, L, h)
-hidden states, Parquet parts, the output ``.h5ad``) with a model whose encoder does nothing: it
-returns zeros of the shape the real encoder would (gf-6L's width, h = 256). What is left is what
-the host must do per cell, so the cells/s here is the most a device can be fed on this host. The
-no-op model is a subclass that overrides the public ``GeneformerModel.encoder``; nothing in
-ispo is patched.
+tokenizing in ``--workers`` processes, length-sorted token-budget batches with their padded id
+matrices, Parquet parts of (cells, 256) embeddings, the output ``.h5ad``) with the device work
+left out: the encoder and the pooling (which run on the GPU in a GPU run) are replaced by
+:func:`host_only`, passed through ``embed_file``'s public ``encode`` argument, which builds the
+same batches and returns zeros of the pooled shape (gf-6L's width, h = 256). What is left is
+what the host must do per cell, so the cells/s here is the most a device can be fed by this
+host. Nothing in ispo is patched.
 
 Input: the 2,000 Kang PBMC cells of the shared data, repeated to ``--n-cells`` rows (unique
 names), written once to an ``.h5ad`` (CSR, float32) in ``--workdir`` and reused. V1 dictionaries.
@@ -38,35 +39,28 @@ SHARED = REPO.parent / "shared" / "data"
 KANG = "kang2018_pbmc_ifnb_2000.h5ad"
 
 
-class NoOpEncoder(torch.nn.Module):
-    """Zeros shaped like the encoder's output: (B, L, h) padded, (T, h) packed."""
+def host_only(cells, model, *, batch_tokens=None, on_batch=None, **_) -> np.ndarray:
+    """What :func:`ispo.embedding.embed.embed_cells` does on the host, without the device
+    work: length-sorted token-budget batches and their padded id matrices (on a GPU they are
+    then copied to pinned memory and sent); the embeddings are zeros of the real shape."""
+    from ispo.embedding.embed import default_batch_tokens
+    from ispo.runtime.batching import pad_batch, token_budget_batches
 
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
+    budget = batch_tokens or default_batch_tokens(torch.device("cuda"))  # a GPU run's batches
+    for idx in token_budget_batches(cells.lengths, budget):
+        pad_batch(cells, idx, model.config.pad_id)
+        if on_batch is not None:
+            on_batch(len(idx))
+    return np.zeros((len(cells), model.config.hidden), dtype=np.float32)
 
-    def forward(self, ids: torch.Tensor, lengths=None) -> torch.Tensor:
-        return torch.zeros(1, self.hidden, device=ids.device).expand(*ids.shape, self.hidden)
 
-
-def noop_model(vocab, hidden_from: str = "gf-6L-10M-i2048"):
-    """A GeneformerModel of a preset's architecture whose encoder is :class:`NoOpEncoder`."""
+def shapes_model(vocab, preset_name: str = "gf-6L-10M-i2048"):
+    """A model of a preset's shapes (hidden 256 for gf-6L) with no weights: nothing runs it."""
     from ispo.model.load import GeneformerModel
     from ispo.model.presets import preset
 
-    class NoOpModel(GeneformerModel):
-        def encoder(self, n_run=None, precision="fp32"):
-            return NoOpEncoder(self.config.hidden)
-
-    return NoOpModel(
-        preset(hidden_from),
-        {},
-        f"no-op ({hidden_from} shapes)",
-        False,
-        None,
-        torch.device("cpu"),
-        vocab,
-    )
+    name = f"none ({preset_name} shapes)"
+    return GeneformerModel(preset(preset_name), {}, name, False, None, torch.device("cpu"), vocab)
 
 
 def kang_like(n_cells: int, workdir: Path, shared: Path) -> Path:
@@ -101,7 +95,8 @@ def run_once(path: Path, out: Path, vocab, workers: int, copy_x: bool) -> float:
     if out.exists():
         out.unlink()
     t0 = time.perf_counter()
-    embed_file(path, out, noop_model(vocab), vocab=vocab, workers=workers, copy_x=copy_x)
+    model = shapes_model(vocab)
+    embed_file(path, out, model, vocab=vocab, workers=workers, copy_x=copy_x, encode=host_only)
     return time.perf_counter() - t0
 
 
@@ -120,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     import ispo
     from ispo.provenance import git_commit, versions
 
-    torch.set_num_threads(1)  # the no-op model's pooling: one thread, as the host has to spare
+    torch.set_num_threads(1)
     vocab = ispo.load_vocab(args.shared / "geneformer-v1")
     path = kang_like(args.n_cells, args.workdir, args.shared)
     tokens = n_tokens(path, vocab)

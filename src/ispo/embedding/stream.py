@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -224,6 +224,7 @@ def embed_file(
     progress: bool = False,
     extra_uns: dict[str, Any] | None = None,
     workers: int | None = None,
+    encode: Callable[..., np.ndarray] = embed_cells,
 ) -> dict[str, Any] | None:
     """Embed every cell of a file into ``out`` (an ``.h5ad``), streaming and resumable.
 
@@ -244,6 +245,10 @@ def embed_file(
     workers
         Processes that read and tokenize units ahead of the device (None: the cores left after
         this node's main processes; 0: one background thread).
+    encode
+        What embeds a unit's cells, called as :func:`~ispo.embedding.embed.embed_cells` is
+        (the default); ``benchmarks/pipeline.py`` passes a host-only stand-in to measure the
+        rest of the path.
 
     Returns a summary (cells, seconds, cells/s of this run) on rank 0, None on the others.
     """
@@ -287,7 +292,9 @@ def embed_file(
         workers = default_workers(me.local_world)
     t0 = time.perf_counter()
     try:
-        n_cells, profile = _embed_units(reader, todo, writer, model, opts, workers, progress)
+        n_cells, profile = _embed_units(
+            reader, todo, writer, model, encode, opts, workers, progress
+        )
     except IspoError:
         # bad input found mid-run: a fresh single-process run that finished nothing leaves
         # nothing behind (a resumed or multi-process run keeps its parts folder)
@@ -364,6 +371,7 @@ def _embed_units(
     todo: list[int],
     writer,
     model: GeneformerModel,
+    encode: Callable[..., np.ndarray],
     opts: dict[str, Any],
     workers: int,
     progress: bool,
@@ -388,7 +396,7 @@ def _embed_units(
         tqdm(total=sum(map(rows_of, todo)), unit="cell", disable=not progress, desc=desc) as bar,
     ):
         for u, cells in units:
-            emb = embed_cells(cells, model, oom=oom, on_batch=trim, **opts)
+            emb = encode(cells, model, oom=oom, on_batch=trim, **opts)
             table = _part_table(cells, emb)
             if in_flight is not None:
                 in_flight.result()  # one write in flight: memory stays bounded
