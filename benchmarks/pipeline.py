@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
     lines = [
-        "| workers | cells | cells/s | tokens/s | s | CPU s main | CPU s workers | idle est. cells/s |",
+        "| workers | cells | cells/s | tokens/s | s | CPU s main | CPU s workers "
+        "| idle est. cells/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
