@@ -8,10 +8,12 @@ write the embeddings as one Parquet part under ``OUT.parts/`` and record it in t
 device embeds this one, and a writer thread writes the previous one, so reading, tokenizing,
 compute and writing overlap; at most ``2 * workers + 2`` units are in memory.
 
-At the end the output ``.h5ad`` is assembled unit by unit: the input's elements copied as they
-are (``X`` and layers chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus
-``obsm[key]`` (NaN rows for cells not embedded), ``obs["geneformer_embedded"]`` and
-``uns["geneformer"]``. Peak host memory is set by the unit size, not by the number of cells.
+Results do not depend on ``chunk_cells`` beyond float rounding (cells are batched by length
+within a unit), nor at all on the number of processes or workers. At the end the output
+``.h5ad`` is assembled unit by unit: the input's elements copied as they are (``X`` and layers
+chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus ``obsm[key]`` (NaN rows
+for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``. Peak host
+memory is set by the unit size and the number of workers, not by the number of cells.
 
 A run stopped at any point (even ``kill -9``) continues with ``resume=True``: recorded units are
 skipped, a half-written part is never recorded. Under torchrun (:mod:`ispo.runtime.dist`)
@@ -27,7 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -226,121 +228,106 @@ def embed_file(
     workers: int | None = None,
     encode: Callable[..., np.ndarray] = embed_cells,
 ) -> dict[str, Any] | None:
-    """Embed every cell of a file into ``out`` (an ``.h5ad``), streaming and resumable.
+    """Embed every cell of ``source`` (a Source, ``.h5ad``/``.zarr`` path, ``demo[:N]`` or
+    AnnData) into ``out`` (an ``.h5ad``), streaming and resumable, as the module docstring says.
 
-    Parameters
-    ----------
-    source
-        A :class:`~ispo.io.read.Source`, an ``.h5ad``/``.zarr`` path, ``demo[:N]`` or an AnnData.
-    out
-        The output ``.h5ad``: the input's elements (``X`` and layers only with ``copy_x``) plus
-        ``obsm[key_added]``, ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``.
-    chunk_cells
-        Input rows per unit: what is tokenized, embedded (cells are batched by length within a
-        unit) and written at once, and what a resumed run skips. Results do not depend on it
-        beyond float rounding (batches are formed within a unit), and not at all on the number
-        of processes or workers.
-    resume
-        Continue a stopped run from ``OUT.parts/`` (same input and options).
-    workers
-        Processes that read and tokenize units ahead of the device (None: the cores left after
-        this node's main processes; 0: one background thread).
-    encode
-        What embeds a unit's cells, called as :func:`~ispo.embedding.embed.embed_cells` is
-        (the default); ``benchmarks/pipeline.py`` passes a host-only stand-in to measure the
-        rest of the path.
-
-    Returns a summary (cells, seconds, cells/s of this run) on rank 0, None on the others.
+    ``chunk_cells`` rows make a unit; ``workers`` processes tokenize ahead (None: the cores left
+    on this node; 0: a thread); ``encode`` embeds a unit's cells (default
+    :func:`~ispo.embedding.embed.embed_cells`; ``benchmarks/pipeline.py`` passes a host-only
+    stand-in). Returns a summary of this run on rank 0, None on the others.
     """
     src = open_input(source)
     vocab = checked_vocab(model, vocab if vocab is not None else model.vocab, pool_mode)
-    opts = dict(
-        method=method,
-        precision=precision,
-        emb_layer=emb_layer,
-        pool_mode=pool_mode,
-        batch_tokens=batch_tokens,
-        batch_size=batch_size,
-    )
+    opts = dict(method=method, precision=precision, emb_layer=emb_layer, pool_mode=pool_mode)
+    opts.update(batch_tokens=batch_tokens, batch_size=batch_size)
     reader = _reader(src, vocab, model, chunk_cells, layer, gene_key, emb_layer)
-    fingerprint = {
-        "what": "embed",
-        "data": src.fingerprint(),
-        "n_vars": int(src.var.shape[0]),
-        "layer": layer,
-        "gene_key": gene_key,
-        "model": model.name,
-        "seed": model.seed,
-        "vocab": vocab.source,
-        "method": method,
-        "precision": precision,
-        "emb_layer": emb_layer,
-        "pool": pool_mode,
-        "batch_tokens": batch_tokens,
-        "batch_size": batch_size,
-        "chunk_cells": chunk_cells,
-        "settings": extra_uns or {},
-    }
+    fingerprint = _fingerprint(src, vocab, model, opts | dict(layer=layer, gene_key=gene_key))
+    fingerprint.update(chunk_cells=chunk_cells, settings=extra_uns or {})
     writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
+    n_units, todo = _todo(writer, -(-src.n_obs // chunk_cells), resume)
     me = dist.info()
-    n_units = -(-src.n_obs // chunk_cells)
-    pending = [u for u in range(n_units) if not writer.done(u)]
-    todo = [pending[k] for k in dist.block(len(pending))]  # a contiguous block per rank
-    if resume and me.main:
-        log.info("resuming: %d of %d units already done", len(writer.manifest["done"]), n_units)
-    if workers is None:
-        workers = default_workers(me.local_world)
+    workers = default_workers(me.local_world) if workers is None else workers
     t0 = time.perf_counter()
-    try:
+    with _cleaned_on_bad_input(writer, resume):  # embed and write this rank's units
         n_cells, profile = _embed_units(
             reader, todo, writer, model, encode, opts, workers, progress
         )
-    except IspoError:
-        # bad input found mid-run: a fresh single-process run that finished nothing leaves
-        # nothing behind (a resumed or multi-process run keeps its parts folder)
-        if not me.active and not resume and not writer.manifest["done"]:
-            shutil.rmtree(writer.parts, ignore_errors=True)
-        raise
     t_run = time.perf_counter() - t0
     (n_all,) = dist.all_sum(n_cells)  # every rank's count, and a wait until all have written
     t_all = time.perf_counter() - t0
     if not me.main:
         return None
-    meta = {
-        **model.metadata(),
-        "vocab": vocab.source,
-        "method": method,
-        "precision": precision,
-        "emb_layer": emb_layer,
-        "pool": pool_mode,
-        "key_added": key_added,
-        "device": device_name(model.device),
-        "seconds": {"embed": t_all},
-        "versions": versions(),
-        "profile": profile,
-        "stream": {
-            "chunk_cells": chunk_cells,
-            "processes": me.world,
-            "workers": workers,
-            "resumed": resume,
-            "n_cells_this_run": int(n_all),
-            "copy_x": copy_x,
-        },
-        **(extra_uns or {}),
-    }
+    stream = dict(chunk_cells=chunk_cells, processes=me.world, workers=workers, resumed=resume)
+    meta = _metadata(model, vocab, opts, key_added, t_all, profile, stream, extra_uns)
+    meta["stream"].update(n_cells_this_run=int(n_all), copy_x=copy_x)
     t1 = time.perf_counter()
     n_embedded = _assemble(
-        src, writer, n_units, Path(out), model, meta, key_added, copy_x, overwrite
+        src, writer, n_units, Path(out), model, meta, (key_added, copy_x, overwrite)
     )
+    summary = dict(n_obs=src.n_obs, n_embedded=n_embedded, n_cells_this_run=int(n_all))
+    summary.update(seconds_embed=t_all, seconds_rank0=t_run, seconds_write=time.perf_counter() - t1)
+    return summary | {"cells_per_s": n_all / t_all if t_all else None, "processes": me.world}
+
+
+@contextmanager
+def _cleaned_on_bad_input(writer, resume: bool) -> Iterator[None]:
+    """Bad input found mid-run: a fresh single-process run that finished nothing leaves
+    nothing behind (a resumed or multi-process run keeps its parts folder)."""
+    try:
+        yield
+    except IspoError:
+        if not dist.info().active and not resume and not writer.manifest["done"]:
+            shutil.rmtree(writer.parts, ignore_errors=True)
+        raise
+
+
+def _fingerprint(
+    src: Source, vocab: Vocab, model: GeneformerModel, opts: dict[str, Any]
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (input, model, options)."""
     return {
-        "n_obs": src.n_obs,
-        "n_embedded": n_embedded,
-        "n_cells_this_run": int(n_all),
-        "seconds_embed": t_all,
-        "seconds_rank0": t_run,
-        "seconds_write": time.perf_counter() - t1,
-        "cells_per_s": n_all / t_all if t_all else None,
-        "processes": me.world,
+        "what": "embed",
+        "data": src.fingerprint(),
+        "n_vars": int(src.var.shape[0]),
+        "model": model.name,
+        "seed": model.seed,
+        "vocab": vocab.source,
+        **{k: v for k, v in opts.items() if k != "pool_mode"},
+        "pool": opts["pool_mode"],
+    }
+
+
+def _todo(writer, n_units: int, resume: bool) -> tuple[int, list[int]]:
+    """(units, this rank's units): a contiguous block of those not yet recorded."""
+    pending = [u for u in range(n_units) if not writer.done(u)]
+    if resume and dist.is_main():
+        log.info("resuming: %d of %d units already done", len(writer.manifest["done"]), n_units)
+    return n_units, [pending[k] for k in dist.block(len(pending))]
+
+
+def _metadata(
+    model: GeneformerModel,
+    vocab: Vocab,
+    opts: dict[str, Any],
+    key_added: str,
+    seconds: float,
+    profile: dict,
+    stream: dict,
+    extra_uns: dict | None,
+) -> dict[str, Any]:
+    """``uns["geneformer"]`` of the output."""
+    return {
+        **model.metadata(),
+        "vocab": vocab.source,
+        **{k: opts[k] for k in ("method", "precision", "emb_layer")},
+        "pool": opts["pool_mode"],
+        "key_added": key_added,
+        "device": device_name(model.device),
+        "seconds": {"embed": seconds},
+        "versions": versions(),
+        "profile": profile,
+        "stream": stream,
+        **(extra_uns or {}),
     }
 
 
@@ -417,11 +404,11 @@ def _assemble(
     out: Path,
     model: GeneformerModel,
     meta: dict,
-    key_added: str,
-    copy_x: bool,
-    overwrite: bool,
+    output: tuple[str, bool, bool],
 ) -> int:
-    """Rank 0: check every unit is written, then write the output ``.h5ad`` from the parts."""
+    """Rank 0: check every unit is written, then write the output ``.h5ad`` from the parts
+    (``output``: the obsm key, whether X is copied, whether an existing file is replaced)."""
+    key_added, copy_x, overwrite = output
     writer.refresh()
     missing = [u for u in range(n_units) if not writer.done(u)]
     if missing:
