@@ -38,6 +38,19 @@ def default_workers(local_processes: int = 1) -> int:
 def _init(task: Callable[[Any], Any]) -> None:
     global _TASK
     _TASK = task
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive its run: after ``kill -9`` of the main process (which
+    ``--resume`` is made for) no orphan keeps reading. Linux: PR_SET_PDEATHSIG."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere: the pool's own shutdown, which covers every ordinary exit
 
 
 def _run(item: Any) -> Any:
