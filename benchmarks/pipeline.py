@@ -17,7 +17,8 @@ names), written once to an ``.h5ad`` (CSR, float32) in ``--workdir`` and reused.
 
 Writes ``results.json`` (``{"rows": [{"workers", "cells", "cells_per_s", "tokens_per_s",
 "seconds", "cpu_s_main", "cpu_s_workers", "idle_cells_per_s_estimate", "load_average"}],
-"meta": {...}}``, meta from :mod:`ispo.provenance`) and ``results.md`` in ``--out``. Workers 0
+"meta": {...}}``, meta from :mod:`ispo.provenance`, with the one-thread tokenizer speed
+(:func:`tokenizer_speed`)) and ``results.md`` in ``--out``. Workers 0
 is the in-process background thread (the path before ``--workers``). On a shared, loaded
 machine the wall-clock cells/s says little; the CPU seconds each side needed do, and
 ``idle_cells_per_s_estimate`` turns them into what the host would reach idle (the slowest of:
@@ -94,6 +95,35 @@ def n_tokens(path: Path, vocab) -> int:
     return int(ispo.tokenize(ad.read_h5ad(path, backed="r"), vocab).lengths.sum())
 
 
+def tokenizer_speed(shared: Path, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """``ispo.tokenize`` on one thread, cells/s (best of ``repeats``, wall and CPU time): the
+    2,000 Kang cells (V1 dictionaries, ~530 genes each), and 2,000 ~2,000-gene cells (the
+    built-in demo data and vocabulary)."""
+    import ispo
+
+    cases = {
+        "kang_2000_v1": (ad.read_h5ad(shared / KANG), ispo.load_vocab(shared / "geneformer-v1")),
+        "demo_2000_long": (ispo.demo_adata(2000), ispo.demo_vocab()),
+    }
+    out = {}
+    for name, (adata, vocab) in cases.items():
+        cells = ispo.tokenize(adata, vocab)
+        wall = cpu = float("inf")
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            ispo.tokenize(adata, vocab)
+            wall = min(wall, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+        out[name] = {
+            "cells": adata.n_obs,
+            "mean_tokens": float(cells.lengths.mean()),
+            "cells_per_s_wall": adata.n_obs / wall,
+            "cells_per_s_cpu": adata.n_obs / cpu,
+        }
+        print(name, json.dumps(out[name]), flush=True)
+    return out
+
+
 def run_once(path: Path, out: Path, vocab, workers: int, copy_x: bool) -> dict[str, float]:
     """Wall seconds, and CPU seconds of this process (with its threads) and of the workers."""
     from ispo.embedding.stream import embed_file
@@ -139,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     from ispo.provenance import git_commit, versions
 
     torch.set_num_threads(1)
+    tokenizer = tokenizer_speed(args.shared)
     vocab = ispo.load_vocab(args.shared / "geneformer-v1")
     path = kang_like(args.n_cells, args.workdir, args.shared)
     tokens = n_tokens(path, vocab)
@@ -167,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": f"{KANG} repeated to {args.n_cells:,} cells; V1 dictionaries",
         "tokens": tokens,
         "copy_x": args.copy_x,
+        "tokenizer_one_thread": tokenizer,
         "cpu": _cpu(),
         "cores": cores,
         "load_average_before_after": [LOAD0, os.getloadavg()],
@@ -186,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{r['tokens_per_s']:,.0f} | {r['seconds']:.1f} | {r['cpu_s_main']:.1f} | "
         f"{r['cpu_s_workers']:.1f} | {r['idle_cells_per_s_estimate']:,.0f} |"
         for r in rows
+    ]
+    lines += ["", f"Load average before/after: {meta['load_average_before_after']}.", ""]
+    lines += [
+        f"Tokenizer, one thread, best of 5, {k}: {v['cells_per_s_wall']:,.0f} cells/s wall, "
+        f"{v['cells_per_s_cpu']:,.0f} cells/s of CPU time ({v['mean_tokens']:.0f} tokens/cell)."
+        for k, v in tokenizer.items()
     ]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     shutil.rmtree(args.workdir / "out.h5ad.parts", ignore_errors=True)

@@ -37,7 +37,7 @@ from typing import Any
 import anndata as ad
 import h5py
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from anndata.io import write_elem
 from tqdm.auto import tqdm
@@ -192,16 +192,21 @@ class _HeapTrimmer:
             self.trim(0)
 
 
-def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pd.DataFrame:
-    cols = {"obs_index": cells.obs_index.astype(np.int64)}
-    cols.update({f"e{j}": emb[:, j] for j in range(emb.shape[1])})
-    return pd.DataFrame(cols)
+def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pa.Table:
+    """A unit's part: ``obs_index`` and one float32 column per dimension, built in Arrow from
+    the transposed block (pandas' per-column frame cost ~10 us per cell at h = 256)."""
+    cols = np.ascontiguousarray(emb.T)
+    table = {"obs_index": pa.array(cells.obs_index.astype(np.int64))}
+    table.update({f"e{j}": pa.array(col) for j, col in enumerate(cols)})
+    return pa.table(table)
 
 
 def _read_part(path: Path, hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    df = pd.read_parquet(path)
-    emb = df[[f"e{j}" for j in range(hidden)]].to_numpy(dtype=np.float32)
-    return df["obs_index"].to_numpy(dtype=np.int64), emb
+    t = pq.read_table(path)
+    emb = np.empty((t.num_rows, hidden), dtype=np.float32)
+    for j in range(hidden):
+        emb[:, j] = t.column(f"e{j}").to_numpy()
+    return t.column("obs_index").to_numpy().astype(np.int64), emb
 
 
 def embed_file(

@@ -68,13 +68,16 @@ class ShardWriter:
     def done(self, shard: int) -> bool:
         return str(shard) in self.manifest["done"]
 
-    def write(self, shard: int, tables: dict[str, pd.DataFrame]) -> None:
-        """Write every table of one shard, then record the shard as done."""
+    def write(self, shard: int, tables: dict[str, pd.DataFrame | pa.Table]) -> None:
+        """Write every table of one shard (pandas or Arrow), then record the shard as done."""
         names = {}
         for kind, df in tables.items():
             name = f"{kind}-{shard:06d}.parquet"
             tmp = self.parts / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            table = (
+                df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+            )
+            pq.write_table(table, tmp)
             os.replace(tmp, self.parts / name)
             names[kind] = name
         self.manifest["done"][str(shard)] = names
