@@ -19,6 +19,10 @@ import pyarrow.parquet as pq
 
 from ispo.errors import IspoError
 
+# Parts are temporary (merged or read back at the end): no compression, no dictionary pages,
+# which on float columns cost CPU for nothing (the writer must keep up with the device).
+PART_FORMAT = {"compression": "none", "use_dictionary": False}
+
 
 class ShardWriter:
     """Parts of a table, written atomically and listed in ``manifest.json``."""
@@ -77,7 +81,7 @@ class ShardWriter:
             table = (
                 df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
             )
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, **PART_FORMAT)
             os.replace(tmp, self.parts / name)
             names[kind] = name
         self.manifest["done"][str(shard)] = names
