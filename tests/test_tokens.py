@@ -183,6 +183,27 @@ def test_exact_tie_break_by_token_id(vocab):
     assert tokenize(adata, vocab).to_lists() == lists
 
 
+def test_values_closer_than_the_sort_key_are_ordered_exactly(vocab_v1):
+    """The ranking sorts truncated 32-bit keys: values that differ only beyond the truncation
+    (here by ~1e-13) collide there and must still come out by value, not by token id."""
+    genes = sorted(
+        (g for g in vocab_v1.median_dict if vocab_v1.median_dict[g] != TIED_MEDIAN),
+        key=lambda g: -vocab_v1.token_dict[g],
+    )[:8]  # descending token ids: a token-id order would be the reverse of the value order
+    medians = dict(vocab_v1.median_dict)
+    for k, g in enumerate(genes):
+        medians[g] = 2.0 * (1 + k * 2.0**-43)  # value order: k ascending
+    near = Vocab(
+        vocab_v1.token_dict, medians, vocab_v1.name_id_dict, vocab_v1.mapping_dict, source="near"
+    )
+    X = sp.csr_matrix(np.full((3, len(genes)), 3, dtype=np.float32))
+    adata = ad.AnnData(X=X, var=pd.DataFrame({"ensembl_id": genes}, index=genes))
+    got = tokenize(adata, near).cell(0).tolist()
+    assert got == [near.token_dict[g] for g in genes]
+    _, lists, _ = reference_tokenize(adata, near)
+    assert tokenize(adata, near).to_lists() == lists
+
+
 @pytest.mark.parametrize("max_input", [1, 5, 17])
 def test_truncation(vocab, max_input):
     if vocab.version == 2 and max_input < 3:

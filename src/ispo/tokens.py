@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import anndata as ad
 import numpy as np
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 from ispo import faults
 from ispo.errors import IspoError
 from ispo.io.genes import GeneMap, build_gene_map
-from ispo.io.read import iter_count_chunks, obs_column
+from ispo.io.read import Source, iter_count_chunks, obs_column, open_input
 from ispo.io.validate import check_counts
 from ispo.io.vocab import Vocab, load_vocab
 
@@ -52,8 +53,9 @@ class TokenizedCells:
     def __len__(self) -> int:
         return len(self.obs_index)
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        """Tokens per cell (computed once: batching asks for them per batch)."""
         return np.diff(self.offsets)
 
     def cell(self, i: int) -> np.ndarray:
@@ -90,7 +92,8 @@ class TokenizedCells:
 
 
 def _vocab_entries(counts: sp.csr_matrix, gmap: GeneMap) -> tuple[np.ndarray, ...]:
-    """Non-zero (row, column, count) entries of the chunk over vocabulary columns.
+    """Per-row counts and the (column, count) of each non-zero entry over vocabulary columns,
+    row by row.
 
     Without duplicate genes this is a lookup on the CSR entries; with duplicates one sparse
     product sums the counts that share a canonical gene.
@@ -100,46 +103,100 @@ def _vocab_entries(counts: sp.csr_matrix, gmap: GeneMap) -> tuple[np.ndarray, ..
         cols = counts.indices
     else:
         cols = gmap.col_of_input[counts.indices]
-    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int32), np.diff(counts.indptr))
-    keep = np.flatnonzero((cols >= 0) & (counts.data != 0))
-    return rows[keep], cols[keep], counts.data[keep]
+    keep = (cols >= 0) & (counts.data != 0)
+    if keep.all():
+        return np.diff(counts.indptr), cols, counts.data
+    kept = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return np.diff(kept[counts.indptr]), cols[keep], counts.data[keep]
 
 
-def _rank_order(
-    rows: np.ndarray, pos: np.ndarray, values: np.ndarray, tokens: np.ndarray
-) -> np.ndarray:
-    """Order of entries by row, then value descending, then token id: exact, and fast.
+# Widths of the row blocks the ranking sorts: rows of up to 512 entries sort inside SIMD
+# registers, longer ones in blocks that waste at most a third of their width on padding.
+WIDTHS = np.array(sorted({2**k for k in range(5, 17)} | {3 * 2**k for k in range(7, 16)}))
+U64 = np.uint64
 
-    Entries come row by row (CSR order; ``pos`` is each one's position within its row). One
-    ``np.sort`` (SIMD, no index array to carry) of a 64-bit key does the work: the row in the
-    high bits, the top bits of the complemented (positive) float64 value in the middle, ``pos``
-    in the low bits, from which the order is read back (rows keep their places, so entry i of
-    the result belongs to row ``rows[i]`` too). Entries whose truncated values collide are
-    re-sorted exactly among themselves by (value, token) — a tiny subset — so the result is
-    exact and does not depend on the sort's stability.
+
+def _slots(nnz: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Where each row's block slot starts in one buffer, and the (start, rows, width) of each
+    block: rows are grouped by the padded width they need, each group one contiguous block."""
+    bucket = np.searchsorted(WIDTHS, nnz)
+    by_bucket = np.argsort(bucket, kind="stable")
+    counts = np.bincount(bucket, minlength=len(WIDTHS))
+    sizes = counts * WIDTHS
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank_in_bucket = np.empty(len(nnz), dtype=np.int64)
+    rank_in_bucket[by_bucket] = np.arange(len(nnz)) - np.repeat(_firsts(counts), counts)
+    slot = starts[bucket] + rank_in_bucket * WIDTHS[bucket]
+    blocks = [(int(starts[b]), int(counts[b]), int(WIDTHS[b])) for b in np.flatnonzero(counts)]
+    return slot, blocks
+
+
+def _firsts(counts: np.ndarray) -> np.ndarray:
+    first = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    return first
+
+
+def _value_bits(values: np.ndarray, vbits: int) -> np.ndarray:
+    """The top ``vbits`` bits of each (positive) float64 value, complemented (highest value
+    first), as uint32: its exponent relative to the chunk's smallest, then the mantissa.
+
+    Truncation is monotone, so distinct keys are in the right order; equal keys (collisions)
+    are resolved exactly by the caller.
     """
-    n = len(rows)
+    bits = values.view(U64)  # positive floats: the sign bit is 0, the bits order like values
+    lo, hi = int(bits.min()) >> 52, int(bits.max()) >> 52  # exponent range of the chunk
+    bits = bits - U64(lo << 52)
+    shift = max(0, (hi - lo).bit_length() + 52 - vbits)
+    top = (bits >> U64(shift)).astype(np.uint32)
+    return np.subtract(np.uint32((1 << vbits) - 1), top, out=top)
+
+
+def _rank_order(nnz: np.ndarray, values: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Order of entries (row by row, ``nnz`` per row) by row, then value descending, then
+    token id: exact, and fast.
+
+    Rows are not sorted as one long array but in blocks of rows padded to one width
+    (``np.sort(axis=1)``) of 32-bit keys, many times faster: rows of up to 512 entries sort
+    within SIMD registers, and the key holds no row bits. A key is the complemented top bits of
+    the value above the entry's position in its row, from which the order is read back (rows
+    keep their places). Entries whose truncated values collide are re-sorted exactly among
+    themselves by (value, token) (a small subset), so the result is exact and does not depend
+    on the sort's stability.
+    """
+    n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    row_bits = max(1, int(rows[-1]).bit_length())
-    pos_bits = max(1, int(pos.max()).bit_length())
-    vbits = 64 - row_bits - pos_bits  # >= 37 for 4,096 cells of at most 32,768 genes
-    assert vbits >= 24, "ranking chunks hold at most MAX_CHUNK cells"
-    u = np.uint64
-    top = values.view(u) >> u(63 - vbits)  # positive floats: the sign bit is 0
-    key = (rows.astype(u) << u(vbits + pos_bits)) | ((u((1 << vbits) - 1) - top) << u(pos_bits))
-    key |= pos.astype(u)
-    key.sort()
-    order = np.arange(n, dtype=np.int64) - pos + (key & u((1 << pos_bits) - 1)).astype(np.int64)
-    ks = key >> u(pos_bits)  # (row, truncated value) in sorted order
-    eq = ks[1:] == ks[:-1]
+    pos_bits = int(nnz.max()).bit_length()  # positions < 2**pos_bits - 1: keys < padding
+    row_first = np.repeat(_firsts(nnz), nnz)
+    pos = np.arange(n, dtype=np.int64)
+    pos -= row_first
+    slot, blocks = _slots(nnz)
+    dest = np.repeat(slot, nnz)
+    dest += pos
+    key = _value_bits(values, 32 - pos_bits)
+    key <<= np.uint32(pos_bits)
+    key |= pos.astype(np.uint32)
+    start, rows, width = blocks[-1]
+    buf = np.full(start + rows * width, np.iinfo(np.uint32).max, dtype=np.uint32)
+    buf[dest] = key
+    for start, rows, width in blocks:
+        buf[start : start + rows * width].reshape(rows, width).sort(axis=1)
+    ranked = buf.take(dest, out=key)  # the key array is free again: reuse its memory
+    order = row_first
+    order += ranked & np.uint32((1 << pos_bits) - 1)
+    ranked >>= np.uint32(pos_bits)  # truncated values, in ranked order
+    eq = ranked[1:] == ranked[:-1]
+    eq &= pos[1:] > 0
     if eq.any():
         tied = np.zeros(n, dtype=bool)
         tied[1:] |= eq
         tied[:-1] |= eq
         at = np.flatnonzero(tied)
         sub = order[at]
-        order[at] = sub[np.lexsort((tokens[sub], -values[sub], ks[at]))]
+        row = at - pos[at]  # the row's first entry: a row key
+        order[at] = sub[np.lexsort((tokens[sub], -values[sub], row))]
     return order
 
 
@@ -154,18 +211,25 @@ def rank_value_encode(
 
     ``special`` is ``(cls, eos)`` for V2 vocabularies, wrapped around each non-empty cell.
     """
-    rows, cols, data = _vocab_entries(counts, gmap)
-    values = data.astype(np.float64) / n_counts[rows] * TARGET_SUM / gmap.medians[cols]
+    nnz, cols, data = _vocab_entries(counts, gmap)
+    values = data.astype(np.float64)  # count / n_counts * 10_000 / median, in that order
+    values /= np.repeat(np.asarray(n_counts, dtype=np.float64), nnz)
+    values *= TARGET_SUM
+    values /= gmap.medians[cols]
     tokens = gmap.tokens[cols]
-    nnz_per_row = np.bincount(rows, minlength=counts.shape[0])
-    first = np.zeros(len(nnz_per_row), dtype=np.int64)
-    np.cumsum(nnz_per_row[:-1], out=first[1:])
-    pos = np.arange(len(rows), dtype=np.int64) - np.repeat(first, nnz_per_row)
-    order = _rank_order(rows, pos, values, tokens)
-    genes = tokens[order[pos < max_genes]]  # the order keeps rows in place: pos is the rank
-    gene_lens = np.minimum(nnz_per_row, max_genes)
+    order = _rank_order(nnz, values, tokens)
+    gene_lens = np.minimum(nnz, max_genes)
+    if len(nnz) and nnz.max() > max_genes:  # the order keeps rows in place: pos is the rank
+        pos = np.arange(len(order)) - np.repeat(np.cumsum(nnz) - nnz, nnz)
+        order = order[pos < max_genes]
+    genes = tokens[order]
     if special is None:
-        return genes.astype(np.int32), gene_lens
+        return genes, gene_lens
+    return _wrap(genes, gene_lens, special), np.where(gene_lens > 0, gene_lens + 2, 0)
+
+
+def _wrap(genes: np.ndarray, gene_lens: np.ndarray, special: tuple[int, int]) -> np.ndarray:
+    """``<cls> genes <eos>`` for every non-empty cell (V2)."""
     lens = np.where(gene_lens > 0, gene_lens + 2, 0)
     out = np.empty(lens.sum(), dtype=np.int32)
     ends = np.cumsum(lens)
@@ -177,7 +241,7 @@ def rank_value_encode(
     is_gene[starts[nonempty]] = False
     is_gene[ends[nonempty] - 1] = False
     out[is_gene] = genes
-    return out, lens
+    return out
 
 
 def _passes(flags: np.ndarray) -> np.ndarray:
@@ -189,8 +253,89 @@ def _passes(flags: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass(frozen=True)
+class Tokenizer:
+    """What ranking needs that does not depend on the cells, built once per input.
+
+    Picklable (arrays and ints), so worker processes get one and tokenize any rows of the same
+    input (:mod:`ispo.embedding.feed`).
+    """
+
+    gmap: GeneMap
+    max_genes: int
+    special: tuple[int, int] | None  # (cls, eos) of V2 vocabularies
+    layer: str | None
+
+    @classmethod
+    def build(
+        cls,
+        var: pd.DataFrame,
+        vocab: Vocab | str,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        max_input: int | None = None,
+    ) -> Tokenizer:
+        vocab = load_vocab(vocab)
+        gmap = build_gene_map(var, vocab, gene_key)  # no gene ids / none known: fails here
+        special = (vocab.cls_id, vocab.eos_id) if vocab.version == 2 else None
+        max_input = max_input or vocab.max_input
+        return cls(gmap, max_input - (2 if special else 0), special, layer)
+
+    def rows(
+        self,
+        src: Source,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        chunk_size: int = MAX_CHUNK,
+        warn_empty: bool = True,
+    ) -> Iterator[TokenizedCells]:
+        """Tokens of input rows ``[start, stop)``, ``chunk_size`` rows read and ranked at a time.
+
+        ``obs_index`` counts rows of the whole input. Cells with ``obs["filter_pass"] == 0`` are
+        skipped; cells with no counted vocabulary gene are skipped with a warning
+        (``warn_empty=False``: silently, for a second pass over the same data).
+        """
+        stop = src.n_obs if stop is None else stop
+        matrix = src.matrix(self.layer)
+        n_counts_obs = obs_column(src.obs, "n_counts")
+        filter_pass = obs_column(src.obs, "filter_pass")
+        where = f"layers[{self.layer!r}]" if self.layer else "X"
+        for a, chunk in iter_count_chunks(
+            matrix, start, stop, faults.chunk_cap(min(chunk_size, MAX_CHUNK))
+        ):
+            check_counts(chunk, where)
+            b = a + chunk.shape[0]
+            if n_counts_obs is not None:
+                n_counts = n_counts_obs[a:b].astype(np.float64)
+            else:
+                n_counts = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+            rows = np.arange(chunk.shape[0])
+            if filter_pass is not None:
+                passing = _passes(filter_pass[a:b])
+                if not passing.all():  # a CSR row selection copies the chunk: only when needed
+                    rows = rows[passing]
+                    chunk, n_counts = chunk[rows], n_counts[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tokens, lens = rank_value_encode(
+                    chunk, n_counts, self.gmap, self.max_genes, self.special
+                )
+            empty = lens == 0
+            if empty.any() and warn_empty:
+                log.warning(
+                    "skipping %d cell(s) with no counted vocabulary gene (e.g. %s)",
+                    int(empty.sum()),
+                    src.obs_names[a + rows[np.flatnonzero(empty)[0]]],
+                )
+            offsets = np.zeros(int((~empty).sum()) + 1, dtype=np.int64)
+            np.cumsum(lens[~empty], out=offsets[1:])
+            obs_index = (a + rows[~empty]).astype(np.int64)
+            yield TokenizedCells(tokens, offsets, obs_index, self.special is not None)
+
+
 def iter_tokenize(
-    adata: ad.AnnData,
+    adata: ad.AnnData | Source,
     vocab: Vocab | str,
     *,
     layer: str | None = None,
@@ -199,52 +344,19 @@ def iter_tokenize(
     chunk_size: int = 4096,
     warn_empty: bool = True,
 ) -> Iterator[TokenizedCells]:
-    """Tokenize ``adata`` chunk by chunk (streaming; works on backed files).
+    """Tokenize ``adata`` (an AnnData, backed or not, or a :class:`~ispo.io.read.Source`)
+    chunk by chunk, streaming; see :meth:`Tokenizer.rows`.
 
-    Cells with ``obs["filter_pass"] == 0`` are skipped; cells with no counted vocabulary gene are
-    skipped with a warning (``warn_empty=False``: silently, for a second pass over the same
-    data). ``n_counts`` comes from ``obs["n_counts"]`` or, when absent, from all
-    genes of the raw counts (before any is dropped), as Geneformer does.
+    ``n_counts`` comes from ``obs["n_counts"]`` or, when absent, from all genes of the raw
+    counts (before any is dropped), as Geneformer does.
     """
-    vocab = load_vocab(vocab)
-    chunk_size = faults.chunk_cap(min(chunk_size, MAX_CHUNK))  # ISPO_FAULT: tiny chunks
-    gmap = build_gene_map(adata.var, vocab, gene_key)
-    max_input = max_input or vocab.max_input
-    special = (vocab.cls_id, vocab.eos_id) if vocab.version == 2 else None
-    max_genes = max_input - (2 if special else 0)
-    n_counts_obs = obs_column(adata, "n_counts")
-    filter_pass = obs_column(adata, "filter_pass")
-    where = f"layers[{layer!r}]" if layer else "X"
-    for start, chunk in iter_count_chunks(adata, layer=layer, chunk_size=chunk_size):
-        check_counts(chunk, where)
-        stop = start + chunk.shape[0]
-        if n_counts_obs is not None:
-            n_counts = n_counts_obs[start:stop].astype(np.float64)
-        else:
-            n_counts = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
-        rows = np.arange(chunk.shape[0])
-        if filter_pass is not None:
-            passing = _passes(filter_pass[start:stop])
-            if not passing.all():  # a CSR row selection copies the chunk: only when needed
-                rows = rows[passing]
-                chunk, n_counts = chunk[rows], n_counts[rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tokens, lens = rank_value_encode(chunk, n_counts, gmap, max_genes, special)
-        empty = lens == 0
-        if empty.any() and warn_empty:
-            log.warning(
-                "skipping %d cell(s) with no counted vocabulary gene (e.g. %s)",
-                int(empty.sum()),
-                adata.obs_names[start + rows[np.flatnonzero(empty)[0]]],
-            )
-        kept = ~empty
-        offsets = np.zeros(int(kept.sum()) + 1, dtype=np.int64)
-        np.cumsum(lens[kept], out=offsets[1:])
-        yield TokenizedCells(tokens, offsets, (start + rows[kept]).astype(np.int64), bool(special))
+    src = open_input(adata)
+    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
+    yield from tok.rows(src, chunk_size=chunk_size, warn_empty=warn_empty)
 
 
 def tokenize(
-    adata: ad.AnnData,
+    adata: ad.AnnData | Source,
     vocab: Vocab | str,
     *,
     layer: str | None = None,

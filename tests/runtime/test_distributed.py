@@ -2,7 +2,8 @@
 
 The single-process references run in this process with one thread (as each torchrun worker
 does), so the comparison is bit for bit; the multi-process runs are real ``torchrun`` launches
-of ``python -m ispo``.
+of ``python -m ispo``: one node with two processes, and two "nodes" (two torchrun agents,
+``--nnodes=2``, c10d rendezvous on 127.0.0.1) with one process each.
 """
 
 from __future__ import annotations
@@ -86,35 +87,35 @@ def test_rank_manifests_merge_and_resume_with_any_world(tmp_path):
         ShardWriter(out, {"a": 2}, resume=True, overwrite=False)
 
 
-def test_units_are_the_same_however_they_are_read():
-    """A unit's cells (hence its batches and numbers) depend on neither the rows read at a time
-    nor which units are asked for: what makes any number of processes agree bit for bit."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_units_are_the_same_however_they_are_read(workers):
+    """A unit's cells (hence its batches and numbers) depend on neither the rows read at a time,
+    nor which units are asked for, nor how many worker processes tokenize them: what makes any
+    number of processes agree bit for bit."""
     import ispo
     from _scaleout import small_adata
-    from ispo.embedding.stream import MemorySource, _tokenized_units
+    from ispo.embedding.stream import UnitReader, tokenized_units
+    from ispo.io.read import MemorySource
+    from ispo.tokens import Tokenizer
 
     a = small_adata(23, seed=5)
     X = a.X.toarray()
     X[[3, 4, 17]] = 0  # empty cells: skipped
     a.X = sp.csr_matrix(X)
     a.obs["filter_pass"] = [int(i != 9) for i in range(23)]  # a filtered cell
-    voc = ispo.demo_vocab()
     src = MemorySource(a)
-    whole = {
-        u: c
-        for u, c in _tokenized_units(
-            src, src.matrix(None), voc, list(range(5)), 5, None, None, 2048, read_rows=5
-        )
-    }
+    tok = Tokenizer.build(a.var, ispo.demo_vocab())
+
+    def read(units, read_rows, workers=0):
+        reader = UnitReader(tok, 5, 23, None, src, read_rows=read_rows)
+        return list(tokenized_units(reader, units, workers))
+
+    whole = dict(read(list(range(5)), 5))
     assert set(np.concatenate([c.obs_index for c in whole.values()])) == (
         set(range(23)) - {3, 4, 9, 17}
     )
     for read_rows, units in [(2, [0, 1, 2, 3, 4]), (3, [1, 3, 4]), (1, [2]), (4, [0, 4])]:
-        got = list(
-            _tokenized_units(
-                src, src.matrix(None), voc, units, 5, None, None, 2048, read_rows=read_rows
-            )
-        )
+        got = read(units, read_rows, workers)
         assert [u for u, _ in got] == units
         for u, c in got:
             np.testing.assert_array_equal(c.obs_index, whole[u].obs_index)
@@ -179,6 +180,74 @@ def test_torchrun_perturb_equals_one_process(files, tmp_path, one_thread):
     # input order: cells appear in obs order, no cell twice
     order = a.drop_duplicates("obs_index")["obs_index"].tolist()
     assert order == sorted(order)
+
+
+# -- two torchrun "nodes" on this machine -----------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_nodes(args: list[str]) -> str:
+    """Two torchrun agents (``--nnodes=2``, one process each) meeting by c10d rendezvous on
+    127.0.0.1: what two machines run, each on its own port range. Returns their stdout."""
+    import subprocess
+
+    from _scaleout import env
+
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        f"--rdzv_id=ispo-test-{port}",
+        "--local-addr=127.0.0.1",
+        "-m",
+        "ispo",
+        "-q",
+        *args,
+    ]
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, err.decode()[-3000:]
+    return "".join(out.decode() for out, _ in outs)
+
+
+def test_two_nodes_embed_equals_one_process(files, tmp_path, one_thread):
+    common = [str(files["data"]), "--vocab", "demo", "--model", str(files["ckpt"])]
+    common += ["--chunk-cells", "3"]
+    one, two = tmp_path / "one.h5ad", tmp_path / "two.h5ad"
+    main(["-q", "embed", *common, "--out", str(one)])
+    stdout = _two_nodes(["embed", *common, "--out", str(two)])
+    assert stdout.count("embedded 13 of 13 cells") == 1  # rank 0 of the two nodes speaks
+    a, b = ad.read_h5ad(one), ad.read_h5ad(two)
+    np.testing.assert_array_equal(a.obsm["X_geneformer"], b.obsm["X_geneformer"])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert b.uns["geneformer"]["stream"]["processes"] == 2
+
+
+def test_two_nodes_perturb_equals_one_process(files, tmp_path, one_thread):
+    common = [str(files["data"]), "--vocab", "demo", "--model", str(files["ckpt"])]
+    common += ["--shard-cells", "2", "--state-key", "state", "--start-state", "a"]
+    common += ["--goal-state", "b", "--alt-states", "c"]
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    main(["-q", "perturb", *common, "--out", str(one)])
+    stdout = _two_nodes(["perturb", *common, "--out", str(two)])
+    assert stdout.count("perturbations of") == 1
+    a, b = pd.read_parquet(one), pd.read_parquet(two)
+    assert len(a) > 20 and {"shift_b", "shift_c"} <= set(a.columns)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 def test_run_ddp_reference_form(files, capsys, tmp_path):

@@ -19,6 +19,9 @@ from ispo.settings import RunSettings
 if TYPE_CHECKING:
     from ispo.model.load import GeneformerModel
 
+if TYPE_CHECKING:
+    pass
+
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -102,20 +105,13 @@ TimeoutOpt = Annotated[
     float | None, typer.Option(help="stop starting trials after this many seconds")
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
-
-
-def open_data(source: str, vocab: str | None, *, backed: bool = True):
-    """(AnnData, Vocab) for an input path or ``demo[:N]`` (built-in synthetic data)."""
-    import ispo
-
-    if source == "demo" or source.startswith("demo:"):
-        n = int(source.split(":", 1)[1]) if ":" in source else 1000
-        adata = ispo.demo_adata(n)
-        return adata, ispo.demo_vocab() if vocab in (None, "demo") else ispo.load_vocab(vocab)
-    if vocab is None:
-        raise IspoError("--vocab DIR is required: the Geneformer dictionaries of the model")
-    voc = ispo.demo_vocab() if vocab == "demo" else ispo.load_vocab(vocab)
-    return ispo.read_input(source, backed=backed), voc
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="processes that read and tokenize ahead of the device "
+        "(default: the cores left after the main process; 0: a thread)"
+    ),
+]
 
 
 def run_settings(
@@ -179,6 +175,7 @@ def embed(
     no_x: NoXOpt = False,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
 
@@ -187,7 +184,8 @@ def embed(
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
     """
     from ispo.config import current_params, save_run_config
-    from ispo.embedding.stream import embed_file, open_source
+    from ispo.embedding.stream import embed_file
+    from ispo.io.read import open_with_vocab
     from ispo.io.write import check_output
     from ispo.runtime import dist
 
@@ -197,7 +195,7 @@ def embed(
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
     if method != "fast" and not settings.is_plain():
         raise IspoError("--attention, --compile and --int8 apply to --method fast only")
-    src, voc = open_source(input, vocab)  # obs and var in memory, counts read by chunks
+    src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
     s = mdl.settings  # precision auto resolved
@@ -220,6 +218,7 @@ def embed(
         overwrite=overwrite,
         progress=dist.is_main(),
         extra_uns=None if s.is_plain() else {"fast_settings": s.variant()},
+        workers=workers,
     )
     src.close()
     if res is not None:  # rank 0 (or the only process)
@@ -286,7 +285,8 @@ def perturb(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
-    from ispo.embedding.stream import check_unique_names
+    from ispo.io.read import open_with_vocab
+    from ispo.io.validate import check_unique_names
     from ispo.perturbation.engine import perturb as run
     from ispo.runtime import dist
 
@@ -294,7 +294,7 @@ def perturb(
     cell_filter = _cell_filter(filter or [])
     rng = _cell_range(cell_range)
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
-    adata, voc = open_data(input, vocab, backed=True)  # backed: counts read in chunks
+    adata, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
@@ -511,6 +511,7 @@ def tune(
 ) -> None:
     """Search batch size, precision, attention, compile, int8 for the fastest consistent setting."""
     from ispo.config import current_params
+    from ispo.io.read import input_vocab, read_input
     from ispo.tokens import tokenize
     from ispo.tracking import make_tracker
     from ispo.tuning import SearchSpace, TuneOptions
@@ -526,8 +527,8 @@ def tune(
         seed=search_seed,
         timeout_s=timeout,
     )
-    adata, voc = open_data(data, vocab, backed=False)
-    adata = _subset(adata, n_cells, search_seed)
+    voc = input_vocab(data, vocab)
+    adata = _subset(read_input(data, backed=False), n_cells, search_seed)
     mdl = load_for_run(model, voc, device, random_init, seed, None)
     cells = tokenize(adata, voc, layer=layer, gene_key=gene_key, max_input=mdl.max_input(voc))
     space = SearchSpace.for_device(
@@ -746,10 +747,12 @@ def bench_isp(
 
     import ispo
     from ispo.bench.isp import isp_speed
+    from ispo.io.read import input_vocab, read_input
     from ispo.io.write import atomic_output
     from ispo.provenance import device_name, git_commit, versions
 
-    adata, voc = open_data(data, vocab, backed=False)
+    voc = input_vocab(data, vocab)
+    adata = read_input(data, backed=False)
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
     res = isp_speed(
         adata,

@@ -3,319 +3,66 @@
 The cells are cut into *units* of ``chunk_cells`` input rows. For each unit: read its rows from
 disk (a backed ``.h5ad`` or ``.zarr``; only obs and var are held in memory), tokenize, embed,
 write the embeddings as one Parquet part under ``OUT.parts/`` and record it in the manifest
-(:class:`ispo.io.shards.ShardWriter`: a part counts only once it is whole). A background
-thread tokenizes the next unit while the device embeds this one, and a writer thread writes the
-previous one, so reading, compute and writing overlap and at most three units are in memory.
+(:class:`ispo.io.shards.ShardWriter`: a part counts only once it is whole). Worker processes
+(``workers``; :class:`ispo.runtime.feed.OrderedMap`) read and tokenize the next units while the
+device embeds this one, and a writer thread writes the previous one, so reading, tokenizing,
+compute and writing overlap; at most ``2 * workers + 2`` units are in memory.
 
-At the end the output ``.h5ad`` is assembled unit by unit: the input's elements copied as they
-are (``X`` and layers chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus
-``obsm[key]`` (NaN rows for cells not embedded), ``obs["geneformer_embedded"]`` and
-``uns["geneformer"]``. Peak host memory is set by the unit size, not by the number of cells.
+Results do not depend on ``chunk_cells`` beyond float rounding (cells are batched by length
+within a unit), nor at all on the number of processes or workers. At the end the output
+``.h5ad`` is assembled unit by unit: the input's elements copied as they are (``X`` and layers
+chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus ``obsm[key]`` (NaN rows
+for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``. Peak host
+memory is set by the unit size and the number of workers, not by the number of cells.
 
 A run stopped at any point (even ``kill -9``) continues with ``resume=True``: recorded units are
 skipped, a half-written part is never recorded. Under torchrun (:mod:`ispo.runtime.dist`)
 rank r embeds a contiguous block of the units still to do and records them in its own manifest;
-rank 0
-assembles. Units and their batches do not depend on the number of processes, so the output is
-the same, bit for bit, however many processes made it.
+rank 0 assembles. Units and their batches do not depend on the number of processes or workers,
+so the output is the same, bit for bit, however many made it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import queue
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
 import h5py
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
-from anndata.io import read_elem, sparse_dataset, write_elem
+from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from ispo.embedding.embed import Method, checked_vocab, embed_cells, embedding_metadata
 from ispo.errors import IspoError
-from ispo.io.genes import build_gene_map
-from ispo.io.vocab import Vocab, load_vocab
+from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # noqa: F401
+from ispo.io.validate import check_unique_names
+from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
 from ispo.provenance import h5ad_safe
 from ispo.runtime import dist
+from ispo.runtime.feed import OrderedMap, default_workers
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode
 from ispo.runtime.profiler import Profiler
-from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, iter_tokenize
+from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_CELLS = MAX_CHUNK  # 4096 rows per unit
 TOKENIZE_ROWS = 1024  # rows ranked at a time: the ranking's temporaries scale with it
 
 
-# -- reading ---------------------------------------------------------------------------------
-class Source:
-    """An input opened for reading by rows: ``obs`` and ``var`` in memory, matrices on disk.
-
-    ``matrix(layer)`` is sliceable by rows (``m[a:b]`` gives a SciPy or NumPy block);
-    ``copy_to(h5, name)`` writes the element ``name`` (``X``, ``layers``, ``obsm``...) into an
-    open HDF5 file as AnnData stores it, without loading large matrices whole.
-    """
-
-    def __init__(self, name: str, obs: pd.DataFrame, var: pd.DataFrame) -> None:
-        self.name, self.obs, self.var = name, obs, var
-
-    @property
-    def n_obs(self) -> int:
-        return len(self.obs)
-
-    def _elem(self, key: str):
-        raise NotImplementedError
-
-    def matrix(self, layer: str | None):
-        where = "X" if layer is None else f"layers/{layer}"
-        elem = self._elem(where)
-        if elem is None:
-            if layer is None:
-                raise IspoError(f"{self.name} has no X: name the layer of raw counts with --layer")
-            layers = self._elem("layers")
-            have = [] if layers is None else list(layers.keys())
-            raise IspoError(
-                f"layer {layer!r} not found in {self.name}: available layers are {have}"
-            )
-        return _Rows(self._open_matrix(elem, where), self.name, where)
-
-    def _open_matrix(self, elem, where: str):
-        kind = _attr(elem, "encoding-type")
-        if kind in ("csr_matrix", "csc_matrix"):
-            return sparse_dataset(elem)
-        if kind in ("array", None) and hasattr(elem, "shape"):
-            return elem
-        raise IspoError(
-            f"{where} of {self.name} is stored as {kind!r}: give a dense or sparse count matrix"
-        )
-
-    def copy_to(self, h5: h5py.File, name: str) -> None:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """Content hash of the cell and gene names and the shape (what resume checks)."""
-        h = hashlib.sha1()
-        for names in (self.obs.index, self.var.index):
-            h.update(str(len(names)).encode())
-            h.update("\0".join(map(str, names)).encode())
-        return h.hexdigest()
-
-    def close(self) -> None:
-        pass
-
-
-def _attr(elem, key: str):
-    value = getattr(elem, "attrs", {}).get(key)
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class _Rows:
-    """Row-slicing of a stored matrix that names the file when the read fails (truncation)."""
-
-    def __init__(self, m, name: str, where: str) -> None:
-        self.m, self.name, self.where = m, name, where
-        self.shape = m.shape
-
-    def __getitem__(self, rows: slice):
-        try:
-            return self.m[rows]
-        except IspoError:
-            raise
-        except Exception as exc:
-            raise IspoError(
-                f"cannot read rows {rows.start}:{rows.stop} of {self.where} in "
-                f"{self.name} ({type(exc).__name__}): is the file complete?"
-            ) from exc
-
-
-class H5adSource(Source):
-    def __init__(self, path: Path) -> None:
-        try:
-            self.h5 = h5py.File(path, "r")
-        except Exception as exc:
-            detail = " ".join(str(exc).split())[:120]
-            raise IspoError(
-                f"cannot read {path} ({type(exc).__name__}: {detail}): is it a complete .h5ad file?"
-            ) from exc
-        try:
-            obs, var = read_elem(self.h5["obs"]), read_elem(self.h5["var"])
-        except Exception as exc:
-            self.h5.close()
-            raise IspoError(
-                f"cannot read obs/var of {path} ({type(exc).__name__}): is it a "
-                "complete .h5ad file?"
-            ) from exc
-        super().__init__(str(path), obs, var)
-
-    def _elem(self, key: str):
-        return self.h5.get(key)
-
-    def copy_to(self, h5: h5py.File, name: str) -> None:
-        if name in self.h5:  # HDF5-level copy: chunk by chunk, never whole in memory
-            self.h5.copy(self.h5[name], h5, name=name)
-
-    def close(self) -> None:
-        self.h5.close()
-
-
-class ZarrSource(Source):
-    def __init__(self, path: Path) -> None:
-        try:
-            import zarr
-
-            self.group = zarr.open_group(str(path), mode="r")
-            obs, var = read_elem(self.group["obs"]), read_elem(self.group["var"])
-        except Exception as exc:
-            raise IspoError(
-                f"cannot read {path} ({type(exc).__name__}): is it a complete AnnData .zarr store?"
-            ) from exc
-        super().__init__(str(path), obs, var)
-
-    def _elem(self, key: str):
-        try:
-            return self.group[key]
-        except KeyError:
-            return None
-
-    def copy_to(self, h5: h5py.File, name: str) -> None:
-        elem = self._elem(name)
-        if elem is None:
-            return
-        if name == "X":
-            _copy_rows(self._open_matrix(elem, name), h5, name)
-        elif name == "layers":
-            grp = h5.create_group("layers")
-            grp.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
-            for key in elem:
-                _copy_rows(self._open_matrix(elem[key], f"layers/{key}"), grp, key)
-        else:
-            write_elem(h5, name, read_elem(elem))
-
-
-class MemorySource(Source):
-    """An AnnData already in memory (``demo:N``, or the Python API)."""
-
-    def __init__(self, adata: ad.AnnData, name: str = "memory") -> None:
-        self.adata = adata
-        super().__init__(name, adata.obs, adata.var)
-
-    def _elem(self, key: str):
-        if key == "X":
-            return self.adata.X
-        if key == "layers":
-            return self.adata.layers
-        if key.startswith("layers/"):
-            return self.adata.layers.get(key.split("/", 1)[1])
-        return None
-
-    def _open_matrix(self, elem, where: str):
-        return elem
-
-    def copy_to(self, h5: h5py.File, name: str) -> None:
-        a = self.adata
-        elem = {"X": a.X, "var": a.var, "raw": a.raw, "uns": dict(a.uns)}.get(name)
-        if name in ("layers", "obsm", "varm", "obsp", "varp"):
-            elem = dict(getattr(a, name))
-        if elem is not None:
-            write_elem(h5, name, elem)
-
-
-def open_source(
-    source: str | Path | ad.AnnData, vocab: str | Vocab | None = None
-) -> tuple[Source, Vocab]:
-    """(Source, Vocab) of an input path, ``demo[:N]`` (built-in synthetic data) or AnnData."""
-    import ispo
-
-    if isinstance(source, ad.AnnData):
-        if vocab is None:
-            raise IspoError("--vocab DIR is required: the Geneformer dictionaries of the model")
-        return MemorySource(source), load_vocab(vocab)
-    text = str(source)
-    if text == "demo" or text.startswith("demo:"):
-        try:
-            n = int(text.split(":", 1)[1]) if ":" in text else 1000
-        except ValueError as exc:
-            raise IspoError(f"{text!r} is not demo:N with a number of cells N") from exc
-        voc = ispo.demo_vocab() if vocab in (None, "demo") else load_vocab(vocab)
-        return MemorySource(ispo.demo_adata(n), text), voc
-    if vocab is None:
-        raise IspoError("--vocab DIR is required: the Geneformer dictionaries of the model")
-    voc = ispo.demo_vocab() if vocab == "demo" else load_vocab(vocab)
-    path = Path(text)
-    if not path.exists():
-        raise IspoError(f"input {path} does not exist: give an .h5ad (or .zarr) file of raw counts")
-    src = ZarrSource(path) if path.suffix == ".zarr" or path.is_dir() else H5adSource(path)
-    return src, voc
-
-
-def check_unique_names(names: pd.Index, what: str = "cell") -> None:
-    """Outputs are keyed by cell id: refuse duplicate cell names with one clear line."""
-    if not names.is_unique:
-        dup = names[names.duplicated()]
-        raise IspoError(
-            f"{len(dup):,} duplicate {what} name(s) (e.g. {str(dup[0])!r}): outputs "
-            "are keyed by cell id; make them unique first "
-            "(AnnData.obs_names_make_unique())"
-        )
-
-
-class _Window:
-    """Rows ``[start, stop)`` of a Source, shaped like the AnnData ``iter_tokenize`` reads."""
-
-    def __init__(self, src: Source, matrix: _Rows, layer: str | None, start: int, stop: int):
-        self.obs = src.obs.iloc[start:stop]
-        self.var = src.var
-        self.n_obs = stop - start
-        self.obs_names = self.obs.index
-        rows = _Offset(matrix, start, stop)
-        self.X = rows if layer is None else None
-        self.layers = {} if layer is None else {layer: rows}
-
-
-class _Offset:
-    def __init__(self, m: _Rows, start: int, stop: int) -> None:
-        self.m, self.start = m, start
-        self.shape = (stop - start, m.shape[1])
-
-    def __getitem__(self, rows: slice):
-        return self.m[slice(self.start + rows.start, self.start + rows.stop)]
-
-
 # -- writing ---------------------------------------------------------------------------------
-def _copy_rows(m, h5: h5py.Group, name: str, chunk: int = DEFAULT_CHUNK_CELLS) -> None:
-    """Write a row-sliceable matrix into ``h5[name]`` chunk by chunk (sparse stays CSR)."""
-    import scipy.sparse as sp
-
-    n = m.shape[0]
-    first = m[0 : min(chunk, n)]
-    if sp.issparse(first) or hasattr(first, "to_memory"):
-        first = sp.csr_matrix(first)
-        write_elem(h5, name, first)
-        target = sparse_dataset(h5[name])
-        for a in range(chunk, n, chunk):
-            target.append(sp.csr_matrix(m[a : min(a + chunk, n)]))
-        return
-    first = np.asarray(first)
-    ds = h5.create_dataset(name, shape=m.shape, dtype=first.dtype)
-    ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-    ds[: len(first)] = first
-    for a in range(chunk, n, chunk):
-        ds[a : min(a + chunk, n)] = np.asarray(m[a : min(a + chunk, n)])
-
-
 def _write_h5ad(
     path: Path,
     src: Source,
@@ -377,92 +124,43 @@ def _write_h5ad(
 
 
 # -- the run ---------------------------------------------------------------------------------
-def _runs(units: list[int]) -> list[tuple[int, int]]:
-    """Maximal runs ``[u0, u1)`` of consecutive unit numbers."""
-    runs: list[tuple[int, int]] = []
-    for u in units:
-        if runs and runs[-1][1] == u:
-            runs[-1] = (runs[-1][0], u + 1)
-        else:
-            runs.append((u, u + 1))
-    return runs
+@dataclass
+class UnitReader:
+    """Reads and tokenizes the units of one input; picklable, so a worker process runs it.
 
-
-def _tokenized_units(
-    src: Source,
-    matrix: _Rows,
-    vocab: Vocab,
-    units: list[int],
-    chunk: int,
-    layer: str | None,
-    gene_key: str | None,
-    max_input: int,
-    read_rows: int = TOKENIZE_ROWS,
-) -> Iterator[tuple[int, TokenizedCells]]:
-    """(unit, tokenized cells) of each unit, in order.
-
-    One tokenizer pass per run of consecutive units (the gene map is built once per pass); the
-    rows are read and ranked ``read_rows`` at a time and regrouped into units, so the ranking's
-    temporaries stay small whatever the unit size. A unit's cells do not depend on
-    ``read_rows``, so neither do its batches or its embeddings.
+    A unit is input rows ``[u * chunk, (u + 1) * chunk)``, read and ranked ``read_rows`` at a
+    time (the ranking's temporaries scale with it). Its cells do not depend on ``read_rows``,
+    on which units are asked for or on who reads them, so neither do its batches or its
+    embeddings: what makes any number of processes and workers agree bit for bit.
     """
-    n = src.n_obs
-    sub = min(chunk, read_rows)
-    has_cls = vocab.version == 2
-    for u0, u1 in _runs(units):
-        a, b = u0 * chunk, min(u1 * chunk, n)
-        window = _Window(src, matrix, layer, a, b)
-        u, acc, rows_done = u0, [], a
-        for part in iter_tokenize(
-            window, vocab, layer=layer, gene_key=gene_key, max_input=max_input, chunk_size=sub
-        ):
-            part.obs_index = part.obs_index + a  # window rows -> input rows
-            rows_done = min(rows_done + sub, b)
-            while u < u1:  # a part ends inside a unit, or completes it (sub <= chunk)
-                end = min((u + 1) * chunk, n)
-                if rows_done < end:
-                    acc.append(part)
-                    break
-                k = int(np.searchsorted(part.obs_index, end))
-                acc.append(part.subset(np.arange(k)))
-                yield u, TokenizedCells.concat(acc, has_cls)
-                u, acc = u + 1, []
-                part = part.subset(np.arange(k, len(part)))
+
+    tokenizer: Tokenizer
+    chunk: int
+    n_obs: int
+    spec: str | None  # a file input: reopened by path in each process that reads it
+    src: Source | None = None  # the open input (dropped when a file input crosses processes)
+    read_rows: int = TOKENIZE_ROWS
+
+    def __call__(self, u: int) -> tuple[int, TokenizedCells]:
+        if self.src is None:
+            self.src = open_input(self.spec)
+        a, b = u * self.chunk, min((u + 1) * self.chunk, self.n_obs)
+        rows = min(self.chunk, self.read_rows)
+        parts = list(self.tokenizer.rows(self.src, a, b, chunk_size=rows))
+        return u, TokenizedCells.concat(parts, self.tokenizer.special is not None)
+
+    def detached(self) -> UnitReader:
+        """A copy for worker processes: open HDF5 handles do not cross processes."""
+        return replace(self, src=None) if self.spec is not None else self
+
+    def __getstate__(self) -> dict:
+        return self.detached().__dict__ if self.spec is not None else dict(self.__dict__)
 
 
-def _prefetch(it: Iterator, depth: int = 1) -> Iterator:
-    """Run ``it`` in a background thread, ``depth`` items ahead (tokenize while embedding)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def work() -> None:
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(end)
-        except BaseException as exc:
-            q.put(exc)
-
-    thread = threading.Thread(target=work, name="ispo-tokenize", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+def tokenized_units(reader: UnitReader, units: list[int], workers: int) -> OrderedMap:
+    """``(unit, cells)`` of ``units`` in order, tokenized ahead of the device by ``workers``
+    processes (0: one background thread of this process)."""
+    return OrderedMap(reader.detached() if workers > 0 else reader, units, workers=workers)
 
 
 class _HeapTrimmer:
@@ -494,16 +192,21 @@ class _HeapTrimmer:
             self.trim(0)
 
 
-def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pd.DataFrame:
-    cols = {"obs_index": cells.obs_index.astype(np.int64)}
-    cols.update({f"e{j}": emb[:, j] for j in range(emb.shape[1])})
-    return pd.DataFrame(cols)
+def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pa.Table:
+    """A unit's part: ``obs_index`` and one float32 column per dimension, built in Arrow from
+    the transposed block (pandas' per-column frame cost ~10 us per cell at h = 256)."""
+    cols = np.ascontiguousarray(emb.T)
+    table = {"obs_index": pa.array(cells.obs_index.astype(np.int64))}
+    table.update({f"e{j}": pa.array(col) for j, col in enumerate(cols)})
+    return pa.table(table)
 
 
 def _read_part(path: Path, hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    df = pd.read_parquet(path)
-    emb = df[[f"e{j}" for j in range(hidden)]].to_numpy(dtype=np.float32)
-    return df["obs_index"].to_numpy(dtype=np.int64), emb
+    t = pq.read_table(path)
+    emb = np.empty((t.num_rows, hidden), dtype=np.float32)
+    for j in range(hidden):
+        emb[:, j] = t.column(f"e{j}").to_numpy()
+    return t.column("obs_index").to_numpy().astype(np.int64), emb
 
 
 def embed_file(
@@ -527,124 +230,183 @@ def embed_file(
     overwrite: bool = False,
     progress: bool = False,
     extra_uns: dict[str, Any] | None = None,
+    workers: int | None = None,
+    encode: Callable[..., np.ndarray] = embed_cells,
 ) -> dict[str, Any] | None:
-    """Embed every cell of a file into ``out`` (an ``.h5ad``), streaming and resumable.
+    """Embed every cell of ``source`` (a Source, ``.h5ad``/``.zarr`` path, ``demo[:N]`` or
+    AnnData) into ``out`` (an ``.h5ad``), streaming and resumable, as the module docstring says.
 
-    Parameters
-    ----------
-    source
-        A :class:`Source`, an ``.h5ad``/``.zarr`` path, ``demo[:N]`` or an AnnData.
-    out
-        The output ``.h5ad``: the input's elements (``X`` and layers only with ``copy_x``) plus
-        ``obsm[key_added]``, ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``.
-    chunk_cells
-        Input rows per unit: what is tokenized, embedded (cells are batched by length within a
-        unit) and written at once, and what a resumed run skips. Results do not depend on it beyond
-        float rounding
-        (batches are formed within a unit), and not at all on the number of processes.
-    resume
-        Continue a stopped run from ``OUT.parts/`` (same input and options).
-
-    Returns a summary (cells, seconds, cells/s of this run) on rank 0, None on the others.
+    ``chunk_cells`` rows make a unit; ``workers`` processes tokenize ahead (None: the cores left
+    on this node; 0: a thread); ``encode`` embeds a unit's cells (default
+    :func:`~ispo.embedding.embed.embed_cells`; ``benchmarks/pipeline.py`` passes a host-only
+    stand-in). Returns a summary of this run on rank 0, None on the others.
     """
-    if not isinstance(source, Source):
-        source, vocab = open_source(source, vocab if vocab is not None else model.vocab)
-    src = source
-    vocab = checked_vocab(model, vocab, pool_mode)
-    if chunk_cells < 1:
-        raise IspoError(f"--chunk-cells must be at least 1, not {chunk_cells}")
-    if src.n_obs == 0:
-        raise IspoError(f"{src.name} has no cells")
-    check_unique_names(src.obs.index)
-    build_gene_map(src.var, vocab, gene_key)  # no gene ids / none in the vocabulary: fail now
-    matrix = src.matrix(layer)
-    model.layers_for(emb_layer)  # a bad emb_layer fails before any work
-    out = Path(out)
-    hidden = model.config.hidden
-    n_units = -(-src.n_obs // chunk_cells)
-    fingerprint = {
-        "what": "embed",
-        "data": src.fingerprint(),
-        "n_vars": int(src.var.shape[0]),
-        "layer": layer,
-        "gene_key": gene_key,
-        "model": model.name,
-        "seed": model.seed,
-        "vocab": vocab.source,
-        "method": method,
-        "precision": precision,
-        "emb_layer": emb_layer,
-        "pool": pool_mode,
-        "batch_tokens": batch_tokens,
-        "batch_size": batch_size,
-        "chunk_cells": chunk_cells,
-        "settings": extra_uns or {},
-    }
+    src = open_input(source)
+    vocab = checked_vocab(model, vocab if vocab is not None else model.vocab, pool_mode)
+    opts = dict(method=method, precision=precision, emb_layer=emb_layer, pool_mode=pool_mode)
+    opts.update(batch_tokens=batch_tokens, batch_size=batch_size)
+    reader = _reader(src, vocab, model, chunk_cells, layer, gene_key, emb_layer)
+    fingerprint = _fingerprint(src, vocab, model, opts | dict(layer=layer, gene_key=gene_key))
+    fingerprint.update(chunk_cells=chunk_cells, settings=extra_uns or {})
     writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
+    n_units, todo = _todo(writer, -(-src.n_obs // chunk_cells), resume)
     me = dist.info()
-    pending = [u for u in range(n_units) if not writer.done(u)]
-    todo = [pending[k] for k in dist.block(len(pending))]  # a contiguous block per rank
-    rows_todo = sum(min((u + 1) * chunk_cells, src.n_obs) - u * chunk_cells for u in todo)
-    if resume and me.main:
-        log.info("resuming: %d of %d units already done", len(writer.manifest["done"]), n_units)
-    max_input = min(vocab.max_input, model.config.max_len)
-    oom = OomSplitter(what="embed")
-    trim = _HeapTrimmer()
-    n_cells = 0
+    workers = default_workers(me.local_world) if workers is None else workers
     t0 = time.perf_counter()
-    in_flight: Future | None = None
-    try:
-        with (
-            Profiler(device=model.device) as prof,
-            ThreadPoolExecutor(1) as pool_,
-            tqdm(
-                total=rows_todo,
-                unit="cell",
-                disable=not progress,
-                desc=f"embed ({method})" + (f" rank 0/{me.world}" if me.active else ""),
-            ) as bar,
-            closing(
-                _prefetch(
-                    _tokenized_units(
-                        src, matrix, vocab, todo, chunk_cells, layer, gene_key, max_input
-                    )
-                )
-            ) as units,
-        ):
-            for u, cells in units:
-                emb = embed_cells(
-                    cells,
-                    model,
-                    method=method,
-                    precision=precision,
-                    emb_layer=emb_layer,
-                    pool_mode=pool_mode,
-                    batch_tokens=batch_tokens,
-                    batch_size=batch_size,
-                    oom=oom,
-                    on_batch=trim,
-                )
-                table = _part_table(cells, emb)
-                if in_flight is not None:
-                    in_flight.result()  # one write in flight: memory stays bounded
-                in_flight = pool_.submit(writer.write, u, {"emb": table})
-                n_cells += len(cells)
-                bar.update(min((u + 1) * chunk_cells, src.n_obs) - u * chunk_cells)
-                del cells, emb, table
-                trim.now()
-            if in_flight is not None:
-                in_flight.result()
-    except IspoError:
-        # bad input found mid-run: a fresh single-process run that finished nothing leaves
-        # nothing behind (a resumed or multi-process run keeps its parts folder)
-        if not me.active and not resume and not writer.manifest["done"]:
-            shutil.rmtree(writer.parts, ignore_errors=True)
-        raise
+    with _cleaned_on_bad_input(writer, resume):  # embed and write this rank's units
+        n_cells, profile = _embed_units(
+            reader, todo, writer, model, encode, opts, workers, progress
+        )
     t_run = time.perf_counter() - t0
     (n_all,) = dist.all_sum(n_cells)  # every rank's count, and a wait until all have written
     t_all = time.perf_counter() - t0
     if not me.main:
         return None
+    stream = dict(chunk_cells=chunk_cells, processes=me.world, workers=workers, resumed=resume)
+    meta = _metadata(model, vocab, opts, key_added, t_all, profile, stream, extra_uns)
+    meta["stream"].update(n_cells_this_run=int(n_all), copy_x=copy_x)
+    t1 = time.perf_counter()
+    n_embedded = _assemble(
+        src, writer, n_units, Path(out), model, meta, (key_added, copy_x, overwrite)
+    )
+    summary = dict(n_obs=src.n_obs, n_embedded=n_embedded, n_cells_this_run=int(n_all))
+    summary.update(seconds_embed=t_all, seconds_rank0=t_run, seconds_write=time.perf_counter() - t1)
+    return summary | {"cells_per_s": n_all / t_all if t_all else None, "processes": me.world}
+
+
+@contextmanager
+def _cleaned_on_bad_input(writer, resume: bool) -> Iterator[None]:
+    """Bad input found mid-run: a fresh single-process run that finished nothing leaves
+    nothing behind (a resumed or multi-process run keeps its parts folder)."""
+    try:
+        yield
+    except IspoError:
+        if not dist.info().active and not resume and not writer.manifest["done"]:
+            shutil.rmtree(writer.parts, ignore_errors=True)
+        raise
+
+
+def _fingerprint(
+    src: Source, vocab: Vocab, model: GeneformerModel, opts: dict[str, Any]
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (input, model, options)."""
+    return {
+        "what": "embed",
+        "data": src.fingerprint(),
+        "n_vars": int(src.var.shape[0]),
+        "model": model.name,
+        "seed": model.seed,
+        "vocab": vocab.source,
+        **{k: v for k, v in opts.items() if k != "pool_mode"},
+        "pool": opts["pool_mode"],
+    }
+
+
+def _todo(writer, n_units: int, resume: bool) -> tuple[int, list[int]]:
+    """(units, this rank's units): a contiguous block of those not yet recorded."""
+    pending = [u for u in range(n_units) if not writer.done(u)]
+    if resume and dist.is_main():
+        log.info("resuming: %d of %d units already done", len(writer.manifest["done"]), n_units)
+    return n_units, [pending[k] for k in dist.block(len(pending))]
+
+
+def _metadata(
+    model: GeneformerModel,
+    vocab: Vocab,
+    opts: dict[str, Any],
+    key_added: str,
+    seconds: float,
+    profile: dict,
+    stream: dict,
+    extra_uns: dict | None,
+) -> dict[str, Any]:
+    """``uns["geneformer"]`` of the output: what :func:`ispo.embed` records, plus timing and
+    how the stream ran."""
+    settings = model.settings.replace(
+        precision=opts["precision"], emb_layer=opts["emb_layer"], pool=opts["pool_mode"]
+    )
+    meta = embedding_metadata(model, vocab, settings, opts["method"], key_added, profile)
+    return {**meta, "seconds": {"embed": seconds}, "stream": stream, **(extra_uns or {})}
+
+
+def _reader(
+    src: Source,
+    vocab: Vocab,
+    model: GeneformerModel,
+    chunk_cells: int,
+    layer: str | None,
+    gene_key: str | None,
+    emb_layer: int,
+) -> UnitReader:
+    """The input's unit reader, after every check that can fail before any work."""
+    if chunk_cells < 1:
+        raise IspoError(f"--chunk-cells must be at least 1, not {chunk_cells}")
+    if src.n_obs == 0:
+        raise IspoError(f"{src.name} has no cells")
+    check_unique_names(src.obs.index)
+    max_input = min(vocab.max_input, model.config.max_len)
+    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
+    src.matrix(layer)  # no X / no such layer: fail now
+    model.layers_for(emb_layer)  # a bad emb_layer fails before any work
+    return UnitReader(tok, chunk_cells, src.n_obs, src.spec, src)
+
+
+def _embed_units(
+    reader: UnitReader,
+    todo: list[int],
+    writer,
+    model: GeneformerModel,
+    encode: Callable[..., np.ndarray],
+    opts: dict[str, Any],
+    workers: int,
+    progress: bool,
+) -> tuple[int, dict]:
+    """Embed and write this process's units; returns (cells embedded, profile).
+
+    Units arrive tokenized, in order, from the workers; one write is in flight at a time in a
+    thread, so reading, tokenizing, compute and writing overlap with bounded memory.
+    """
+    me = dist.info()
+    oom, trim = OomSplitter(what="embed"), _HeapTrimmer()
+
+    def rows_of(u: int) -> int:
+        return min((u + 1) * reader.chunk, reader.n_obs) - u * reader.chunk
+
+    n_cells, in_flight = 0, None
+    desc = f"embed ({opts['method']})" + (f" rank 0/{me.world}" if me.active else "")
+    with (
+        closing(tokenized_units(reader, todo, workers)) as units,  # workers start first
+        Profiler(device=model.device) as prof,
+        ThreadPoolExecutor(1) as pool_,
+        tqdm(total=sum(map(rows_of, todo)), unit="cell", disable=not progress, desc=desc) as bar,
+    ):
+        for u, cells in units:
+            emb = encode(cells, model, oom=oom, on_batch=trim, **opts)
+            table = _part_table(cells, emb)
+            if in_flight is not None:
+                in_flight.result()  # one write in flight: memory stays bounded
+            in_flight = pool_.submit(writer.write, u, {"emb": table})
+            n_cells += len(cells)
+            bar.update(rows_of(u))
+            del cells, emb, table
+            trim.now()
+        if in_flight is not None:
+            in_flight.result()
+    return n_cells, prof.stats.to_dict()
+
+
+def _assemble(
+    src: Source,
+    writer,
+    n_units: int,
+    out: Path,
+    model: GeneformerModel,
+    meta: dict,
+    output: tuple[str, bool, bool],
+) -> int:
+    """Rank 0: check every unit is written, then write the output ``.h5ad`` from the parts
+    (``output``: the obsm key, whether X is copied, whether an existing file is replaced)."""
+    key_added, copy_x, overwrite = output
     writer.refresh()
     missing = [u for u in range(n_units) if not writer.done(u)]
     if missing:
@@ -657,38 +419,16 @@ def embed_file(
     if sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 0:
         shutil.rmtree(writer.parts, ignore_errors=True)  # finished, with nothing to write
         raise IspoError(NO_CELLS)
+    chunk, hidden = meta["stream"]["chunk_cells"], model.config.hidden
 
     def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for u, path in enumerate(parts):
             idx, emb = _read_part(path, hidden)
-            yield u * chunk_cells, idx, emb
+            yield u * chunk, idx, emb
 
-    settings = model.settings.replace(precision=precision, emb_layer=emb_layer, pool=pool_mode)
-    meta = {
-        **embedding_metadata(model, vocab, settings, method, key_added, prof.stats.to_dict()),
-        "seconds": {"embed": t_all},
-        "stream": {
-            "chunk_cells": chunk_cells,
-            "processes": me.world,
-            "resumed": resume,
-            "n_cells_this_run": int(n_all),
-            "copy_x": copy_x,
-        },
-        **(extra_uns or {}),
-    }
-    t1 = time.perf_counter()
     with atomic_output(out, overwrite) as tmp:
         n_embedded = _write_h5ad(tmp, src, blocks(), hidden, key_added, meta, copy_x)
     shutil.rmtree(writer.parts, ignore_errors=True)
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
-    return {
-        "n_obs": src.n_obs,
-        "n_embedded": n_embedded,
-        "n_cells_this_run": int(n_all),
-        "seconds_embed": t_all,
-        "seconds_rank0": t_run,
-        "seconds_write": time.perf_counter() - t1,
-        "cells_per_s": n_all / t_all if t_all else None,
-        "processes": me.world,
-    }
+    return n_embedded

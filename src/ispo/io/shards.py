@@ -20,6 +20,10 @@ import pyarrow.parquet as pq
 from ispo import faults
 from ispo.errors import IspoError
 
+# Parts are temporary (merged or read back at the end): no compression, no dictionary pages,
+# which on float columns cost CPU for nothing (the writer must keep up with the device).
+PART_FORMAT = {"compression": "none", "use_dictionary": False}
+
 
 class ShardWriter:
     """Parts of a table, written atomically and listed in ``manifest.json``."""
@@ -69,13 +73,16 @@ class ShardWriter:
     def done(self, shard: int) -> bool:
         return str(shard) in self.manifest["done"]
 
-    def write(self, shard: int, tables: dict[str, pd.DataFrame]) -> None:
-        """Write every table of one shard, then record the shard as done."""
+    def write(self, shard: int, tables: dict[str, pd.DataFrame | pa.Table]) -> None:
+        """Write every table of one shard (pandas or Arrow), then record the shard as done."""
         names = {}
         for kind, df in tables.items():
             name = f"{kind}-{shard:06d}.parquet"
             tmp = self.parts / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+            table = (
+                df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+            )
+            pq.write_table(table, tmp, **PART_FORMAT)
             faults.part_written()  # ISPO_FAULT: a kill mid-write
             os.replace(tmp, self.parts / name)
             names[kind] = name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from ispo.errors import IspoError
@@ -27,4 +28,15 @@ def check_counts(chunk: sp.csr_matrix, where: str = "X") -> None:
         raise IspoError(
             f"{where} contains non-integer values (normalised or log data?): give "
             "raw integer counts (e.g. --layer counts)"
+        )
+
+
+def check_unique_names(names: pd.Index, what: str = "cell") -> None:
+    """Outputs are keyed by cell id: refuse duplicate cell names with one clear line."""
+    if not names.is_unique:
+        dup = names[names.duplicated()]
+        raise IspoError(
+            f"{len(dup):,} duplicate {what} name(s) (e.g. {str(dup[0])!r}): outputs "
+            "are keyed by cell id; make them unique first "
+            "(AnnData.obs_names_make_unique())"
         )

@@ -7,9 +7,10 @@ perturbations all share a length); the encoder runs only up to the needed layer 
 head; pooling, cosines and state shifts are batched tensor ops on the device, read back once per
 shard. Shards are written as they finish, so a stopped run resumes where it was.
 
-The input is streamed: one pass tokenizes it chunk by chunk to choose the cells (keeping ~16
-bytes per cell, no tokens), one embeds the target states' cells, and one tokenizes each shard's
-cells again as it comes, so host memory does not grow with the number of cells.
+The input is streamed in two passes (:mod:`ispo.perturbation.passes`): one tokenizes it chunk by
+chunk to choose the cells (keeping ~16 bytes per cell, no tokens) and embeds the target states'
+cells on the way, one tokenizes each shard's cells again as it comes, so host memory does not
+grow with the number of cells.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from ispo.perturbation.options import (
 )
 from ispo.perturbation.passes import (
     InputScan,
+    StateSums,
     check_expressed,
     iter_shards,
     scan_input,
     select_cells,
-    state_embeddings,
 )
 from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
@@ -269,8 +270,8 @@ def _plan(
     anchor: int | None,
     req: PerturbRequest,
 ) -> _Plan:
-    """Stream the input once to choose the cells (tokenizing chunk by chunk: no pass keeps
-    every cell's tokens), and embed the target states' cells."""
+    """Stream the input once to choose the cells and, in the same pass, embed the target
+    states' cells (tokenizing chunk by chunk: no pass keeps every cell's tokens)."""
     max_input = model.max_input(vocab)
 
     def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
@@ -283,30 +284,30 @@ def _plan(
             warn_empty=warn,
         )
 
-    wanted = wanted_tokens(targets, anchor, req.perturb_type)
-    scan = scan_input(chunks(warn=True), wanted)
-    if len(scan.obs_index) == 0:
-        raise IspoError(NO_CELLS)
     states = req.cell_states
-    sel = select_cells(
-        adata, scan.obs_index, req.cell_filter, states, req.max_ncells, req.cell_range
-    )
-    check_expressed(scan, sel, wanted, vocab)
     s = model.settings
-    state_emb = None
+    # the target states are embedded during the scan (ispo.perturbation.passes: two passes)
+    sums = None
     if states:
-        state_emb = state_embeddings(
+        sums = StateSums(
             adata,
-            scan.obs_index,
             model,
             states,
-            chunks,
             method="fast",
             precision=str(s.precision),
             emb_layer=s.emb_layer,
             pool_mode=str(s.pool),
             batch_tokens=s.batch_tokens,
         )
+    wanted = wanted_tokens(targets, anchor, req.perturb_type)
+    scan = scan_input(chunks(warn=True), wanted, sums)
+    if len(scan.obs_index) == 0:
+        raise IspoError(NO_CELLS)
+    sel = select_cells(
+        adata, scan.obs_index, req.cell_filter, states, req.max_ncells, req.cell_range
+    )
+    check_expressed(scan, sel, wanted, vocab)
+    state_emb = sums.means(scan.obs_index) if sums is not None else None
     return _Plan(vocab, targets, anchor, chunks, scan, sel, state_emb)
 
 

@@ -1,6 +1,18 @@
-"""Streaming passes over the input: one chooses the cells (keeping ~16 bytes per cell, no
-tokens), one embeds the target states' cells, one tokenizes each shard's cells as it comes, so
-host memory does not grow with the number of cells."""
+"""Streaming passes over the input, so host memory does not grow with the number of cells.
+
+``ispo perturb`` tokenizes its input twice, the least that bounded memory allows:
+
+1. **the scan** (:func:`scan_input`) keeps ~16 bytes per cell, no tokens: which rows tokenized
+   (selection works on them), a digest of every token (the resume fingerprint) and whether each
+   cell expresses the genes to check. The target states' cells are embedded *in the same pass*
+   (:class:`StateSums`), as each chunk is tokenized: a state's mean embedding needs every cell
+   of the state, not the selection, so it needs no pass of its own (it used to have one).
+2. **the shards** (:func:`iter_shards`): each shard's cells are tokenized again as the pass
+   reaches them, and the pass stops after the last shard this process runs. Keeping the
+   selected cells' tokens from the scan instead would hold all of them at once (the selection
+   is only known once the scan ends: ``cell_range`` and ``max_ncells`` count selected cells),
+   which is what streaming is for not doing.
+"""
 
 from __future__ import annotations
 
@@ -59,39 +71,41 @@ def select_cells(
     return sel
 
 
-def state_embeddings(
-    adata: ad.AnnData,
-    obs_index: np.ndarray,
-    model: GeneformerModel,
-    states: CellStates,
-    chunks: Callable[[], Iterator[TokenizedCells]],
-    **kw,
-) -> torch.Tensor:
-    """Mean cell embedding of each target state (same layer and pooling as the run), embedded
-    chunk by chunk as ``chunks()`` tokenizes the input (no state's cells are held at once)."""
-    if states.state_key not in adata.obs.columns:
-        raise IspoError(
-            f"state_key {states.state_key!r} is not an obs column: choose one of "
-            f"{list(adata.obs.columns)[:10]}"
-        )
-    all_labels = adata.obs[states.state_key].astype(str).to_numpy()
-    known = sorted(set(all_labels[obs_index]))
-    for st in (states.start_state, *states.targets):
-        if st not in known:
+class StateSums:
+    """Mean cell embedding of each target state (same layer and pooling as the run), summed
+    chunk by chunk during the scan (no state's cells are held at once)."""
+
+    def __init__(self, adata: ad.AnnData, model: GeneformerModel, states: CellStates, **kw):
+        if states.state_key not in adata.obs.columns:
             raise IspoError(
-                f"state {st!r} not found in obs[{states.state_key!r}]: known states "
-                f"are {known[:10]}"
+                f"state_key {states.state_key!r} is not an obs column: choose one of "
+                f"{list(adata.obs.columns)[:10]}"
             )
-    sums = np.zeros((len(states.targets), model.config.hidden))
-    counts = np.zeros(len(states.targets))
-    for part in chunks():
-        labels = all_labels[part.obs_index]
-        for j, st in enumerate(states.targets):
+        self.model, self.states, self.kw = model, states, kw
+        self.labels = adata.obs[states.state_key].astype(str).to_numpy()
+        self.sums = np.zeros((len(states.targets), model.config.hidden))
+        self.counts = np.zeros(len(states.targets))
+
+    def __call__(self, part: TokenizedCells) -> None:
+        labels = self.labels[part.obs_index]
+        for j, st in enumerate(self.states.targets):
             idx = np.flatnonzero(labels == st)
             if len(idx):
-                sums[j] += embed_cells(part.subset(idx), model, **kw).sum(0, dtype=np.float64)
-                counts[j] += len(idx)
-    return torch.from_numpy((sums / counts[:, None]).astype(np.float32)).to(model.device)
+                emb = embed_cells(part.subset(idx), self.model, **self.kw)
+                self.sums[j] += emb.sum(0, dtype=np.float64)
+                self.counts[j] += len(idx)
+
+    def means(self, obs_index: np.ndarray) -> torch.Tensor:
+        """The states' means, once every state named is known among the tokenized cells."""
+        known = sorted(set(self.labels[obs_index]))
+        for st in (self.states.start_state, *self.states.targets):
+            if st not in known:
+                raise IspoError(
+                    f"state {st!r} not found in obs[{self.states.state_key!r}]: known states "
+                    f"are {known[:10]}"
+                )
+        means = (self.sums / self.counts[:, None]).astype(np.float32)
+        return torch.from_numpy(means).to(self.model.device)
 
 
 @dataclass
@@ -104,10 +118,17 @@ class InputScan:
     present: np.ndarray  # (n_cells, n_wanted): the cell expresses wanted token j
 
 
-def scan_input(chunks: Iterator[TokenizedCells], wanted: list[int]) -> InputScan:
+def scan_input(
+    chunks: Iterator[TokenizedCells],
+    wanted: list[int],
+    also: Callable[[TokenizedCells], None] | None = None,
+) -> InputScan:
+    """The scan pass; ``also(chunk)`` runs on each chunk too (:class:`StateSums`)."""
     sha = hashlib.sha1()
     obs, present = [], []
     for part in chunks:
+        if also is not None:
+            also(part)
         sha.update(part.tokens.tobytes())
         obs.append(part.obs_index)
         hit = np.zeros((len(part), len(wanted)), dtype=bool)

@@ -33,6 +33,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this node (they share its cores)
 
     @property
     def main(self) -> bool:
@@ -48,7 +49,8 @@ class DistInfo:
         if world <= 1:
             return cls()
         rank = int(os.environ.get("RANK", "0"))
-        return cls(rank, world, int(os.environ.get("LOCAL_RANK", str(rank))))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+        return cls(rank, world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 _info = DistInfo()
