@@ -13,6 +13,10 @@ whole hidden batch is made.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +135,30 @@ class Encoded:
         return pool(self.hidden, self.lengths, has_cls, mode)
 
 
+@dataclass
+class EncoderTime:
+    """Wall time spent inside the encoder, and how many batches it ran."""
+
+    seconds: float = 0.0
+    batches: int = 0
+
+
+_CLOCK: ContextVar[EncoderTime | None] = ContextVar("ispo_encoder_clock", default=None)
+
+
+@contextmanager
+def encoder_clock() -> Iterator[EncoderTime]:
+    """Time every encoder call of the runners used inside the block (what a benchmark needs to
+    report the time spent outside the encoder). On CUDA each timed call is synchronised, which
+    stops host work from overlapping the device: for measurement only."""
+    clock = EncoderTime()
+    token = _CLOCK.set(clock)
+    try:
+        yield clock
+    finally:
+        _CLOCK.reset(token)
+
+
 class Runner:
     """Runs one encoder on token batches in the layout :func:`choose_layout` picked.
 
@@ -145,8 +173,22 @@ class Runner:
         self.encoder, self.pad_id, self.layout = encoder, pad_id, layout
 
     def encode(self, tokens: Tokens) -> Encoded:
-        """Hidden states of a batch. Uniform batches (no padding) always run padded: that is
-        the packed layout too, and it needs no mask."""
+        """Hidden states of a batch (timed under :func:`encoder_clock`)."""
+        clock = _CLOCK.get()
+        if clock is None:
+            return self._encode(tokens)
+        sync = torch.cuda.synchronize if tokens.ids.is_cuda else lambda: None
+        sync()
+        t = time.perf_counter()
+        out = self._encode(tokens)
+        sync()
+        clock.seconds += time.perf_counter() - t
+        clock.batches += 1
+        return out
+
+    def _encode(self, tokens: Tokens) -> Encoded:
+        """Uniform batches (no padding) always run padded: that is the packed layout too, and
+        it needs no mask."""
         B = len(tokens.lengths)
         if self.layout == Layout.PACKED and not tokens.uniform:
             ctx = Packed.from_lengths(tokens.lengths)
