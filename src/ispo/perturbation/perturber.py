@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ispo.embedding.embed import Layout
 from ispo.io.vocab import Vocab
 from ispo.model.encoder import Encoder
 from ispo.model.load import GeneformerModel, Precision
@@ -19,6 +18,7 @@ from ispo.perturbation.options import EmbMode
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
+from ispo.settings import Layout
 from ispo.tokens import TokenizedCells
 
 
@@ -50,7 +50,7 @@ class Perturber:
         emb_layer: int,
         precision: Precision,
         batch_tokens: int | None,
-        layout: Layout = "auto",
+        layout: Layout | str = "auto",
     ) -> None:
         self.model, self.vocab = model, vocab
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
@@ -209,9 +209,17 @@ class Perturber:
         return torch.where(valid, dot / norms.clamp(min=1e-8), 0.0), valid
 
     def row_chunks(self, shard: Shard) -> list[list[tuple[int, int, int]]]:
-        """Group (cell, row range) chunks into batches of at most ``budget`` tokens."""
-        batches, current, used = [], [], 0
+        """Group (cell, row range) chunks into batches of at most ``budget`` tokens.
+
+        Padded, a batch holds rows of one length only (no padding, no mask: SDPA's fastest
+        kernel); packed, rows of different lengths share a batch at no cost, so it is filled.
+        """
+        mix = self.runner.layout == Layout.PACKED
+        batches, current, used, width = [], [], 0, 0
         for c, spec in enumerate(shard.specs):
+            if current and not mix and spec.tokens.shape[1] + 2 * int(self.has_cls) != width:
+                batches.append(current)
+                current, used = [], 0
             width = spec.tokens.shape[1] + 2 * int(self.has_cls)
             per_batch = max(1, self.budget // width)
             a = 0
