@@ -68,9 +68,11 @@ def _fused_cpu(x: torch.Tensor, lin: nn.Module) -> bool:
     (int8 and other variants keep their own forward). Measured on an AVX-512-bf16 CPU: the
     feed-forward input layer with its ReLU 1.8x faster than ``addmm`` (which first copies the
     bias into the output) followed by a separate ReLU pass. fp32 keeps ``F.linear`` so its
-    results stay bit-for-bit those of the reference path."""
+    results stay bit-for-bit those of the reference path. Under ``torch.compile`` the plain ops
+    are traced instead: inductor fuses them itself (and cannot trace the oneDNN op)."""
     return (
         _MKLDNN_BF16
+        and not torch.compiler.is_compiling()
         and x.dtype == torch.bfloat16
         and not x.is_cuda
         and type(lin) is nn.Linear
