@@ -11,6 +11,8 @@ process, so the ratio holds on a noisy machine, and their values are compared.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anndata as ad
 import numpy as np
@@ -21,7 +23,38 @@ from ispo.bench.flops import encoder_flops, mfu, peak_flops
 from ispo.model.load import DTYPES, GeneformerModel
 from ispo.perturbation.engine import perturb
 from ispo.runtime.profiler import synchronize
+from ispo.runtime.runner import encoder_clock
 from ispo.tokens import TokenizedCells
+
+
+@contextmanager
+def _stopwatch(model: GeneformerModel) -> Iterator[dict[str, float]]:
+    """Wall and process CPU seconds of a block. CPU time is the fair measure on a shared
+    machine, where other processes take cores away for part of a run: the speedups are given
+    both ways."""
+    took: dict[str, float] = {}
+    synchronize(model.device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield took
+    synchronize(model.device)
+    took["seconds"] = time.perf_counter() - wall
+    took["cpu_seconds"] = time.process_time() - cpu
+
+
+def _compare(rows: list[dict], values: dict[str, np.ndarray]) -> None:
+    """Speedups over the original loop (wall and CPU time) and value differences, in place:
+    each ispo row against the original and, in another precision, against ispo's fp32."""
+    ref = {k: values[k] for k in ("original", "ispo-fp32") if k in values}
+    for r, key in zip(rows, values):
+        for other, v in ref.items():
+            if key != other and (other == "original" or r["precision"] != "fp32"):
+                name = "original" if other == "original" else "fp32"
+                r[f"max_abs_diff_vs_{name}"] = float(np.abs(values[key] - v).max())
+    if "original" in values:
+        base = rows[-1]
+        for r in rows:
+            r["speedup_vs_original"] = base["seconds"] / r["seconds"]
+            r["cpu_speedup_vs_original"] = base["cpu_seconds"] / r["cpu_seconds"]
 
 
 def original_delete_all(
@@ -65,6 +98,42 @@ def original_delete_all(
     return results
 
 
+def _time_ispo(
+    sub: ad.AnnData,
+    cells: TokenizedCells,
+    model: GeneformerModel,
+    precision: str,
+    batch_tokens: int | None,
+) -> tuple[dict, np.ndarray]:
+    """One timed delete-all run of ispo (after a one-perturbation warm-up in the same
+    precision, so building the encoder in that dtype and choosing kernels are not timed): its
+    row and its values."""
+    last = cells.cell(int(np.argmin(cells.obs_index)))[-1 - int(cells.has_cls)]
+    gene = str(model.vocab.id_of_token()[last])
+    perturb(sub[:1].copy(), model, genes=[gene], precision=precision, batch_tokens=batch_tokens)
+    with _stopwatch(model) as took, encoder_clock() as clock:
+        df = perturb(
+            sub,
+            model,
+            genes="all",
+            perturb_type="delete",
+            precision=precision,
+            batch_tokens=batch_tokens,
+        )
+    row = {
+        "method": f"ispo fast ({precision})",
+        "precision": precision,
+        **took,
+        "cells_per_s": len(cells) / took["seconds"],
+        "perturbations_per_s": len(df) / took["seconds"],
+        "n_perturbations": len(df),
+        "encoder_s": clock.seconds,
+        "outside_encoder_share": 1 - clock.seconds / took["seconds"],
+        "obs_index": df["obs_index"].to_numpy(),
+    }
+    return row, df["cos_sim"].to_numpy()
+
+
 def isp_speed(
     adata: ad.AnnData,
     model: GeneformerModel,
@@ -77,7 +146,9 @@ def isp_speed(
     """Cells/s and perturbations/s of delete-all ISP, ispo vs the original loop, same cells,
     each with its MFU: the encoder FLOPs the result needs (every original once, every
     perturbed sequence, one token shorter, once; the run layers only, no MLM head) per second,
-    over the device's peak for the precision."""
+    over the device's peak for the precision. ispo's rows also give the wall time spent inside
+    the encoder (:func:`ispo.runtime.runner.encoder_clock`) and the share of the run outside
+    it (building perturbed batches, gathers, pooling, cosines, tables)."""
     from ispo.tokens import tokenize
 
     vocab = model.vocab
@@ -103,74 +174,27 @@ def isp_speed(
             "mfu": mfu(flops, row["seconds"], peak),
         }
 
-    # warm-up on one cell so one-time costs (weights to device, kernels) are not timed
-    perturb(
-        sub[:1].copy(),
-        model,
-        genes="all",
-        perturb_type="delete",
-        precision=precisions[0],
-        batch_tokens=batch_tokens,
-        max_ncells=1,
-    )
     for precision in precisions:
-        synchronize(model.device)
-        t = time.perf_counter()
-        df = perturb(
-            sub,
-            model,
-            genes="all",
-            perturb_type="delete",
-            precision=precision,
-            batch_tokens=batch_tokens,
-        )
-        synchronize(model.device)
-        dt = time.perf_counter() - t
-        values[f"ispo-{precision}"] = df["cos_sim"].to_numpy()
-        rows.append(
-            rates(
-                {
-                    "method": f"ispo fast ({precision})",
-                    "seconds": dt,
-                    "cells_per_s": len(cells) / dt,
-                    "perturbations_per_s": len(df) / dt,
-                    "n_perturbations": len(df),
-                },
-                work(df["obs_index"].to_numpy()),
-                precision,
-            )
-        )
+        row, values[f"ispo-{precision}"] = _time_ispo(sub, cells, model, precision, batch_tokens)
+        rows.append(rates(row, work(row.pop("obs_index")), precision))
     if with_original:
-        synchronize(model.device)
-        t = time.perf_counter()
         in_order = cells.subset(np.argsort(cells.obs_index))
-        orig = original_delete_all(in_order, model)
-        synchronize(model.device)
-        dt = time.perf_counter() - t
+        model.hf_model()  # built (and transformers imported) before the clock starts
+        with _stopwatch(model) as took:
+            orig = original_delete_all(in_order, model)
         n_pert = sum(len(v) for v in orig)
         values["original"] = np.concatenate(orig)
         obs = np.repeat(in_order.obs_index, [len(v) for v in orig])
-        rows.append(
-            rates(
-                {
-                    "method": "original loop (fp32, MLM, batch 100)",
-                    "seconds": dt,
-                    "cells_per_s": len(cells) / dt,
-                    "perturbations_per_s": n_pert / dt,
-                    "n_perturbations": n_pert,
-                },
-                work(obs),
-                "fp32",
-            )
-        )
-        base = rows[-1]["seconds"]
-        for r in rows:
-            r["speedup_vs_original"] = base / r["seconds"]
-        for r, key in zip(rows, values):
-            if key != "original":
-                r["max_abs_diff_vs_original"] = float(
-                    np.abs(values[key] - values["original"]).max()
-                )
+        row = {
+            "method": "original loop (fp32, MLM, batch 100)",
+            "precision": "fp32",
+            **took,
+            "cells_per_s": len(cells) / took["seconds"],
+            "perturbations_per_s": n_pert / took["seconds"],
+            "n_perturbations": n_pert,
+        }
+        rows.append(rates(row, work(obs), "fp32"))
+    _compare(rows, values)
     return {
         "n_cells": len(cells),
         "genes_per_cell_median": float(np.median(cells.lengths)),

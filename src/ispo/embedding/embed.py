@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
-from ispo.model.encoder import Packed
 from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel, Precision
 from ispo.provenance import device_name, h5ad_safe, versions
 from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.runtime.oom import OomSplitter
-from ispo.runtime.pool import PoolMode, pool, pool_packed
+from ispo.runtime.pool import PoolMode, pool
 from ispo.runtime.profiler import Profiler
+from ispo.runtime.runner import Runner, Tokens, choose_layout, default_batch_tokens, to_device
 from ispo.settings import RunSettings
 from ispo.tokens import TokenizedCells, tokenize
 
@@ -36,18 +36,6 @@ log = logging.getLogger(__name__)
 
 Method = Literal["fast", "baseline"]
 Layout = Literal["auto", "padded", "packed"]
-
-
-def default_batch_tokens(device: torch.device) -> int:
-    """A token budget that keeps the device busy without risking memory."""
-    return 131_072 if device.type == "cuda" else 16_384
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device copy; pinned and asynchronous on CUDA so it overlaps compute."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
 
 
 def _autocast(device: torch.device, precision: Precision):
@@ -79,50 +67,36 @@ def embed_cells(
     ``oom`` carries a reduced token budget across calls after an out-of-memory (streaming).
     ``layout`` (fast path): ``packed`` lays cells end to end with no padding (varlen flash
     attention on CUDA in half precision), ``padded`` pads each batch to its longest cell;
-    ``auto`` is packed on CUDA, padded elsewhere (where packing only adds scatter work).
+    ``auto`` follows :func:`ispo.runtime.runner.choose_layout` (the rule perturb uses too).
     """
     dev = model.device
-    n_run = model.layers_for(emb_layer)
-    pad_id = model.config.pad_id
     if method == "fast":
-        net = model.encoder(n_run, precision) if net is None else net
+        net = model.encoder(model.layers_for(emb_layer), precision) if net is None else net
+        runner = Runner(
+            net, pad_id=model.config.pad_id, layout=choose_layout(layout, dev, precision)
+        )
         batches = token_budget_batches(cells.lengths, batch_tokens or default_batch_tokens(dev))
+
+        def run(idx: np.ndarray) -> torch.Tensor:
+            enc = runner.encode(Tokens.from_cells(cells, idx, dev))
+            return enc.pool(cells.has_cls, pool_mode)
+
+        # a batch that runs out of device memory is split and retried (ispo.runtime.oom)
+        oom = OomSplitter(what="embed") if oom is None else oom
+        cost = lambda j: len(j) * int(cells.lengths[j].max())
+        step = lambda idx: oom.run(run, idx, cost)
         ctx = nullcontext()
     elif method == "baseline":
-        net = model.hf_model() if net is None else net
+        hf = model.hf_model() if net is None else net
         batches = fixed_batches(len(cells), batch_size)
+        step = lambda idx: [(idx, _baseline_batch(hf, cells, idx, model, emb_layer, pool_mode))]
         ctx = _autocast(dev, precision)
     else:
         raise ValueError(f"unknown method {method!r}")
     outs: list[torch.Tensor] = []
-
-    packed = method == "fast" and (layout == "packed" or (layout == "auto" and dev.type == "cuda"))
-
-    def run(idx: np.ndarray) -> torch.Tensor:
-        if packed:
-            sub = cells.subset(idx)
-            ids = to_device(torch.from_numpy(sub.tokens.astype(np.int64)), dev)
-            ctx = Packed.from_lengths(to_device(torch.from_numpy(sub.lengths), dev))
-            return pool_packed(net(ids, ctx), ctx, cells.has_cls, pool_mode)
-        ids, lens = pad_batch(cells, idx, pad_id)
-        ids, lens = to_device(ids, dev), to_device(lens, dev)
-        if method == "fast":
-            uniform = bool(cells.lengths[idx].min() == cells.lengths[idx].max())
-            hidden = net(ids, None if uniform else lens)
-        else:
-            mask = (torch.arange(ids.shape[1], device=dev)[None] < lens[:, None]).long()
-            hidden = net(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True
-            ).hidden_states[n_run]
-        return pool(hidden, lens, cells.has_cls, pool_mode)
-
-    # fast path: a batch that runs out of device memory is split and retried (ispo.runtime.oom)
-    oom = OomSplitter(what="embed") if oom is None else oom
-    cost = lambda j: len(j) * int(cells.lengths[j].max())
     with torch.inference_mode(), ctx:
         for idx in batches:
-            parts = oom.run(run, idx, cost) if method == "fast" else [(idx, run(idx))]
-            outs.extend(pooled for _, pooled in parts)
+            outs.extend(pooled for _, pooled in step(idx))
             if on_batch is not None:
                 on_batch(len(idx))
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
@@ -130,6 +104,22 @@ def embed_cells(
     if outs:
         result[order] = torch.cat(outs).cpu().numpy()
     return result
+
+
+def _baseline_batch(
+    hf: torch.nn.Module,
+    cells: TokenizedCells,
+    idx: np.ndarray,
+    model: GeneformerModel,
+    emb_layer: int,
+    pool_mode: PoolMode,
+) -> torch.Tensor:
+    """The reference way: padded ids with an attention mask through ``BertForMaskedLM``."""
+    ids, lens = pad_batch(cells, idx, model.config.pad_id)
+    ids, lens = to_device(ids, model.device), to_device(lens, model.device)
+    mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lens[:, None]).long()
+    out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return pool(out.hidden_states[model.layers_for(emb_layer)], lens, cells.has_cls, pool_mode)
 
 
 def checked_vocab(

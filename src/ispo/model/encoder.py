@@ -21,6 +21,8 @@ from torch import nn
 
 from ispo.model.presets import GeneformerConfig
 
+_MKLDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
 # torch >= 2.10: flash attention over packed sequences (CUDA only). Imported on first use on a
 # GPU (Packed.from_lengths): importing it pulls in torch._dynamo, ~2 s of every CPU start.
 varlen_attn = None
@@ -58,6 +60,41 @@ class Packed:
 
     def uses_varlen(self, x: torch.Tensor) -> bool:
         return varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def _fused_cpu(x: torch.Tensor, lin: nn.Module) -> bool:
+    """Whether a linear layer runs as one oneDNN call with its epilogue (bias, activation or
+    residual add) on this input: on CPUs with bf16 support, in bf16, for plain ``nn.Linear``
+    (int8 and other variants keep their own forward). Measured on an AVX-512-bf16 CPU: the
+    feed-forward input layer with its ReLU 1.8x faster than ``addmm`` (which first copies the
+    bias into the output) followed by a separate ReLU pass. fp32 keeps ``F.linear`` so its
+    results stay bit-for-bit those of the reference path. Under ``torch.compile`` the plain ops
+    are traced instead: inductor fuses them itself (and cannot trace the oneDNN op)."""
+    return (
+        _MKLDNN_BF16
+        and not torch.compiler.is_compiling()
+        and x.dtype == torch.bfloat16
+        and not x.is_cuda
+        and type(lin) is nn.Linear
+        and not torch.is_grad_enabled()
+    )
+
+
+def dense(
+    lin: nn.Module, x: torch.Tensor, act: str = "none", residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``act(lin(x))``, or ``lin(x) + residual``: fused into the matmul where it pays."""
+    if _fused_cpu(x, lin):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x, residual, lin.weight, lin.bias, "add"
+            )
+        return torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, act, [], "none")
+    y = lin(x)
+    return y + residual if residual is not None else _ACTS[act](y)
+
+
+_ACTS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu}
 
 
 class Embeddings(nn.Module):
@@ -100,16 +137,18 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
+        """``x + attention(x)``: the residual is added in the output projection's epilogue."""
         if isinstance(ctx, Packed):
             return self._packed(x, ctx)
         B, L, h = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = dense(self.qkv, x).view(B, L, 3, self.heads, h // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         y = self._sdpa(q, k, v, ctx)  # (B, heads, L, hd)
-        return self.out(y.transpose(1, 2).reshape(B, L, h))
+        return dense(self.out, y.transpose(1, 2).reshape(B, L, h), residual=x)
 
     def _packed(self, x: torch.Tensor, ctx: Packed) -> torch.Tensor:
         T, h = x.shape
-        qkv = self.qkv(x).view(T, 3, self.heads, h // self.heads)  # (T, 3, heads, hd)
+        qkv = dense(self.qkv, x).view(T, 3, self.heads, h // self.heads)  # (T, 3, heads, hd)
         if ctx.uses_varlen(x):
             q, k, v = qkv.unbind(1)
             y = varlen_attn(q, k, v, ctx.cu_seqlens, ctx.cu_seqlens, ctx.max_len, ctx.max_len)
@@ -121,7 +160,7 @@ class Attention(nn.Module):
             keep = torch.arange(ctx.max_len, device=x.device)[None] < ctx.lengths[:, None]
             y = self._sdpa(q, k, v, keep[:, None, None, :])
             y = y.transpose(1, 2)[ctx.seq_of, ctx.pos]  # (T, heads, hd)
-        return self.out(y.reshape(T, h))
+        return dense(self.out, y.reshape(T, h), residual=x)
 
 
 class Block(nn.Module):
@@ -134,12 +173,14 @@ class Block(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden, cfg.intermediate)
         self.ffn_out = nn.Linear(cfg.intermediate, cfg.hidden)
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        # the checkpoint's own activation (GeneformerConfig.from_hf refuses any other)
-        self.act = F.gelu if cfg.hidden_act == "gelu" else F.relu
+        # the checkpoint's own activation, relu or gelu (GeneformerConfig.from_hf refuses any
+        # other); fused into the first FFN matmul where that pays (``dense``)
+        self.act = cfg.hidden_act
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
-        x = self.ln1(x + self.attn(x, ctx))
-        return self.ln2(x + self.ffn_out(self.act(self.ffn_in(x))))
+        x = self.ln1(self.attn(x, ctx))  # the residual is added inside
+        f = dense(self.ffn_in, x, self.act)
+        return self.ln2(dense(self.ffn_out, f, residual=x))
 
 
 class Encoder(nn.Module):

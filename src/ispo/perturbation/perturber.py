@@ -10,15 +10,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ispo.embedding.embed import Layout, default_batch_tokens
 from ispo.io.vocab import Vocab
-from ispo.model.encoder import Encoder, Packed
+from ispo.model.encoder import Encoder
 from ispo.model.load import GeneformerModel, Precision
 from ispo.perturbation.index import Perturbations, PerturbType, each_gene, gene_set, with_anchor
 from ispo.perturbation.options import EmbMode
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
-from ispo.runtime.pool import gene_mask
+from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
+from ispo.settings import Layout
 from ispo.tokens import TokenizedCells
 
 
@@ -29,6 +29,7 @@ class Shard:
     cells: list[int]  # positions in the TokenizedCells, length-sorted
     specs: list[Perturbations]
     orig_hidden: torch.Tensor  # (sum of original lengths, h) original hidden states, stacked
+    orig_norm: torch.Tensor  # (sum of original lengths,) their fp32 norms
     orig_start: list[int]  # row of each cell's first token in orig_hidden
     orig_mean: torch.Tensor  # (n_cells, h) original mean-pooled cell embeddings
     orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings of the mode (mean or CLS)
@@ -49,7 +50,7 @@ class Perturber:
         emb_layer: int,
         precision: Precision,
         batch_tokens: int | None,
-        layout: Layout = "auto",
+        layout: Layout | str = "auto",
     ) -> None:
         self.model, self.vocab = model, vocab
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
@@ -58,12 +59,12 @@ class Perturber:
         self.budget = batch_tokens or default_batch_tokens(self.dev)
         self.has_cls = vocab.version == 2
         self.max_genes = min(vocab.max_input, model.config.max_len) - 2 * self.has_cls
-        self.pad = model.config.pad_id
         self.oom = OomSplitter(what="perturb")  # splits a batch that runs out of memory
-        # batches mixing cells of different lengths need a mask, which rules out flash
-        # attention; packed, they run varlen flash attention with no padding (CUDA, fp16/bf16)
-        half_cuda = self.dev.type == "cuda" and precision in ("fp16", "bf16")
-        self.packed = layout == "packed" or (layout == "auto" and half_cuda)
+        # batches mixing cells of different lengths run padded with a mask, or packed (the
+        # rule embeddings use too); a batch of one cell's perturbations needs neither
+        self.runner = Runner(
+            self.enc, pad_id=model.config.pad_id, layout=choose_layout(layout, self.dev, precision)
+        )
 
     # -- building ---------------------------------------------------------------------------
     def specs(
@@ -106,40 +107,14 @@ class Perturber:
         eos = torch.full((P, 1), self.vocab.eos_id, dtype=genes.dtype, device=genes.device)
         return torch.cat([cls, genes, eos], 1)
 
-    def _cell_embs(
-        self, hidden: torch.Tensor, lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, blocks: list[torch.Tensor]) -> Encoded:
+        """Run blocks of equal-length rows (one cell's perturbations, or one original each)."""
+        return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks]))
+
+    def _cell_embs(self, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean-pooled, state) cell embeddings; the state one is the CLS in ``cls`` mode."""
-        m = gene_mask(lens, hidden.shape[1], self.has_cls).float()
-        mean = torch.bmm(m[:, None], hidden.float()).squeeze(1) / m.sum(1, keepdim=True)
-        return mean, hidden[:, 0].float() if self.emb_mode == "cls" else mean
-
-    def _padded(
-        self, rows: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Stack rows of token blocks into one padded batch; mask only if lengths differ."""
-        width = max(r.shape[1] for r in rows)
-        lens = torch.cat([torch.full((r.shape[0],), r.shape[1], device=self.dev) for r in rows])
-        ids = torch.cat([F.pad(r, (0, width - r.shape[1]), value=self.pad) for r in rows])
-        uniform = all(r.shape[1] == width for r in rows)
-        return ids, None if uniform else lens, lens
-
-    def _encode(
-        self, ids: torch.Tensor, mask_lens: torch.Tensor | None, lens: torch.Tensor
-    ) -> torch.Tensor:
-        """Hidden states (R, L, h) of a padded batch; packed when lengths differ (see
-        ``self.packed``), then laid back out padded (zeros past each row's length)."""
-        if mask_lens is None or not self.packed:
-            return self.enc(ids, mask_lens)
-        keep = torch.arange(ids.shape[1], device=ids.device)[None] < lens[:, None]
-        flat = self.enc(ids[keep], Packed.from_lengths(lens))  # row-major: the packing order
-        hidden = flat.new_zeros(*ids.shape, flat.shape[-1])
-        hidden[keep] = flat
-        return hidden
-
-    def _forward(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask_lens, lens = self._padded(rows)
-        return self._encode(ids, mask_lens, lens), lens
+        mean = enc.pool(self.has_cls, "mean")
+        return mean, enc.pool(self.has_cls, "cls") if self.emb_mode == "cls" else mean
 
     def chunk_tokens(self, shard: Shard, chunks: list[tuple[int, int, int]]) -> int:
         """Padded tokens of a batch of (cell, row range) chunks (what the budget counts)."""
@@ -153,26 +128,28 @@ class Perturber:
         seqs = []
         for i, spec in built:
             cell = torch.from_numpy(cells.cell(i).astype(np.int64)).to(self.dev)
-            seqs.append(self._wrap(cell[s : s + spec.orig_len][None])[0])
-        lengths = np.array([len(q) for q in seqs])
+            seqs.append(cell[s : s + spec.orig_len])
+        lengths = np.array([len(q) for q in seqs]) + 2 * s
         hidden_of: list[torch.Tensor | None] = [None] * len(seqs)
         mean_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
         cell_emb = torch.empty_like(mean_emb)
         for batch in token_budget_batches(lengths, self.budget):
-            for idx, (hidden, lens) in self.oom.run(
-                lambda j: self._forward([seqs[x][None] for x in j]),
+            for idx, enc in self.oom.run(
+                lambda j: self._encode([seqs[x][None] for x in j]),
                 batch,
                 lambda j: len(j) * int(lengths[j].max()),
             ):
                 rows = torch.as_tensor(idx, device=self.dev)
-                mean_emb[rows], cell_emb[rows] = self._cell_embs(hidden, lens)
+                mean_emb[rows], cell_emb[rows] = self._cell_embs(enc)
                 for row, j in enumerate(idx):
-                    hidden_of[j] = hidden[row, : lengths[j]]
+                    hidden_of[j] = enc.row(row)
+        hidden = torch.cat(hidden_of)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
         return Shard(
             [i for i, _ in built],
             [sp for _, sp in built],
-            torch.cat(hidden_of),
+            hidden,
+            torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32),
             starts,
             mean_emb,
             cell_emb,
@@ -182,50 +159,17 @@ class Perturber:
         self, shard: Shard, chunks: list[tuple[int, int, int]], states: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Forward one token-budget batch of perturbation rows and compare with originals."""
-        s = int(self.has_cls)
-        ids, mask_lens, lens = self._padded(
-            [self._wrap(shard.specs[c].tokens[a:b]) for c, a, b in chunks]
-        )
-        hidden = self._encode(ids, mask_lens, lens)  # (R, L, h)
+        enc = self._encode([shard.specs[c].tokens[a:b] for c, a, b in chunks])  # R rows
         cell_of_row = torch.cat([torch.full((b - a,), c, device=self.dev) for c, a, b in chunks])
         orig_cell = shard.orig_cell[cell_of_row]
-        pert_mean, pert_cell = self._cell_embs(hidden, lens)
+        pert_mean, pert_cell = self._cell_embs(enc)
         orig_mean = shard.orig_mean[cell_of_row]
         out = {"cell_cos_sim": F.cosine_similarity(pert_mean, orig_mean, dim=-1)}
         if self.emb_mode == "cls":
             out["cos_sim"] = F.cosine_similarity(pert_cell, orig_cell, dim=-1)
         else:
-            k = max(shard.specs[c].aff_orig.shape[1] for c, _, _ in chunks)
-            aff_o = torch.cat(
-                [
-                    F.pad(
-                        shard.specs[c].aff_orig[a:b] + shard.orig_start[c] + s,
-                        (0, k - shard.specs[c].aff_orig.shape[1]),
-                    )
-                    for c, a, b in chunks
-                ]
-            )
-            aff_p = torch.cat(
-                [
-                    F.pad(
-                        shard.specs[c].aff_pert[a:b] + s, (0, k - shard.specs[c].aff_pert.shape[1])
-                    )
-                    for c, a, b in chunks
-                ]
-            )
-            kmask = torch.cat(
-                [
-                    F.pad(
-                        torch.ones(b - a, shard.specs[c].aff_orig.shape[1], device=self.dev),
-                        (0, k - shard.specs[c].aff_orig.shape[1]),
-                    )
-                    for c, a, b in chunks
-                ]
-            )
-            orig = shard.orig_hidden[aff_o]  # (R, k, h)
-            pert = hidden.gather(1, aff_p[..., None].expand(-1, -1, hidden.shape[2]))
-            gene_cos = F.cosine_similarity(orig.float(), pert.float(), dim=-1) * kmask
-            out["cos_sim"] = gene_cos.sum(1) / kmask.sum(1)
+            gene_cos, valid = self._gene_cos(shard, chunks, enc)
+            out["cos_sim"] = gene_cos.sum(1) / valid.sum(1)
             if self.emb_mode == "cell_and_gene":
                 out["gene_cos"] = gene_cos
         if states is not None:
@@ -234,10 +178,48 @@ class Perturber:
             ) - F.cosine_similarity(orig_cell[:, None], states[None], dim=-1)
         return out
 
+    def _gene_cos(
+        self, shard: Shard, chunks: list[tuple[int, int, int]], enc: Encoded
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, k) cosine of each affected gene's original and perturbed hidden state (0 past a
+        row's own k) and where it is valid: two gathers in the compute dtype, sums in fp32,
+        the originals' norms computed once per shard."""
+        s = int(self.has_cls)
+        k = max(shard.specs[c].aff_orig.shape[1] for c, _, _ in chunks)
+
+        def stacked(part: str, offset) -> torch.Tensor:
+            return torch.cat(
+                [
+                    F.pad(
+                        getattr(shard.specs[c], part)[a:b] + offset(c),
+                        (0, k - shard.specs[c].aff_orig.shape[1]),
+                        value=-1,
+                    )
+                    for c, a, b in chunks
+                ]
+            )
+
+        aff_o = stacked("aff_orig", lambda c: shard.orig_start[c] + s)  # rows of orig_hidden
+        aff_p = stacked("aff_pert", lambda c: s)  # positions in each perturbed row
+        valid = aff_p >= s
+        aff_o, aff_p = aff_o.clamp(min=0), aff_p.clamp(min=0)
+        pert = enc.take(aff_p)  # (R, k, h)
+        dot = (shard.orig_hidden[aff_o] * pert).sum(-1, dtype=torch.float32)
+        norms = shard.orig_norm[aff_o] * torch.linalg.vector_norm(pert, dim=-1, dtype=torch.float32)
+        return torch.where(valid, dot / norms.clamp(min=1e-8), 0.0), valid
+
     def row_chunks(self, shard: Shard) -> list[list[tuple[int, int, int]]]:
-        """Group (cell, row range) chunks into batches of at most ``budget`` tokens."""
-        batches, current, used = [], [], 0
+        """Group (cell, row range) chunks into batches of at most ``budget`` tokens.
+
+        Padded, a batch holds rows of one length only (no padding, no mask: SDPA's fastest
+        kernel); packed, rows of different lengths share a batch at no cost, so it is filled.
+        """
+        mix = self.runner.layout == Layout.PACKED
+        batches, current, used, width = [], [], 0, 0
         for c, spec in enumerate(shard.specs):
+            if current and not mix and spec.tokens.shape[1] + 2 * int(self.has_cls) != width:
+                batches.append(current)
+                current, used = [], 0
             width = spec.tokens.shape[1] + 2 * int(self.has_cls)
             per_batch = max(1, self.budget // width)
             a = 0

@@ -22,12 +22,17 @@ def gene_mask(lengths: torch.Tensor, width: int, has_cls: bool) -> torch.Tensor:
 def pool(
     hidden: torch.Tensor, lengths: torch.Tensor, has_cls: bool, mode: PoolMode = "mean"
 ) -> torch.Tensor:
-    """(B, h) float32 cell embeddings of (B, L, h) hidden states; sums are taken in fp32."""
+    """(B, h) float32 cell embeddings of (B, L, h) hidden states.
+
+    The masked sum is one batched matmul in the hidden states' dtype (its accumulation is fp32,
+    also for bf16/fp16 inputs), so no fp32 copy of the whole batch is made; only the (B, h) sums
+    are rounded to the compute dtype before the fp32 division.
+    """
     if mode == "cls":
         return hidden[:, 0].float()
-    m = gene_mask(lengths, hidden.shape[1], has_cls).to(torch.float32)  # (B, L)
-    summed = torch.bmm(m[:, None, :], hidden.float()).squeeze(1)  # (B, h)
-    return summed / m.sum(1, keepdim=True)
+    m = gene_mask(lengths, hidden.shape[1], has_cls)  # (B, L)
+    summed = torch.bmm(m[:, None, :].to(hidden.dtype), hidden).squeeze(1)  # (B, h)
+    return summed.float() / m.sum(1, keepdim=True)
 
 
 def pool_packed(
