@@ -6,6 +6,7 @@ import torch
 
 from ispo.bench.flops import encoder_flops, mfu, mlm_head_flops, peak_flops
 from ispo.errors import IspoError
+from ispo.runtime.hardware import cpu_peak_flops
 
 SMALL = {"n_layers": 6, "hidden": 256, "intermediate": 512}
 LARGE = {"n_layers": 12, "hidden": 512, "intermediate": 1024}
@@ -42,17 +43,17 @@ def test_mlm_head_flops() -> None:
 def test_mfu() -> None:
     assert mfu(1e12, 2.0, 1e12) == pytest.approx(0.5)
     assert mfu(1e12, 2.0, None) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="seconds must be positive"):
         mfu(1e12, 0.0, 1e12)
 
 
-def test_cpu_peak_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_peak_estimated_unless_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ISPO_CPU_PEAK_FLOPS", raising=False)
-    assert peak_flops("cpu", torch.float32) is None
+    assert peak_flops("cpu", torch.float32) == cpu_peak_flops(torch.float32)
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1.5e12")
     assert peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e12
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "fast")
-    with pytest.raises(IspoError):
+    with pytest.raises(IspoError, match="ISPO_CPU_PEAK_FLOPS='fast' is not a positive number"):
         peak_flops("cpu", torch.float32)
 
 

@@ -44,7 +44,7 @@ from ispo.bench.methods import (
 from ispo.embedding.embed import default_batch_tokens, embed_cells
 from ispo.io.vocab import Vocab
 from ispo.model.load import GeneformerModel
-from ispo.provenance import device_name, git_commit, versions
+from ispo.provenance import cpu_info, device_name, git_commit, versions
 from ispo.runtime.batching import fixed_batches, token_budget_batches
 from ispo.runtime.profiler import Profiler
 from ispo.tokens import TokenizedCells, tokenize
@@ -528,6 +528,7 @@ def run_benchmark(
         "created": started.isoformat(timespec="seconds"),
         "device": device_name(dev),
         "device_type": dev.type,
+        "cpu": cpu_info(),
         "threads": torch.get_num_threads(),
         "cpu_count": psutil.cpu_count(),
         # 1-minute load averages: above the CPU count, other processes competed for the cores
@@ -554,7 +555,8 @@ def run_benchmark(
             "model FLOPs of the encoder layers the embedding needs, from each "
             "cell's unpadded token count (L*(2n(4h^2+2hi)+4n^2h)), per second of "
             "the median steady-state pass, over the device's dense peak for the "
-            "method's compute dtype; CPU peak only from ISPO_CPU_PEAK_FLOPS"
+            "method's compute dtype; CPU peak from ISPO_CPU_PEAK_FLOPS when set, else "
+            "cores x clock x FLOP per cycle of the vector units (cpu.peak_tflops)"
         ),
     }
     return BenchResult(meta, rows, embeddings)

@@ -174,6 +174,23 @@ def _load_text(meta: dict) -> str:
     )
 
 
+def _cpu_text(meta: dict) -> str:
+    """The CPU line of the header: results from different CPUs differ more than methods do."""
+    cpu = meta.get("cpu")
+    if not cpu:  # results written before the CPU was recorded
+        return "- **CPU**: not recorded"
+    flags = [k for k, v in cpu["flags"].items() if v]
+    peaks = cpu["peak_tflops"]
+    peak = ", ".join(f"{k} {v * 1e3:,.0f}" for k, v in peaks.items() if v is not None)
+    return (
+        f"- **CPU**: {cpu['model'] or 'unknown model'}, {cpu['cores']} cores, "
+        f"{cpu['threads']} torch threads, torch ISA {cpu['capability']}, "
+        + (f"{cpu['mhz'] / 1000:.2f} GHz, " if cpu["mhz"] else "")
+        + (", ".join(flags) if flags else "no bf16/fp16/int8 matrix units")
+        + (f"; estimated peak GFLOP/s {peak}" if peak else "; peak unknown")
+    )
+
+
 def read_results(out: str | Path) -> BenchResult:
     """A :class:`BenchResult` from a results folder's ``results.json`` (no embeddings)."""
     data = json.loads((Path(out) / "results.json").read_text())
@@ -190,6 +207,7 @@ def to_markdown(result: BenchResult) -> str:
         "# ispo benchmark: methods table",
         "",
         f"- **device**: {m['device']}; {m['cpu_count']} CPUs" + _load_text(m),
+        _cpu_text(m),
         f"- **model**: `{m['model']['model']}` — {arch['n_layers']} layers, hidden "
         f"{arch['hidden']}, intermediate {arch['intermediate']}, vocab {arch['vocab_size']:,}"
         + (
