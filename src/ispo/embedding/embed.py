@@ -24,7 +24,7 @@ from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model.encoder import Packed
 from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel, Precision
-from ispo.provenance import device_name, h5ad_safe, versions
+from ispo.provenance import cpu_info, device_name, h5ad_safe, versions
 from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode, pool, pool_packed
@@ -210,6 +210,7 @@ def embed(
             "key_added": key_added,
             "n_cells_embedded": len(cells),
             "device": device_name(model.device),
+            "cpu": cpu_info(),
             "seconds": {"tokenize": t_tok, "embed": t_emb},
             "versions": versions(),
             "profile": prof.stats.to_dict(),

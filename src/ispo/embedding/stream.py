@@ -48,7 +48,7 @@ from ispo.io.genes import build_gene_map
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.io.write import atomic_output
 from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
-from ispo.provenance import device_name, h5ad_safe, versions
+from ispo.provenance import cpu_info, device_name, h5ad_safe, versions
 from ispo.runtime import dist
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode
@@ -672,6 +672,7 @@ def embed_file(
         "pool": pool_mode,
         "key_added": key_added,
         "device": device_name(model.device),
+        "cpu": cpu_info(),
         "seconds": {"embed": t_all},
         "versions": versions(),
         "profile": prof.stats.to_dict(),

@@ -47,7 +47,7 @@ from ispo.perturbation.passes import (
 )
 from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
-from ispo.provenance import device_name, versions
+from ispo.provenance import cpu_info, device_name, versions
 from ispo.runtime import dist
 from ispo.runtime.profiler import Profiler
 from ispo.tokens import NO_CELLS, TokenizedCells, iter_tokenize
@@ -250,6 +250,7 @@ def perturb(
         "cells_per_s": n_cells_done / elapsed if elapsed else None,
         "perturbations_per_s": n_pert / elapsed if elapsed else None,
         "device": device_name(model.device),
+        "cpu": cpu_info(),
         "profile": prof.stats.to_dict(),
         "versions": versions(),
     }
