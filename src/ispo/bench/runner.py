@@ -53,7 +53,7 @@ from ispo.tokens import TokenizedCells, tokenize
 log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
 GUARD_FLOOR_S = 60.0  # the CPU time guard never skips a method whose pass would take less
-ROW_BUDGET_BASELINE_PASSES = 2.0  # the row budget is at least this many baseline passes
+ROW_BUDGET_BASELINE_PASSES = 1.5  # the row budget is at least this many baseline passes
 
 ROW_KEYS = [
     "method",
@@ -373,7 +373,7 @@ def _fit(run: _Run, cells: TokenizedCells, seconds: float, warm: TokenizedCells)
     """The cells the timed passes run on, from a warm-up over ``warm`` in ``seconds``.
 
     The pass is predicted per token (the warm-up's cells may be the longest ones). A method
-    whose pass would take longer than the row budget (``config.row_budget_s``, or twice the
+    whose pass would take longer than the row budget (``config.row_budget_s``, or 1.5 times the
     baseline's pass if longer) runs on the first cells that fit it, at least one; its row says
     how many. The table keeps a slow method (fp16 without fp16 units) instead of skipping it.
     Then the ``max_slowdown`` guard (:func:`_check_pace`) applies.
@@ -615,7 +615,7 @@ def estimate_seconds(
 def _progress_line(i: int, total: int, spec: MethodSpec, n: int, estimate: float | None) -> str:
     est = "time unknown" if estimate is None else f"~{estimate:,.0f} s"
     extra = " + compilation" if spec.compile else ""
-    return f"[{i}/{total}] {spec.name}: {spec.title()} on {n} cells, {est}{extra}"
+    return f"[{i}/{total}] {spec.name}: {method_label(spec, n)} on {n} cells, {est}{extra}"
 
 
 def _failed_row(spec: MethodSpec, exc: Exception) -> dict[str, Any]:

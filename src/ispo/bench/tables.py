@@ -260,7 +260,7 @@ def to_markdown(result: BenchResult) -> str:
         "- **cos min / mean**: cosine similarity of each cell's embedding to the fp32 baseline's.",
         "- **bs=256→16**: a batch size above the number of cells runs one batch of all of them "
         "(the method is unchanged; the run has fewer cells than the batch). **[3 of 16 cells]**: "
-        "a method whose pass would exceed the row budget (`config.row_budget_s`, at least two "
+        "a method whose pass would exceed the row budget (`config.row_budget_s`, at least 1.5 "
         "baseline passes) was timed on the first cells that fit it; its rates are per cell "
         "and its consistency is against the baseline's embeddings of those cells.",
         "",
