@@ -53,7 +53,9 @@ from ispo.tokens import TokenizedCells, tokenize
 log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
 GUARD_FLOOR_S = 60.0  # the CPU time guard never skips a method whose pass would take less
-ROW_BUDGET_BASELINE_PASSES = 1.5  # the row budget is at least this many baseline passes
+# the row budget is at least this many baseline passes: only a method several times slower than
+# the baseline (fp16 without fp16 units) is ever shortened, never one the load made look slower
+ROW_BUDGET_BASELINE_PASSES = 3.0
 
 ROW_KEYS = [
     "method",
@@ -322,12 +324,15 @@ def _memory_skip(
     row: dict[str, Any],
     config: BenchConfig,
 ) -> str | None:
-    """Why the reference path's largest batch would not fit in host memory, or None.
+    """Why the reference path's largest batch would not fit in host memory, or None; records
+    the estimate in ``row``.
 
     CPU only: running out of host memory kills the process (every row is lost), while a GPU
     out-of-memory error is caught and reported in its row.
     """
     dev = model.device
+    if spec.path != "baseline":  # the fast path splits a batch that runs out of memory
+        return None
     need = reference_batch_bytes(model, spec, cells, batches)
     row["est_batch_mem_mib"] = need / _MIB
     have = available_bytes(dev)
@@ -369,19 +374,31 @@ class _Run:
         return embed_cells(cells, self.model, net=net, **self.kwargs)
 
 
+def row_budget(config: BenchConfig, n_cells: int, baseline_rate: float | None) -> float | None:
+    """Seconds a row's timed pass may take before it runs on fewer cells (None: no limit):
+    ``config.row_budget_s``, or ``ROW_BUDGET_BASELINE_PASSES`` baseline passes if longer."""
+    budget = config.row_budget_s
+    if budget and baseline_rate:
+        budget = max(budget, ROW_BUDGET_BASELINE_PASSES * n_cells / baseline_rate)
+    return budget
+
+
 def _fit(run: _Run, cells: TokenizedCells, seconds: float, warm: TokenizedCells) -> TokenizedCells:
     """The cells the timed passes run on, from a warm-up over ``warm`` in ``seconds``.
 
     The pass is predicted per token (the warm-up's cells may be the longest ones). A method
-    whose pass would take longer than the row budget (``config.row_budget_s``, or 1.5 times the
+    whose pass would take longer than the row budget (``config.row_budget_s``, or 3 times the
     baseline's pass if longer) runs on the first cells that fit it, at least one; its row says
     how many. The table keeps a slow method (fp16 without fp16 units) instead of skipping it.
     Then the ``max_slowdown`` guard (:func:`_check_pace`) applies.
     """
     per_token = seconds / max(int(warm.lengths.sum()), 1)
-    budget = run.config.row_budget_s
-    if budget and run.baseline_rate:
-        budget = max(budget, ROW_BUDGET_BASELINE_PASSES * len(cells) / run.baseline_rate)
+    # batching rows measure how the batch size plays out over all cells: never shortened
+    budget = (
+        None
+        if run.spec.family == "batching"
+        else row_budget(run.config, len(cells), run.baseline_rate)
+    )
     if budget and per_token * cells.lengths.sum() > budget and len(cells) > 1:
         fits = np.cumsum(cells.lengths) * per_token <= budget
         keep = max(1, int(fits.sum()))
@@ -515,6 +532,28 @@ def _embed_kwargs(spec: MethodSpec, config: BenchConfig, batch_tokens: int) -> d
     }
 
 
+def _planned_row(
+    spec: MethodSpec,
+    model: GeneformerModel,
+    cells: TokenizedCells,
+    config: BenchConfig,
+    batch_tokens: int,
+    peak: float | None,
+) -> dict[str, Any]:
+    """A method's row before it runs: what it is and the work it will do on ``cells``."""
+    return blank_row(
+        method=spec.name,
+        label=method_label(spec, len(cells)),
+        family=spec.family,
+        status="ok",
+        path=spec.path,
+        precision="int8" if spec.int8 else spec.precision,
+        batching=batching_text(spec, batch_tokens),
+        peak_tflops=None if peak is None else peak / 1e12,
+        **workload(spec, model, cells, batch_tokens, config.emb_layer),
+    )
+
+
 def run_method(
     spec: MethodSpec,
     model: GeneformerModel,
@@ -534,23 +573,12 @@ def run_method(
     batch_tokens = config.batch_tokens or default_batch_tokens(dev)
     batches = method_batches(spec, cells, batch_tokens)
     peak = peak_flops(dev, spec.compute_dtype)
-    row = blank_row(
-        method=spec.name,
-        label=method_label(spec, len(cells)),
-        family=spec.family,
-        status="ok",
-        path=spec.path,
-        precision="int8" if spec.int8 else spec.precision,
-        batching=batching_text(spec, batch_tokens),
-        peak_tflops=None if peak is None else peak / 1e12,
-        **workload(spec, model, cells, batch_tokens, config.emb_layer),
-    )
-    if spec.path == "baseline":
-        reason = _memory_skip(spec, model, cells, batches, row, config)
-        if reason is not None:
-            row.update(status="skipped", reason=reason)
-            log.warning("%s: skipped: %s", spec.name, reason)
-            return row, None
+    row = _planned_row(spec, model, cells, config, batch_tokens, peak)
+    reason = _memory_skip(spec, model, cells, batches, row, config)
+    if reason is not None:
+        row.update(status="skipped", reason=reason)
+        log.warning("%s: skipped: %s", spec.name, reason)
+        return row, None
     run = _Run(spec, model, config, _embed_kwargs(spec, config, batch_tokens), baseline_rate)
     emb, ran = None, cells
     try:
@@ -590,6 +618,7 @@ def estimate_seconds(
     cells: TokenizedCells,
     config: BenchConfig,
     rates: dict[str, float],
+    baseline_rate: float | None = None,
 ) -> float | None:
     """Rough seconds a method's row will take (warm-up and timed passes, not compilation).
 
@@ -605,8 +634,10 @@ def estimate_seconds(
             return None
         rate = peak * ASSUMED_MFU[spec.path]
     one = flops / rate
-    if config.row_budget_s and spec.name != "baseline" and model.device.type == "cpu":
-        one = min(one, config.row_budget_s)
+    budget = row_budget(config, len(cells), baseline_rate)
+    adaptive = spec.family != "batching" and not spec.compile and model.device.type == "cpu"
+    if budget and baseline_rate and adaptive:
+        one = min(one, budget)
     passes = max(1, min(config.repeats, int(config.repeat_budget_s // max(one, 1e-9))))
     warm = one if spec.compile else one * min(1.0, config.warmup_cells / max(len(cells), 1))
     return warm + passes * one
@@ -627,6 +658,20 @@ def _failed_row(spec: MethodSpec, exc: Exception) -> dict[str, Any]:
         status="failed",
         reason=f"{type(exc).__name__}: {str(exc)[:200]}",
     )
+
+
+def _update_rates(
+    rates: dict[str, float],
+    spec: MethodSpec,
+    model: GeneformerModel,
+    ran: TokenizedCells,
+    row: dict[str, Any],
+    config: BenchConfig,
+) -> None:
+    """Executed FLOP/s of an fp32 row on its path: what the next rows' estimates start from."""
+    if spec.precision == "fp32" and not (spec.int8 or spec.compile):
+        bt = config.batch_tokens or default_batch_tokens(model.device)
+        rates[spec.path] = padded_flops(spec, model, ran, bt) / row["time_s"]
 
 
 def _run_methods(
@@ -654,9 +699,8 @@ def _run_methods(
             step += 1
 
     for i, spec in enumerate(specs, 1):
-        line = _progress_line(
-            i, len(specs), spec, len(cells), estimate_seconds(spec, model, cells, config, rates)
-        )
+        estimate = estimate_seconds(spec, model, cells, config, rates, baseline_rate)
+        line = _progress_line(i, len(specs), spec, len(cells), estimate)
         log.info("benchmark: %s", line)
         if on_progress is not None:
             on_progress(line)
@@ -679,10 +723,7 @@ def _run_methods(
             row["cos_min"], row["cos_mean"] = 1.0, 1.0
         if emb is not None:
             embeddings[spec.name] = emb
-            if spec.precision == "fp32" and not (spec.int8 or spec.compile):
-                ran = cells.subset(np.arange(row["n_cells"]))
-                bt = config.batch_tokens or default_batch_tokens(model.device)
-                rates[spec.path] = padded_flops(spec, model, ran, bt) / row["time_s"]
+            _update_rates(rates, spec, model, cells.subset(np.arange(row["n_cells"])), row, config)
         rows.append(row)
         if tracker is not None:
             tracker.log({f"{spec.name}/{k}": v for k, v in row.items()}, step=step)

@@ -22,7 +22,7 @@ log = logging.getLogger("ispo")
 # one batch of every cell and their rows say so
 CPU_DEFAULT_CELLS = 16
 CPU_WARMUP_CELLS = 2  # a CPU has no lazy GPU initialisation to absorb: 2 cells warm it up
-CPU_ROW_BUDGET_S = 10.0  # a slower method (fp16 without fp16 units) is timed on fewer cells
+CPU_ROW_BUDGET_S = 20.0  # a slower method (fp16 without fp16 units) is timed on fewer cells
 # the default demo data on CPU keeps this share of its counts: median ~490 genes per cell, as
 # in Kang et al. 2018 PBMCs (median 514), instead of the demo's ~2,100 (cut to 2,048 tokens)
 KANG_LIKE_FRACTION = 0.15
