@@ -337,7 +337,9 @@ def _bar_plot(
     for yi, v in zip(y, values):
         ax.text(v, yi, f" {v:,.3g}", va="center", fontsize="small")
     ax.set_xlabel(xlabel)
-    ax.set_title(textwrap.fill(title, 70), fontsize="medium")  # long device names: wrap
+    # over the whole figure, not the axes: long row labels push the axes right and an axes
+    # title past the figure's edge
+    fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
     ax.margins(x=0.12)  # room for the value labels right of the bars
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -389,7 +391,7 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
                 [r["speedup"] for r in ok],
                 out / "speedup.png",
                 title=f"Speedup over the fp32 baseline: {what}",
-                xlabel="x baseline (cells/s ratio, same run, same cells)",
+                xlabel="x baseline (cells/s ratio, same run)",
                 ref=1.0,
                 colors=colors,
             )
