@@ -458,3 +458,18 @@ def test_slow_method_is_timed_on_fewer_cells_not_skipped(
         assert res.embeddings[name].shape == (1, 16) and r["cos_min"] > 0.99
     assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
     assert all(" on 3 cells, " in line for line in lines)
+
+
+def test_cpu_default_data_has_kang_like_cell_lengths() -> None:
+    from ispo.cli import bench as cli_bench
+
+    adata, _, what = cli_bench._load_data(None, None, 16, 200, kang_like=True)
+    full = ispo.demo_adata(200)
+    genes = np.diff(adata.X.tocsr().indptr)
+    assert 350 < np.median(genes) < 650  # Kang et al. 2018 PBMCs: median 514 genes per cell
+    assert np.median(np.diff(full.X.tocsr().indptr)) > 2000  # the demo itself: ~2,100
+    assert "Kang-like" in what and "synthetic" in what  # still said to be synthetic
+    thinned = adata.X.toarray()
+    assert (thinned <= full.X.toarray()).all() and (thinned == np.round(thinned)).all()
+    _, _, plain = cli_bench._load_data("demo", None, 16, 200, kang_like=True)
+    assert "Kang-like" not in plain  # an explicit --data demo is left as it is
