@@ -87,6 +87,7 @@ ROW_KEYS = [
     "mfu",
     "cpu_percent_avg",
     "cpu_percent_peak",
+    "cpu_s_per_cell",
     "gpu_util_avg",
     "gpu_util_peak",
     "rss_peak_mib",
@@ -495,6 +496,10 @@ def _measured(run: _Run, cells: TokenizedCells, stats: Any, peak: float | None) 
         "mfu": mfu(fixed["model_flops"], t, peak),
         "cpu_percent_avg": stats.cpu_percent_avg,
         "cpu_percent_peak": stats.cpu_percent_peak,
+        # CPU time per cell: on a shared machine, what the method cost whatever it waited for
+        "cpu_s_per_cell": None
+        if stats.cpu_percent_avg is None
+        else t * stats.cpu_percent_avg / 100 / len(cells),
         "gpu_util_avg": stats.gpu_util_avg,
         "gpu_util_peak": stats.gpu_util_peak,
         "rss_peak_mib": stats.rss_peak_bytes / _MIB,

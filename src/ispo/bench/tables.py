@@ -89,6 +89,7 @@ COLUMNS: list[tuple[str, Any]] = [
         ),
     ),
     ("CPU % avg/peak", _cpu),
+    ("CPU s/cell", lambda r: _num(r.get("cpu_s_per_cell"), ".3f")),
     ("GPU % avg/peak", _gpu),
     ("RSS peak (GiB)", lambda r: _mem(r["rss_peak_mib"])),
     ("GPU mem peak (GiB)", lambda r: _mem(r["gpu_mem_peak_mib"])),
@@ -250,7 +251,9 @@ def to_markdown(result: BenchResult) -> str:
         f"- **MFU**: {m['mfu_definition']}. Where no peak is known the achieved model "
         "GFLOP/s is shown instead.",
         "- **CPU %** is the process's CPU time over wall time (100 = one core busy), "
-        "average over the timed passes and peak over 0.1 s samples; **GPU %** is NVML "
+        "average over the timed passes and peak over 0.1 s samples; **CPU s/cell** is the "
+        "process's CPU time per cell in the median pass (on a shared machine the ratio of "
+        "these is what a quiet machine's speedup would be, roughly); **GPU %** is NVML "
         "utilisation; **RSS peak** is the process's resident memory during the row (the "
         "interpreter, torch, the model and the data included); **GPU mem peak** is "
         "`torch.cuda.max_memory_allocated` within the row.",
