@@ -329,9 +329,9 @@ def benchmark(
         float | None,
         typer.Option(
             "--row-budget",
-            help="CPU: seconds a method's timed pass may take; a slower method (e.g. fp16 "
-            f"without fp16 units) is timed on fewer cells, said in its row. Default "
-            f"{CPU_ROW_BUDGET_S:g} on CPU, 0 (every cell) on GPU",
+            help="CPU: seconds a method's timed pass may take (at least 3 baseline passes); a "
+            "slower method (e.g. fp16 without fp16 units) is timed on fewer cells, said in its "
+            f"row. Default {CPU_ROW_BUDGET_S:g} on CPU, 0 (every cell) on GPU",
         ),
     ] = None,
     layer: Annotated[str | None, typer.Option("--layer", help="layer of raw counts")] = None,
