@@ -1,4 +1,4 @@
-"""What every output records about how it was made: versions, device, git commit."""
+"""What every output records about how it was made: versions, device, CPU, git commit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
+from ispo.runtime.hardware import cpu_info, cpu_summary
+
+__all__ = ["cpu_info", "device_name", "git_commit", "h5ad_safe", "versions"]
 
 
 def _version(pkg: str) -> str:
@@ -27,10 +31,12 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or ``cpu (MODEL, N cores, torch ISA ..., flags, N threads)``: CPUs differ
+    more than methods do (bf16 units, AVX-512), so a CPU figure names its CPU."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_summary()}, {torch.get_num_threads()} threads)"
 
 
 def git_commit() -> str:

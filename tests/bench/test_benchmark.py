@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import ispo
 from hf_reference import embed_reference, half_error, load_reference
 from ispo.bench import runner
+from ispo.bench.flops import peak_flops
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
 from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
 from ispo.bench.tables import read_results, to_markdown, write_results
@@ -131,7 +132,11 @@ def test_every_method_gives_a_complete_row(result) -> None:
         ):
             assert r[key] is not None, (r["method"], key)
         assert r["gpu_util_avg"] is None and r["gpu_mem_peak_mib"] is None  # CPU: not faked
-        assert r["mfu"] is None  # no CPU peak known unless ISPO_CPU_PEAK_FLOPS is set
+        peak = peak_flops("cpu", REGISTRY.get(r["method"], REGISTRY["baseline"]).compute_dtype)
+        if peak is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
+            assert r["mfu"] is None
+        else:  # MFU against the CPU's estimated peak (ispo.runtime.hardware)
+            assert r["mfu"] == pytest.approx(r["achieved_tflops"] * 1e12 / peak)
         assert 0.0 <= r["pad_fraction"] < 1.0
         assert result.embeddings[r["method"]].shape == (N_CELLS, 16)
     assert result.row("baseline")["speedup"] == pytest.approx(1.0)
@@ -399,8 +404,8 @@ def test_reference_command_forms(tiny_ckpt, small_h5ad, tmp_path, args, method) 
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", method, "tokenize"]
     assert all(r["status"] == "ok" for r in rows) and rows[0]["n_cells"] == 3
-    if method != "batching-2":
-        assert rows[1]["label"].endswith("(bs=4)")
+    if method != "batching-2":  # batch size 4 on 3 cells: one batch of all 3, said so
+        assert rows[1]["label"].endswith("(bs=4→3)")
 
 
 def test_baseline_form(tiny_ckpt, small_h5ad, tmp_path) -> None:
@@ -457,3 +462,40 @@ def test_compile_row_on_cpu(tiny_model, small_adata) -> None:
         pytest.skip(f"torch.compile unavailable here: {r['reason']}")
     assert r["status"] == "ok" and r["cos_min"] >= 0.9999
     assert "torch.compile" in r["backend"] and r["warmup_s"] > 0
+
+
+def test_slow_method_is_timed_on_fewer_cells_not_skipped(
+    tiny_model, small_adata, monkeypatch
+) -> None:
+    monkeypatch.setattr(runner, "ROW_BUDGET_BASELINE_PASSES", 0.0)  # the budget alone decides
+    config = BenchConfig(
+        methods="bf16,fast", repeats=1, row_budget_s=1e-9, max_slowdown=None, warmup_cells=2
+    )
+    lines: list[str] = []
+    res = run_benchmark(
+        small_adata[:3], tiny_model, ispo.demo_vocab(), config, on_progress=lines.append
+    )
+    base = res.row("baseline")
+    assert base["n_cells"] == 3 and base["label"] == "Baseline (bs=10→3)"  # never shrunk
+    for name in ("bf16", "fast"):
+        r = res.row(name)
+        assert r["status"] == "ok" and r["n_cells"] == 1 and r["label"].endswith("[1 of 3 cells]")
+        assert r["cells_per_s"] == pytest.approx(1 / r["time_s"])
+        assert res.embeddings[name].shape == (1, 16) and r["cos_min"] > 0.99
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert all(" on 3 cells, " in line for line in lines)
+
+
+def test_cpu_default_data_has_kang_like_cell_lengths() -> None:
+    from ispo.cli import bench as cli_bench
+
+    adata, _, what = cli_bench._load_data(None, None, 16, 200, kang_like=True)
+    full = ispo.demo_adata(200)
+    genes = np.diff(adata.X.tocsr().indptr)
+    assert 350 < np.median(genes) < 650  # Kang et al. 2018 PBMCs: median 514 genes per cell
+    assert np.median(np.diff(full.X.tocsr().indptr)) > 2000  # the demo itself: ~2,100
+    assert "Kang-like" in what and "synthetic" in what  # still said to be synthetic
+    thinned = adata.X.toarray()
+    assert (thinned <= full.X.toarray()).all() and (thinned == np.round(thinned)).all()
+    _, _, plain = cli_bench._load_data("demo", None, 16, 200, kang_like=True)
+    assert "Kang-like" not in plain  # an explicit --data demo is left as it is

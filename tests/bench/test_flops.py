@@ -6,6 +6,7 @@ import torch
 
 from ispo.bench.flops import encoder_flops, mfu, mlm_head_flops, peak_flops
 from ispo.errors import IspoError
+from ispo.runtime.hardware import cpu_peak_flops
 
 SMALL = {"n_layers": 6, "hidden": 256, "intermediate": 512}
 LARGE = {"n_layers": 12, "hidden": 512, "intermediate": 1024}
@@ -46,9 +47,9 @@ def test_mfu() -> None:
         mfu(1e12, 0.0, 1e12)
 
 
-def test_cpu_peak_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_peak_estimated_unless_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ISPO_CPU_PEAK_FLOPS", raising=False)
-    assert peak_flops("cpu", torch.float32) is None
+    assert peak_flops("cpu", torch.float32) == cpu_peak_flops(torch.float32)
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1.5e12")
     assert peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e12
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "fast")

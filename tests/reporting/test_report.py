@@ -54,6 +54,15 @@ def bench_folder(root: Path) -> Path:
             "model": {"model": "gf-6L-10M-i2048", "random_init": True},
             "data": {"source": "demo:16", "synthetic": True, "n_cells": 16, "tokens_mean": 1990.5},
             "mfu_definition": "model FLOPs over peak",
+            "cpu_count": 2,
+            "load_average": {"start": 5.2, "end": 4.1},
+            "cpu": {
+                "model": "AMD EPYC",
+                "cores": 2,
+                "capability": "AVX512",
+                "flags": {"amx_bf16": False, "avx512_bf16": True},
+                "peak_tflops": {"fp32": 0.166},
+            },
         },
         "rows": [
             row("baseline", "Baseline (bs=10)", "baseline", 2.0, 1.0, 0.011, 900.0, 1.0),
@@ -257,6 +266,10 @@ def test_report_renders_every_kind(folders, tmp_path, capsys):
     # benchmark: throughput, speedup, MFU, memory; unavailable rows keep their reason
     assert "| ispo fast fp32 | ok | 11.5 | 5750 | 5.75x | 6.3% | 0.68 GiB (RSS) |" in md
     assert "no int8 backend" in md and "tokenize" not in md.split("## Evaluation")[0]
+    # the CPU and the load: figures from a busy machine say so
+    assert "CPU AMD EPYC: 2 cores, torch ISA AVX512, avx512_bf16, estimated fp32 peak 166" in md
+    assert "load average 5.2 at start, 4.1 at end: other processes competed" in md
+    assert "| 1.000000 |" in md  # cosines to 6 decimals, not rounded to "1"
     # evaluate: its metrics table and both plots
     assert "| accuracy |" in md and "ARI_cluster/label" in md
     # tune: best setting, speedup, the pruned trial's reason, the best config

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ispo.errors import IspoError
+from ispo.runtime.hardware import cpu_peak_flops
 
 CPU_PEAK_ENV = "ISPO_CPU_PEAK_FLOPS"
 
@@ -111,15 +112,15 @@ def peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
     MFU is reported only where a peak is known: a guessed peak would make a guessed MFU. On CUDA
     the peak comes from a datasheet table matched on :func:`torch.cuda.get_device_name`; float32
     uses the TF32 tensor-core peak when ``torch.backends.cuda.matmul.allow_tf32`` is on. On CPU
-    the peak depends on cores, clocks and vector units, so it is read from the environment
-    variable ``ISPO_CPU_PEAK_FLOPS`` (FLOP/s, e.g. ``1.5e12``, one figure for every dtype) when
-    set, None otherwise.
+    the environment variable ``ISPO_CPU_PEAK_FLOPS`` (FLOP/s, e.g. ``1.5e12``, one figure for
+    every dtype) wins when set; otherwise the peak is estimated from the cores, clock and vector
+    units (:func:`ispo.runtime.hardware.cpu_peak_flops`, None where one of them is unknown).
     """
     device = torch.device(device)
     if device.type == "cpu":
         raw = os.environ.get(CPU_PEAK_ENV)
         if raw is None:
-            return None
+            return cpu_peak_flops(dtype)
         try:
             value = float(raw)
         except ValueError:

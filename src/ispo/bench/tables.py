@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ COLUMNS: list[tuple[str, Any]] = [
         ),
     ),
     ("CPU % avg/peak", _cpu),
+    ("CPU s/cell", lambda r: _num(r.get("cpu_s_per_cell"), ".3f")),
     ("GPU % avg/peak", _gpu),
     ("RSS peak (GiB)", lambda r: _mem(r["rss_peak_mib"])),
     ("GPU mem peak (GiB)", lambda r: _mem(r["gpu_mem_peak_mib"])),
@@ -164,6 +166,23 @@ def _load_text(meta: dict) -> str:
     )
 
 
+def _cpu_text(meta: dict) -> str:
+    """The CPU line of the header: results from different CPUs differ more than methods do."""
+    cpu = meta.get("cpu")
+    if not cpu:  # results written before the CPU was recorded
+        return "- **CPU**: not recorded"
+    flags = [k for k, v in cpu["flags"].items() if v]
+    peaks = cpu["peak_tflops"]
+    peak = ", ".join(f"{k} {v * 1e3:,.0f}" for k, v in peaks.items() if v is not None)
+    return (
+        f"- **CPU**: {cpu['model'] or 'unknown model'}, {cpu['cores']} cores, "
+        f"{cpu['threads']} torch threads, torch ISA {cpu['capability']}, "
+        + (f"{cpu['mhz'] / 1000:.2f} GHz, " if cpu["mhz"] else "")
+        + (", ".join(flags) if flags else "no bf16/fp16/int8 matrix units")
+        + (f"; estimated peak GFLOP/s {peak}" if peak else "; peak unknown")
+    )
+
+
 def read_results(out: str | Path) -> BenchResult:
     """A :class:`BenchResult` from a results folder's ``results.json`` (no embeddings)."""
     data = json.loads((Path(out) / "results.json").read_text())
@@ -180,6 +199,7 @@ def to_markdown(result: BenchResult) -> str:
         "# ispo benchmark: methods table",
         "",
         f"- **device**: {m['device']}; {m['cpu_count']} CPUs" + _load_text(m),
+        _cpu_text(m),
         f"- **model**: `{m['model']['model']}` — {arch['n_layers']} layers, hidden "
         f"{arch['hidden']}, intermediate {arch['intermediate']}, vocab {arch['vocab_size']:,}"
         + (
@@ -221,7 +241,9 @@ def to_markdown(result: BenchResult) -> str:
         f"- **MFU**: {m['mfu_definition']}. Where no peak is known the achieved model "
         "GFLOP/s is shown instead.",
         "- **CPU %** is the process's CPU time over wall time (100 = one core busy), "
-        "average over the timed passes and peak over 0.1 s samples; **GPU %** is NVML "
+        "average over the timed passes and peak over 0.1 s samples; **CPU s/cell** is the "
+        "process's CPU time per cell in the median pass (on a shared machine the ratio of "
+        "these is what a quiet machine's speedup would be, roughly); **GPU %** is NVML "
         "utilisation; **RSS peak** is the process's resident memory during the row (the "
         "interpreter, torch, the model and the data included); **GPU mem peak** is "
         "`torch.cuda.max_memory_allocated` within the row.",
@@ -230,6 +252,12 @@ def to_markdown(result: BenchResult) -> str:
         "tokens; **Pad %** is the share of computed positions that were padding. "
         "Together they bound what removing work alone can gain.",
         "- **cos min / mean**: cosine similarity of each cell's embedding to the fp32 baseline's.",
+        "- **bs=256→16**: a batch size above the number of cells runs one batch of all of them "
+        "(the method is unchanged; the run has fewer cells than the batch). **[3 of 16 cells]**: "
+        "a method whose pass would exceed the row budget (`config.row_budget_s`, at least 3 "
+        "baseline passes; never a batching row) was timed on the first cells that fit it; its "
+        "rates are per cell and its consistency is against the baseline's embeddings of those "
+        "cells.",
         "",
         "## Methods",
         "",
@@ -292,14 +320,20 @@ def _bar_plot(
     ax.barh(y, values, color=colors)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    if log and all(v > 0 for v in values):
+    # log only where values span decades (a GPU table: 1 to 30,000 cells/s); on a narrow range
+    # log ticks crowd into unreadable labels ("2x10^-1 3x10^-1 ...")
+    if log and all(v > 0 for v in values) and max(values) > 30 * min(values):
         ax.set_xscale("log")
+        xlabel += " (log scale)"
     if ref is not None:
         ax.axvline(ref, color="black", linewidth=0.8, linestyle="--")
     for yi, v in zip(y, values):
         ax.text(v, yi, f" {v:,.3g}", va="center", fontsize="small")
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    # over the whole figure, not the axes: long row labels push the axes right and an axes
+    # title past the figure's edge
+    fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
+    ax.margins(x=0.12)  # room for the value labels right of the bars
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
@@ -315,6 +349,14 @@ def _colour(r: dict) -> str:
     }.get(r["family"], "#8c564b")
 
 
+def _short_device(meta: dict) -> str:
+    """``cpu (AMD EPYC, 2 cores)`` or the GPU's name: what a plot title has room for."""
+    cpu = meta.get("cpu")
+    if meta.get("device_type") == "cpu" and cpu:
+        return f"cpu ({cpu['model'] or 'unknown model'}, {cpu['cores']} cores)"
+    return str(meta["device"])
+
+
 def write_plots(result: BenchResult, out: Path) -> list[Path]:
     """throughput.png, speedup.png and memory.png for the rows that ran."""
     ok = [r for r in result.rows if r["status"] == "ok" and r["family"] != "tokenize"]
@@ -323,14 +365,14 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
     labels = [r["label"] for r in ok]
     colors = [_colour(r) for r in ok]
     m = result.meta
-    what = f"{Path(m['model']['model']).name}, {m['data']['n_cells']:,} cells, {m['device']}"
+    what = f"{Path(m['model']['model']).name}, {m['data']['n_cells']:,} cells, {_short_device(m)}"
     paths = [
         _bar_plot(
             labels,
             [r["cells_per_s"] for r in ok],
             out / "throughput.png",
             title=f"Throughput: {what}",
-            xlabel="cells/s (steady state, log scale)",
+            xlabel="cells/s (steady state)",
             log=True,
             colors=colors,
         )
@@ -342,7 +384,7 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
                 [r["speedup"] for r in ok],
                 out / "speedup.png",
                 title=f"Speedup over the fp32 baseline: {what}",
-                xlabel="x baseline (cells/s ratio, same run, same cells)",
+                xlabel="x baseline (cells/s ratio, same run)",
                 ref=1.0,
                 colors=colors,
             )

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel, Precision
-from ispo.provenance import device_name, h5ad_safe, versions
+from ispo.provenance import cpu_info, device_name, h5ad_safe, versions
 from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import PoolMode, pool
@@ -157,6 +157,7 @@ def embedding_metadata(
         "pool": str(s.pool),
         "key_added": key_added,
         "device": device_name(model.device),
+        "cpu": cpu_info(),
         "versions": versions(),
         "profile": profile,
     }

@@ -3,8 +3,9 @@
 A vocabulary directory has Geneformer's layout: ``token_dictionary.pkl`` (Ensembl id -> token),
 ``gene_median_dictionary.pkl`` (Ensembl id -> nonzero median used to normalise counts),
 ``gene_name_id_dict.pkl`` (symbol -> Ensembl id) and ``ensembl_mapping_dict.pkl`` (id or symbol ->
-canonical Ensembl id, used to merge duplicates). Pickles can run code when loaded, so ispo reads
-them only from a directory the user named, and never writes pickles itself.
+canonical Ensembl id, used to merge duplicates). A pickle can name any function to call while it
+loads, so ispo reads these with :class:`PlainUnpickler`, which builds only plain containers,
+strings, numbers and NumPy numeric scalars and refuses anything else; it never writes pickles.
 """
 
 from __future__ import annotations
@@ -112,10 +113,52 @@ class Vocab:
         return self.id_to_symbol.get(gene_id, gene_id)
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle asked for something other than plain data (a function, a class to call)."""
+
+
+_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool"}
+_NUMPY_SCALAR = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+def _numeric(dtype: object) -> np.dtype:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
+        raise RefusedPickle(f"a NumPy scalar of dtype {dtype!r}, not a number")
+    return dtype
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Builds plain containers, strings, numbers and NumPy numeric scalars; nothing else.
+
+    A pickle runs code by naming a callable (``os.system``, a class) that the loader looks
+    up with :meth:`find_class` and calls. Here the only names that resolve are builtin
+    container and number types, and NumPy's scalar and dtype constructors, wrapped so they
+    accept numeric dtypes only (Geneformer's median dictionary holds ``np.float64`` values,
+    its V1 token dictionary some ``np.int16``). Everything else raises :class:`RefusedPickle`
+    before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == "builtins" and name in _BUILTINS:
+            return super().find_class(module, name)
+        if (module, name) in _NUMPY_SCALAR:
+            scalar = super().find_class(module, name)
+            return lambda dtype, *data: scalar(_numeric(dtype), *data)
+        if module == "numpy" and name == "dtype":
+            return lambda spec, *args: _numeric(np.dtype(spec if isinstance(spec, str) else "O"))
+        raise RefusedPickle(f"{module}.{name}")
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)
+            obj = PlainUnpickler(fh).load()
+    except RefusedPickle as exc:
+        raise IspoError(
+            f"vocabulary file {path} asks to run {exc} while loading, which is not plain data: "
+            "refused; restore the file from the model's release"
+        ) from None
     except Exception as exc:  # corrupt or truncated pickle: name the file
         raise IspoError(
             f"vocabulary file {path} is unreadable ({type(exc).__name__}): "

@@ -50,7 +50,7 @@ from ispo.perturbation.passes import (
 )
 from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
-from ispo.provenance import device_name, versions
+from ispo.provenance import cpu_info, device_name, versions
 from ispo.runtime import dist
 from ispo.runtime.profiler import Profiler, ProfileStats
 from ispo.settings import Layout, Pool, Precision, RunSettings
@@ -254,6 +254,7 @@ def run_request(
         "n_cells_selected": len(plan.sel),
         **done.figures(time.perf_counter() - t0),
         "device": device_name(model.device),
+        "cpu": cpu_info(),
         "versions": versions(),
     }
     result = _finish(done, writer, len(shards), metadata, request.cell_states, sink)

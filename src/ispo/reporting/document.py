@@ -138,7 +138,8 @@ _HTML = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block;
+        max-width: 100%; overflow-x: auto; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
 th {{ background: #f3f3f3; }}
 tr:nth-child(even) td {{ background: #fafafa; }}

@@ -158,6 +158,35 @@ def _label(path: Path) -> str:
     return path.name or str(path)
 
 
+def _machine_text(meta: dict) -> str:
+    """The CPU and the load during the run: CPU figures differ between CPUs and under load."""
+    parts = []
+    cpu = meta.get("cpu")
+    if isinstance(cpu, dict):
+        flags = [k for k, v in (cpu.get("flags") or {}).items() if v]
+        peak = (cpu.get("peak_tflops") or {}).get("fp32")
+        parts.append(
+            f"CPU {cpu.get('model') or 'unknown model'}: {cpu.get('cores')} cores, torch ISA "
+            f"{cpu.get('capability')}, "
+            + (", ".join(flags) or "no bf16/fp16/int8 matrix units")
+            + ("" if peak is None else f", estimated fp32 peak {peak * 1e3:,.0f} GFLOP/s")
+        )
+    load = meta.get("load_average") or {}
+    if load.get("start") is not None:
+        busy = max(load["start"], load.get("end") or 0.0) > (meta.get("cpu_count") or 1)
+        parts.append(
+            f"1-minute load average {load['start']:.1f} at start, {load.get('end') or 0:.1f} at "
+            "end"
+            + (
+                ": other processes competed for the CPU, absolute figures are pessimistic "
+                "(ratios measured in the same run hold better)"
+                if busy
+                else ""
+            )
+        )
+    return ". ".join(parts) + ("." if parts else "")
+
+
 def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
     """Throughput, speedup, MFU and memory of every benchmark method.
 
@@ -207,6 +236,9 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         + (f"; created {meta['created']}" if meta.get("created") else "")
         + "."
     )
+    machine = _machine_text(meta)
+    if machine:
+        doc.paragraph(machine)
 
     def speedup(r: dict) -> float | None:
         if r.get("speedup") is not None:
@@ -232,7 +264,10 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         ),
         ("MFU", lambda r: None if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"),
         ("peak memory", memory),
-        ("cosine to baseline", lambda r: fmt(r.get("cos_mean"), 6)),
+        (
+            "cosine to baseline (mean)",
+            lambda r: None if r.get("cos_mean") is None else f"{r['cos_mean']:.6f}",
+        ),
         ("batching / note", lambda r: r.get("reason") or r.get("batching")),
     ]
     # keep a column when some row has a value for it (MFU and memory are kept: "-" says
