@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ispo.runtime.hardware import cpu_info, cpu_summary
+from ispo.hardware import cpu_info, cpu_summary
 
 __all__ = ["cpu_info", "device_name", "git_commit", "h5ad_safe", "versions"]
 

@@ -135,7 +135,7 @@ def test_every_method_gives_a_complete_row(result) -> None:
         peak = peak_flops("cpu", REGISTRY.get(r["method"], REGISTRY["baseline"]).compute_dtype)
         if peak is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
             assert r["mfu"] is None
-        else:  # MFU against the CPU's estimated peak (ispo.runtime.hardware)
+        else:  # MFU against the CPU's estimated peak (ispo.hardware)
             assert r["mfu"] == pytest.approx(r["achieved_tflops"] * 1e12 / peak)
         assert 0.0 <= r["pad_fraction"] < 1.0
         assert result.embeddings[r["method"]].shape == (N_CELLS, 16)

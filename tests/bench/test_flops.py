@@ -6,7 +6,7 @@ import torch
 
 from ispo.bench.flops import encoder_flops, mfu, mlm_head_flops, peak_flops
 from ispo.errors import IspoError
-from ispo.runtime.hardware import cpu_peak_flops
+from ispo.hardware import cpu_peak_flops
 
 SMALL = {"n_layers": 6, "hidden": 256, "intermediate": 512}
 LARGE = {"n_layers": 12, "hidden": 512, "intermediate": 1024}

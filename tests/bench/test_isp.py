@@ -63,7 +63,7 @@ def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
     )
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["rows"]][-1].startswith("original loop")
-    # MFU only against a known peak (the CPU's estimated one, ispo.runtime.hardware)
+    # MFU only against a known peak (the CPU's estimated one, ispo.hardware)
     assert (res["rows"][0]["mfu"] is None) == (peak_flops("cpu", torch.float32) is None)
     table = (out / "results.md").read_text()
     assert "| MFU |" in table and "perturbations/s" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend
 
 import ispo
 from ispo.errors import IspoError
-from ispo.model import variants
+from ispo.hardware import bf16_matrix_flags, read_cpu_info
 from ispo.model.encoder import Attention
 from ispo.settings import Precision, RunSettings
 from support import make_adata
@@ -69,20 +69,20 @@ def test_int8_with_half_precision_is_refused():
         RunSettings(precision="bf16", int8=True)
 
 
-def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
-    assert variants.cpu_bf16_flags(info) == ["amx_bf16", "avx512_bf16"]
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
-    assert variants.cpu_bf16_flags(info) == []
-    assert variants.cpu_bf16_flags(tmp_path / "missing") == []
+def test_cpu_bf16_flags_are_read_from_cpuinfo():
+    amx = read_cpu_info("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
+        "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
+    )
+    assert bf16_matrix_flags(amx) == ["amx_bf16", "avx512_bf16"]
+    assert bf16_matrix_flags(read_cpu_info("processor\t: 0\nflags\t\t: fpu sse avx2\n")) == []
+    assert bf16_matrix_flags(read_cpu_info("")) == []
 
 
 def test_precision_auto_is_resolved_once_and_recorded(ckpt_v1, vocab_v1, cells):
     auto = ispo.load_model(
         str(ckpt_v1), vocab=vocab_v1, device="cpu", settings=RunSettings(precision="auto")
     )
-    expect = Precision.BF16 if variants.cpu_bf16_flags() else Precision.FP32
+    expect = Precision.BF16 if bf16_matrix_flags() else Precision.FP32
     assert auto.settings.precision == expect
     assert auto.precision_note.startswith(str(expect))
     assert auto.metadata()["precision_auto"] == auto.precision_note

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ispo.errors import IspoError
-from ispo.runtime.hardware import cpu_peak_flops
+from ispo.hardware import cpu_peak_flops
 
 CPU_PEAK_ENV = "ISPO_CPU_PEAK_FLOPS"
 
@@ -114,7 +114,7 @@ def peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
     uses the TF32 tensor-core peak when ``torch.backends.cuda.matmul.allow_tf32`` is on. On CPU
     the environment variable ``ISPO_CPU_PEAK_FLOPS`` (FLOP/s, e.g. ``1.5e12``, one figure for
     every dtype) wins when set; otherwise the peak is estimated from the cores, clock and vector
-    units (:func:`ispo.runtime.hardware.cpu_peak_flops`, None where one of them is unknown).
+    units (:func:`ispo.hardware.cpu_peak_flops`, None where one of them is unknown).
     """
     device = torch.device(device)
     if device.type == "cpu":

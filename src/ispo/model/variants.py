@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ispo.errors import IspoError
+from ispo.hardware import bf16_matrix_flags
 from ispo.model.encoder import Attention, Encoder
 from ispo.model.presets import GeneformerConfig
 from ispo.settings import Attention as Kernel
@@ -42,29 +42,9 @@ SDPA_BACKENDS = {
     Kernel.EFFICIENT: "EFFICIENT_ATTENTION",
     Kernel.CUDNN: "CUDNN_ATTENTION",
 }
-#: /proc/cpuinfo flags of CPU bf16 matrix units (Intel AMX tiles, AVX-512 bf16 dot products).
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 # --- precision "auto" -------------------------------------------------------------------------
-
-
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The bf16 matrix-unit flags this CPU reports (empty where /proc/cpuinfo is missing).
-
-    TODO(lead): ``ispo.runtime.hardware`` (the 'firstten' helper) detects the CPU for the
-    benchmark's metadata; once both are merged this should read its flags instead.
-    """
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return []
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
-    return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
 def auto_precision(device: torch.device) -> tuple[Precision, str]:
@@ -78,7 +58,7 @@ def auto_precision(device: torch.device) -> tuple[Precision, str]:
             return Precision.BF16, f"bf16: {torch.cuda.get_device_name(device)} has bf16 units"
         return Precision.FP32, f"fp32: {torch.cuda.get_device_name(device)} has no bf16 units"
     if device.type == "cpu":
-        flags = cpu_bf16_flags()
+        flags = bf16_matrix_flags()
         if flags:
             return Precision.BF16, f"bf16: the CPU has bf16 matrix units ({', '.join(flags)})"
         return Precision.FP32, "fp32: the CPU has no bf16 matrix units (no AMX / AVX-512 bf16)"

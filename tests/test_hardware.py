@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ispo.runtime.hardware import (
+from ispo.hardware import (
     cpu_info,
     cpu_peak_flops,
     cpu_summary,

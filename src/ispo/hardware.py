@@ -111,8 +111,9 @@ def this_cpu() -> CpuInfo:
     return read_cpu_info()
 
 
-def has_bf16_matrix_units(cpu: CpuInfo | None = None) -> bool:
-    """True when bf16 matrix products run in hardware: AMX-BF16 or AVX512-BF16.
+def bf16_matrix_flags(cpu: CpuInfo | None = None) -> list[str]:
+    """The flags by which bf16 matrix products run in hardware (AMX-BF16, AVX512-BF16); empty
+    when they do not.
 
     oneDNN (torch's CPU GEMM) runs bf16 products on AMX tiles where present, else on the
     AVX512-BF16 dot-product instruction (``vdpbf16ps``, two bf16 products per fp32 lane). Either
@@ -121,7 +122,12 @@ def has_bf16_matrix_units(cpu: CpuInfo | None = None) -> bool:
     either, torch converts bf16 to fp32 around every product and bf16 is slower than fp32.
     """
     cpu = cpu or this_cpu()
-    return cpu.has("amx_bf16") or cpu.has("avx512_bf16")
+    return [f for f in ("amx_bf16", "avx512_bf16") if cpu.has(f)]
+
+
+def has_bf16_matrix_units(cpu: CpuInfo | None = None) -> bool:
+    """True when bf16 matrix products run in hardware (:func:`bf16_matrix_flags`)."""
+    return bool(bf16_matrix_flags(cpu))
 
 
 def _fma_bits(cpu: CpuInfo) -> int | None:
