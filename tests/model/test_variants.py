@@ -71,8 +71,6 @@ def test_int8_with_half_precision_is_refused():
 
 def test_cpu_bf16_flags_are_read_from_cpuinfo():
     amx = read_cpu_info("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
-        "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
-    )
     assert bf16_matrix_flags(amx) == ["amx_bf16", "avx512_bf16"]
     assert bf16_matrix_flags(read_cpu_info("processor\t: 0\nflags\t\t: fpu sse avx2\n")) == []
     assert bf16_matrix_flags(read_cpu_info("")) == []
