@@ -49,7 +49,7 @@ def embed_cells(
     model: GeneformerModel,
     *,
     method: Method = "fast",
-    precision: Precision = "fp32",
+    precision: Precision | None = None,
     emb_layer: int = -1,
     pool_mode: PoolMode = "mean",
     batch_tokens: int | None = None,
@@ -68,8 +68,10 @@ def embed_cells(
     ``layout`` (fast path): ``packed`` lays cells end to end with no padding (varlen flash
     attention on CUDA in half precision), ``padded`` pads each batch to its longest cell;
     ``auto`` follows :func:`ispo.runtime.runner.choose_layout` (the rule perturb uses too).
+    ``precision`` defaults to the model's (as loaded: ``auto`` already resolved).
     """
     dev = model.device
+    precision = precision or str(model.settings.precision)
     if method == "fast":
         net = model.encoder(model.layers_for(emb_layer), precision) if net is None else net
         runner = Runner(
