@@ -602,6 +602,28 @@ SECTIONS = {
 }
 
 
+def _report_top(title: str, results: list[Result], any_random: bool) -> Document:
+    """The title, one random-weights warning for the whole report, and what it contains."""
+    doc = Document().heading(title, 1)
+    if any_random:
+        doc.note(
+            "Some results below come from models with seeded random weights: speed "
+            "figures are real, biological figures (classification, clustering, "
+            "perturbation hits) mean nothing for them; each such section says so."
+        )
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    doc.paragraph(
+        "Contents: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        + " ("
+        + ", ".join(str(r.path) for r in results)
+        + ")."
+    )
+    return doc
+
+
 def build_report(
     inputs: list[str | Path],
     out: str | Path,
@@ -638,23 +660,7 @@ def build_report(
             doc, random_init = SECTIONS[r.kind](r.path, figures)
             sections.append(doc)
             any_random |= random_init
-        doc = Document().heading(title, 1)
-        if any_random:
-            doc.note(
-                "Some results below come from models with seeded random weights: speed "
-                "figures are real, biological figures (classification, clustering, "
-                "perturbation hits) mean nothing for them; each such section says so."
-            )
-        counts: dict[str, int] = {}
-        for r in results:
-            counts[r.kind] = counts.get(r.kind, 0) + 1
-        doc.paragraph(
-            "Contents: "
-            + ", ".join(f"{n} {k}" for k, n in counts.items())
-            + " ("
-            + ", ".join(str(r.path) for r in results)
-            + ")."
-        )
+        doc = _report_top(title, results, any_random)
         for s in sections:
             doc.extend(s)
         (tmp / "report.md").write_text(doc.to_markdown())
