@@ -253,6 +253,7 @@ def _speedup(r: dict) -> float | None:
 
 
 def _memory(r: dict) -> str | None:
+    """Peak GPU memory where the row measured it, else the process's peak RSS."""
     if r.get("gpu_mem_peak_mib") is not None:
         return f"{r['gpu_mem_peak_mib'] / 1024:.2f} GiB (GPU)"
     if r.get("rss_peak_mib") is not None:
