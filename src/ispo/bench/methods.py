@@ -193,17 +193,14 @@ def batching_spec(batch_size: int) -> MethodSpec:
     )
 
 
+_REFERENCE = ["baseline", "batching", "fp16", "bf16", "int8"]  # the reference project's methods
 GROUPS: dict[str, list[str]] = {
-    "reference": ["baseline", "batching", "fp16", "bf16", "int8"],
+    "reference": _REFERENCE,
     "mixed_precision": ["fp16", "bf16"],
     "quantization": ["int8"],
     "compile": ["fast+compile", "fast-bf16+compile"],
     "all": [
-        "baseline",
-        "batching",
-        "fp16",
-        "bf16",
-        "int8",
+        *_REFERENCE,
         "fast",
         "fast-bf16",
         "fast-fp16",
@@ -212,16 +209,7 @@ GROUPS: dict[str, list[str]] = {
         "fast-bf16+compile",
     ],
 }
-DEFAULT_METHODS = [
-    "baseline",
-    "batching",
-    "fp16",
-    "bf16",
-    "int8",
-    "fast",
-    "fast-bf16",
-    "fast+compile",
-]
+DEFAULT_METHODS = [*_REFERENCE, "fast", "fast-bf16", "fast+compile"]
 DEFAULT_BATCH_SIZES = (8, 16, 64, 256, 512)
 REF_BATCH_SIZE = 256  # the reference ran mixed precision and quantization at 256 cells per batch
 

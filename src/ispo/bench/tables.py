@@ -43,22 +43,15 @@ def _mem(mib: float | None) -> str:
     return f"{mib / _GIB:.2f}"
 
 
-def _cpu(r: dict) -> str:
-    if r["cpu_percent_avg"] is None:
-        return "—"
-    return f"{r['cpu_percent_avg']:.0f} / {r['cpu_percent_peak']:.0f}"
+def _pair(first: str, second: str, fmt: str) -> Any:
+    """A column cell ``first / second`` (average and peak, min and mean), or a dash."""
 
+    def cell(r: dict) -> str:
+        if r[first] is None:
+            return "—"
+        return f"{format(r[first], fmt)} / {format(r[second], fmt)}"
 
-def _gpu(r: dict) -> str:
-    if r["gpu_util_avg"] is None:
-        return "—"
-    return f"{r['gpu_util_avg']:.0f} / {r['gpu_util_peak']:.0f}"
-
-
-def _cos(r: dict) -> str:
-    if r["cos_min"] is None:
-        return "—"
-    return f"{r['cos_min']:.6f} / {r['cos_mean']:.6f}"
+    return cell
 
 
 def _mfu(r: dict) -> str:
@@ -88,16 +81,16 @@ COLUMNS: list[tuple[str, Any]] = [
             else f"{r['executed_flops'] / r['model_flops']:.2f}x"
         ),
     ),
-    ("CPU % avg/peak", _cpu),
+    ("CPU % avg/peak", _pair("cpu_percent_avg", "cpu_percent_peak", ".0f")),
     ("CPU s/cell", lambda r: _num(r.get("cpu_s_per_cell"), ".3f")),
-    ("GPU % avg/peak", _gpu),
+    ("GPU % avg/peak", _pair("gpu_util_avg", "gpu_util_peak", ".0f")),
     ("RSS peak (GiB)", lambda r: _mem(r["rss_peak_mib"])),
     ("GPU mem peak (GiB)", lambda r: _mem(r["gpu_mem_peak_mib"])),
     (
         "Pad %",
         lambda r: _num(None if r["pad_fraction"] is None else 100 * r["pad_fraction"], ".0f"),
     ),
-    ("cos min / mean", _cos),
+    ("cos min / mean", _pair("cos_min", "cos_mean", ".6f")),
 ]
 
 
@@ -190,12 +183,12 @@ def read_results(out: str | Path) -> BenchResult:
     return BenchResult(data["meta"], rows)
 
 
-def to_markdown(result: BenchResult) -> str:
-    m = result.meta
+def _header_lines(m: dict) -> list[str]:
+    """The run's bullet list: device, CPU, model, data, versions, date."""
     arch = m["model"]["architecture"]
     data = m["data"]
     v = m["versions"]
-    lines = [
+    return [
         "# ispo benchmark: methods table",
         "",
         f"- **device**: {m['device']}; {m['cpu_count']} CPUs" + _load_text(m),
@@ -222,12 +215,20 @@ def to_markdown(result: BenchResult) -> str:
         f"- **created**: {m['created']}; platform {m['platform']}",
         "",
     ]
+
+
+def _table_lines(result: BenchResult) -> list[str]:
+    """The summary table in Markdown (a ``|`` inside a cell would split it: shown as ``/``)."""
     header, rows = table_rows(result)
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
-    lines += [
+    return lines
+
+
+def _how_to_read(m: dict) -> list[str]:
+    """What each column means and how it was measured."""
+    return [
         "",
         "## How to read it",
         "",
@@ -259,11 +260,12 @@ def to_markdown(result: BenchResult) -> str:
         "rates are per cell and its consistency is against the baseline's embeddings of those "
         "cells.",
         "",
-        "## Methods",
-        "",
     ]
-    for name, desc in m["methods"].items():
-        lines.append(f"- `{name}`: {desc}")
+
+
+def _row_notes(result: BenchResult) -> list[str]:
+    """Rows that did not run, and the backend (with setup and warm-up) of those that did."""
+    lines: list[str] = []
     notes = [r for r in result.rows if r["status"] != "ok"]
     if notes:
         lines += ["", "## Rows that did not run", ""]
@@ -279,17 +281,32 @@ def to_markdown(result: BenchResult) -> str:
                 else ""
             )
             lines.append(f"- `{r['method']}`: {r['backend']}{extra}")
+    return lines
+
+
+def _tokenizer_lines(result: BenchResult) -> list[str]:
+    """The tokenizer row, told as a sentence (it has no place among the encoder methods)."""
     tok = next((r for r in result.rows if r["family"] == "tokenize"), None)
-    if tok is not None:
-        lines += [
-            "",
-            "## Tokenizer",
-            "",
-            f"Rank-value tokenization of {tok['n_cells']:,} cells of the same data: "
-            f"{tok['cells_per_s']:,.0f} cells/s, {tok['tokens_per_s']:,.0f} tokens/s "
-            f"(median of {len(tok['time_s_passes'])} runs, one process, after one "
-            "warm-up run).",
-        ]
+    if tok is None:
+        return []
+    return [
+        "",
+        "## Tokenizer",
+        "",
+        f"Rank-value tokenization of {tok['n_cells']:,} cells of the same data: "
+        f"{tok['cells_per_s']:,.0f} cells/s, {tok['tokens_per_s']:,.0f} tokens/s "
+        f"(median of {len(tok['time_s_passes'])} runs, one process, after one "
+        "warm-up run).",
+    ]
+
+
+def to_markdown(result: BenchResult) -> str:
+    """``results.md``: the run's header, the table, how to read it, then per-row notes."""
+    m = result.meta
+    lines = _header_lines(m) + _table_lines(result) + _how_to_read(m)
+    lines += ["## Methods", ""]
+    lines += [f"- `{name}`: {desc}" for name, desc in m["methods"].items()]
+    lines += _row_notes(result) + _tokenizer_lines(result)
     lines += [
         "",
         "Plots: `throughput.png`, `speedup.png`, `memory.png`. Raw figures: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -133,85 +134,202 @@ def _load_data(
     return adata, voc, str(src)
 
 
-def run_cli_benchmark(
-    *,
-    data: str | None = None,
-    n_cells: int | None = None,
-    model: str = DEFAULT_MODEL,
-    vocab: str | None = None,
-    random_init: bool | None = None,
-    seed: int = 0,
-    methods: str | None = None,
-    batch_sizes: str = "8,16,64,256,512",
-    ref_batch_size: int = 256,
-    batch_tokens: int | None = None,
-    emb_layer: int = -1,
-    device: str = "auto",
-    repeats: int = 3,
-    max_slowdown: float = 5.0,
-    row_budget: float | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    out: Path | None = None,
-    overwrite: bool = False,
-    save_embeddings: bool = True,
-    plots: bool = True,
-    wandb: bool = False,
-    wandb_project: str = "ispo",
-    wandb_run_name: str | None = None,
-    tags: list[str] | None = None,
-) -> Any:
-    """Everything behind ``ispo benchmark``; returns the :class:`BenchResult`."""
-    import ispo
-    from ispo.bench.methods import resolve_methods
-    from ispo.bench.runner import BenchConfig, run_benchmark
-    from ispo.bench.tables import print_table, write_results
-    from ispo.model.load import resolve_device
-    from ispo.tracking import make_tracker
+NCellsOpt = Annotated[int | None, typer.Option("--n-cells", help=_N_HELP)]
+MethodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--methods",
+        help="comma-separated methods or groups: baseline, batching (one row per "
+        "--batch-sizes), batching-N, fp16, bf16, int8, fast, fast-bf16, fast-fp16, fast-int8, "
+        "fast+compile, fast-bf16+compile; groups reference, mixed_precision, quantization, "
+        "compile, all. Default: baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast+compile. "
+        "The fp32 baseline always runs (it is the reference)",
+    ),
+]
+BatchSizesOpt = Annotated[
+    str, typer.Option("--batch-sizes", help="cells per batch of the batching rows")
+]
+RefBatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--ref-batch-size", help="cells per batch of fp16, bf16 and int8 (the reference: 256)"
+    ),
+]
+BatchTokensOpt = Annotated[
+    int | None, typer.Option("--batch-tokens", help="token budget per batch of the fast rows")
+]
+EmbLayerOpt = Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")]
+RepeatsOpt = Annotated[
+    int,
+    typer.Option(help="timed passes per method at most (median; fewer when a pass is slow)"),
+]
+MaxSlowdownOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-slowdown",
+        help="CPU only: skip a method whose warm-up predicts a pass this many "
+        "times slower than the baseline's (e.g. fp16 on a CPU without fp16 units, 10-20x); "
+        "0: run everything",
+    ),
+]
+RowBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--row-budget",
+        help="CPU: seconds a method's timed pass may take (at least 3 baseline passes); a "
+        "slower method (e.g. fp16 without fp16 units) is timed on fewer cells, said in its "
+        f"row. Default {CPU_ROW_BUDGET_S:g} on CPU, 0 (every cell) on GPU",
+    ),
+]
+LayerOpt = Annotated[str | None, typer.Option("--layer", help="layer of raw counts")]
+GeneKeyOpt = Annotated[str | None, typer.Option("--gene-key", help="var column of Ensembl ids")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="results directory (default runs/bench-DATE-TIME)"),
+]
+SaveEmbeddingsOpt = Annotated[
+    bool, typer.Option("--save-embeddings/--no-save-embeddings", help="write embeddings.npz")
+]
+PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")]
+WandbOpt = Annotated[
+    bool, typer.Option("--wandb", help="track with Weights & Biases (WANDB_MODE=offline works)")
+]
 
-    dev = resolve_device(device)
-    cpu = dev.type == "cpu"
-    n = n_cells if n_cells is not None else (CPU_DEFAULT_CELLS if cpu else GPU_DEFAULT_CELLS)
+
+@dataclass
+class BenchRequest:
+    """Everything ``ispo benchmark`` was asked for, as the CLI's options name it.
+
+    One object instead of 24 keyword arguments: the three commands (``benchmark``, ``baseline``,
+    ``optimized``) each fill the fields they have and leave the rest at the defaults.
+    """
+
+    data: str | None = None
+    n_cells: int | None = None
+    model: str = DEFAULT_MODEL
+    vocab: str | None = None
+    random_init: bool | None = None
+    seed: int = 0
+    methods: str | None = None
+    batch_sizes: str = "8,16,64,256,512"
+    ref_batch_size: int = 256
+    batch_tokens: int | None = None
+    emb_layer: int = -1
+    device: str = "auto"
+    repeats: int = 3
+    max_slowdown: float = 5.0
+    row_budget: float | None = None
+    layer: str | None = None
+    gene_key: str | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    save_embeddings: bool = True
+    plots: bool = True
+    wandb: bool = False
+    wandb_project: str = "ispo"
+    wandb_run_name: str | None = None
+    tags: list[str] = field(default_factory=lambda: ["benchmark"])
+
+
+def _bench_config(req: BenchRequest, cpu: bool) -> tuple[Any, int]:
+    """The runner's :class:`BenchConfig` and the cell count, every option checked first.
+
+    Unknown method names fail here, before any data or model is loaded.
+    """
+    from ispo.bench.methods import resolve_methods
+    from ispo.bench.runner import BenchConfig
+
+    n = (
+        req.n_cells
+        if req.n_cells is not None
+        else (CPU_DEFAULT_CELLS if cpu else GPU_DEFAULT_CELLS)
+    )
+    row_budget = req.row_budget
     if row_budget is None:
         row_budget = CPU_ROW_BUDGET_S if cpu else 0.0
     if n < 1:
         raise IspoError(f"--n-cells must be at least 1, got {n}")
-    if repeats < 1:
-        raise IspoError(f"--repeats must be at least 1, got {repeats}")
-    if emb_layer not in (-1, 0):
-        raise IspoError(f"--emb-layer must be -1 (penultimate) or 0 (last), not {emb_layer}")
+    if req.repeats < 1:
+        raise IspoError(f"--repeats must be at least 1, got {req.repeats}")
+    if req.emb_layer not in (-1, 0):
+        raise IspoError(f"--emb-layer must be -1 (penultimate) or 0 (last), not {req.emb_layer}")
     config = BenchConfig(
-        methods=methods,
-        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-        ref_batch_size=ref_batch_size,
-        emb_layer=emb_layer,
-        batch_tokens=batch_tokens,
-        repeats=repeats,
-        max_slowdown=max_slowdown if max_slowdown > 0 else None,
+        methods=req.methods,
+        batch_sizes=_int_list(req.batch_sizes, "--batch-sizes"),
+        ref_batch_size=req.ref_batch_size,
+        emb_layer=req.emb_layer,
+        batch_tokens=req.batch_tokens,
+        repeats=req.repeats,
+        max_slowdown=req.max_slowdown if req.max_slowdown > 0 else None,
         row_budget_s=row_budget if row_budget > 0 else None,
         **({"warmup_cells": CPU_WARMUP_CELLS} if cpu else {}),
     )
     specs = resolve_methods(
-        config.methods, batch_sizes=config.batch_sizes, ref_batch_size=ref_batch_size
-    )  # unknown names fail before any work
+        config.methods, batch_sizes=config.batch_sizes, ref_batch_size=req.ref_batch_size
+    )
     config.methods = [s.name for s in specs]
-    out = Path(out) if out is not None else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
-    out = _check_out(out, overwrite)
-    adata, voc, source = _load_data(data, vocab, n, TOKENIZE_CELLS, kang_like=cpu)
-    if random_init is None:
-        random_init = not Path(model).is_dir()
-        if random_init:
-            log.warning(
-                "benchmark: %r is a preset without weights: using seeded random weights "
-                "(speed only; pass a checkpoint directory for real weights)",
-                model,
-            )
-    mdl = ispo.load_model(model, vocab=voc, device=dev, random_init=random_init, seed=seed)
-    run_name = wandb_run_name or f"bench-{Path(model).name}-{dev.type}-n{n}"
+    return config, n
+
+
+def _random_init(model: str, random_init: bool | None) -> bool:
+    """Random weights by default for a preset (it has none), real ones for a checkpoint."""
+    if random_init is not None:
+        return random_init
+    random_init = not Path(model).is_dir()
+    if random_init:
+        log.warning(
+            "benchmark: %r is a preset without weights: using seeded random weights "
+            "(speed only; pass a checkpoint directory for real weights)",
+            model,
+        )
+    return random_init
+
+
+def _log_results(tracker: Any, result: Any, files: list[Path], out: Path) -> None:
+    """The table, the best method and the result files, to the tracker (W&B)."""
+    from ispo.bench.tables import table_rows
+
+    header, rows = table_rows(result)
+    tracker.log_table("results", header, rows)
+    base = [r for r in result.rows if r["status"] == "ok" and r["speedup"] is not None]
+    best = max(base, key=lambda r: r["speedup"], default=None)
+    tracker.summary(
+        {
+            "best_method": best and best["method"],
+            "best_speedup": best and best["speedup"],
+            **{f"{r['method']}/cells_per_s": r["cells_per_s"] for r in result.rows},
+        }
+    )
+    tracker.log_artifact(
+        [f for f in files if f.name != "embeddings.npz"],
+        name="benchmark-results",
+        type="results",
+    )
+    if (out / "embeddings.npz") in files:
+        tracker.log_artifact(out / "embeddings.npz", name="benchmark-embeddings", type="embeddings")
+
+
+def run_cli_benchmark(req: BenchRequest) -> Any:
+    """Everything behind ``ispo benchmark``; returns the :class:`BenchResult`."""
+    import ispo
+    from ispo.bench.runner import run_benchmark
+    from ispo.bench.tables import print_table, write_results
+    from ispo.model.load import resolve_device
+    from ispo.tracking import make_tracker
+
+    dev = resolve_device(req.device)
+    config, n = _bench_config(req, dev.type == "cpu")
+    out = req.out if req.out is not None else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    out = _check_out(Path(out), req.overwrite)
+    adata, voc, source = _load_data(
+        req.data, req.vocab, n, TOKENIZE_CELLS, kang_like=dev.type == "cpu"
+    )
+    random_init = _random_init(req.model, req.random_init)
+    mdl = ispo.load_model(req.model, vocab=voc, device=dev, random_init=random_init, seed=req.seed)
     tracker = make_tracker(
-        wandb=wandb,
-        project=wandb_project,
-        run_name=run_name,
+        wandb=req.wandb,
+        project=req.wandb_project,
+        run_name=req.wandb_run_name or f"bench-{Path(req.model).name}-{dev.type}-n{n}",
         config={
             "model": mdl.name,
             "random_init": mdl.random_init,
@@ -220,10 +338,10 @@ def run_cli_benchmark(
             "device": str(dev),
             "methods": config.methods,
             "batch_sizes": list(config.batch_sizes),
-            "ref_batch_size": ref_batch_size,
+            "ref_batch_size": req.ref_batch_size,
         },
         dir=out,
-        tags=tags or ["benchmark"],
+        tags=req.tags,
     )
     with tracker:
         result = run_benchmark(
@@ -233,37 +351,16 @@ def run_cli_benchmark(
             config,
             n_cells=n,
             data_source=source,
-            layer=layer,
-            gene_key=gene_key,
+            layer=req.layer,
+            gene_key=req.gene_key,
             tracker=tracker,
             on_row=_echo_row,
             on_progress=lambda line: typer.echo(line, err=True),
         )
-        files = write_results(result, out, plots=plots, embeddings=save_embeddings)
+        files = write_results(result, out, plots=req.plots, embeddings=req.save_embeddings)
         print_table(result)
         if tracker.active:
-            from ispo.bench.tables import table_rows
-
-            header, rows = table_rows(result)
-            tracker.log_table("results", header, rows)
-            base = [r for r in result.rows if r["status"] == "ok" and r["speedup"] is not None]
-            best = max(base, key=lambda r: r["speedup"], default=None)
-            tracker.summary(
-                {
-                    "best_method": best and best["method"],
-                    "best_speedup": best and best["speedup"],
-                    **{f"{r['method']}/cells_per_s": r["cells_per_s"] for r in result.rows},
-                }
-            )
-            tracker.log_artifact(
-                [f for f in files if f.name != "embeddings.npz"],
-                name="benchmark-results",
-                type="results",
-            )
-            if (out / "embeddings.npz") in files:
-                tracker.log_artifact(
-                    out / "embeddings.npz", name="benchmark-embeddings", type="embeddings"
-                )
+            _log_results(tracker, result, files, out)
     typer.echo(f"results -> {out}/ (results.md, results.json, results.csv, plots)")
     return result
 
@@ -282,74 +379,27 @@ def _echo_row(row: dict) -> None:
 
 def benchmark(
     data: DataOpt = None,
-    n_cells: Annotated[int | None, typer.Option("--n-cells", help=_N_HELP)] = None,
+    n_cells: NCellsOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     vocab: VocabOpt = None,
     random_init: RandomOpt = None,
     seed: SeedOpt = 0,
-    methods: Annotated[
-        str | None,
-        typer.Option(
-            "--methods",
-            help="comma-separated methods or groups: baseline, batching (one row per "
-            "--batch-sizes), batching-N, fp16, bf16, int8, fast, fast-bf16, fast-fp16, fast-int8, "
-            "fast+compile, fast-bf16+compile; groups reference, mixed_precision, quantization, "
-            "compile, all. Default: baseline,batching,fp16,bf16,int8,fast,fast-bf16,fast+compile. "
-            "The fp32 baseline always runs (it is the reference)",
-        ),
-    ] = None,
-    batch_sizes: Annotated[
-        str, typer.Option("--batch-sizes", help="cells per batch of the batching rows")
-    ] = "8,16,64,256,512",
-    ref_batch_size: Annotated[
-        int,
-        typer.Option(
-            "--ref-batch-size", help="cells per batch of fp16, bf16 and int8 (the reference: 256)"
-        ),
-    ] = 256,
-    batch_tokens: Annotated[
-        int | None, typer.Option("--batch-tokens", help="token budget per batch of the fast rows")
-    ] = None,
-    emb_layer: Annotated[int, typer.Option(help="-1 penultimate (Geneformer), 0 last")] = -1,
+    methods: MethodsOpt = None,
+    batch_sizes: BatchSizesOpt = "8,16,64,256,512",
+    ref_batch_size: RefBatchSizeOpt = 256,
+    batch_tokens: BatchTokensOpt = None,
+    emb_layer: EmbLayerOpt = -1,
     device: DeviceOpt = "auto",
-    repeats: Annotated[
-        int,
-        typer.Option(help="timed passes per method at most (median; fewer when a pass is slow)"),
-    ] = 3,
-    max_slowdown: Annotated[
-        float,
-        typer.Option(
-            "--max-slowdown",
-            help="CPU only: skip a method whose warm-up predicts a pass this many "
-            "times slower than the baseline's (e.g. fp16 on a CPU without fp16 units, 10-20x); "
-            "0: run everything",
-        ),
-    ] = 5.0,
-    row_budget: Annotated[
-        float | None,
-        typer.Option(
-            "--row-budget",
-            help="CPU: seconds a method's timed pass may take (at least 3 baseline passes); a "
-            "slower method (e.g. fp16 without fp16 units) is timed on fewer cells, said in its "
-            f"row. Default {CPU_ROW_BUDGET_S:g} on CPU, 0 (every cell) on GPU",
-        ),
-    ] = None,
-    layer: Annotated[str | None, typer.Option("--layer", help="layer of raw counts")] = None,
-    gene_key: Annotated[
-        str | None, typer.Option("--gene-key", help="var column of Ensembl ids")
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="results directory (default runs/bench-DATE-TIME)"),
-    ] = None,
+    repeats: RepeatsOpt = 3,
+    max_slowdown: MaxSlowdownOpt = 5.0,
+    row_budget: RowBudgetOpt = None,
+    layer: LayerOpt = None,
+    gene_key: GeneKeyOpt = None,
+    out: OutOpt = None,
     overwrite: OverwriteOpt = False,
-    save_embeddings: Annotated[
-        bool, typer.Option("--save-embeddings/--no-save-embeddings", help="write embeddings.npz")
-    ] = True,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
-    wandb: Annotated[
-        bool, typer.Option("--wandb", help="track with Weights & Biases (WANDB_MODE=offline works)")
-    ] = False,
+    save_embeddings: SaveEmbeddingsOpt = True,
+    plots: PlotsOpt = True,
+    wandb: WandbOpt = False,
     wandb_project: WandbProjectOpt = "ispo",
     wandb_run_name: WandbRunOpt = None,
 ) -> None:
@@ -360,32 +410,8 @@ def benchmark(
     a CPU, 16 demo cells thinned to Kang-like lengths (~3 minutes on 2 cores), on a GPU the
     reference project's 1,000 cells.
     """
-    run_cli_benchmark(
-        data=data,
-        n_cells=n_cells,
-        model=model,
-        vocab=vocab,
-        random_init=random_init,
-        seed=seed,
-        methods=methods,
-        batch_sizes=batch_sizes,
-        ref_batch_size=ref_batch_size,
-        batch_tokens=batch_tokens,
-        emb_layer=emb_layer,
-        device=device,
-        repeats=repeats,
-        max_slowdown=max_slowdown,
-        row_budget=row_budget,
-        layer=layer,
-        gene_key=gene_key,
-        out=out,
-        overwrite=overwrite,
-        save_embeddings=save_embeddings,
-        plots=plots,
-        wandb=wandb,
-        wandb_project=wandb_project,
-        wandb_run_name=wandb_run_name,
-    )
+    # every parameter is the BenchRequest field of the same name
+    run_cli_benchmark(BenchRequest(**locals()))
 
 
 _NUM_PERT_HELP = (
@@ -425,20 +451,33 @@ def baseline(
 
     Same as `ispo benchmark --methods baseline`; writes the same results files.
     """
+    _reference_run(locals(), methods="baseline", stem="baseline", tags=["baseline"])
+
+
+def _reference_run(
+    options: dict[str, Any], *, methods: str, stem: str, tags: list[str], ref_batch_size: int = 256
+) -> None:
+    """Run a reference-form command: its options (``--num_perturbations``, ``--output_dir``,
+    ``--use_wandb``) mapped onto the benchmark's; the output folder defaults to
+    ``runs/STEM-DATE-TIME``."""
+    o = options
     run_cli_benchmark(
-        data=data,
-        n_cells=num_perturbations,
-        model=model,
-        vocab=vocab,
-        random_init=random_init,
-        methods="baseline",
-        device=device,
-        out=output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"),
-        overwrite=overwrite,
-        wandb=use_wandb,
-        wandb_project=wandb_project,
-        wandb_run_name=wandb_run_name,
-        tags=["baseline"],
+        BenchRequest(
+            data=o["data"],
+            n_cells=o["num_perturbations"],
+            model=o["model"],
+            vocab=o["vocab"],
+            random_init=o["random_init"],
+            methods=methods,
+            ref_batch_size=ref_batch_size,
+            device=o["device"],
+            out=o["output_dir"] or Path("runs") / time.strftime(f"{stem}-%Y%m%d-%H%M%S"),
+            overwrite=o["overwrite"],
+            wandb=o["use_wandb"],
+            wandb_project=o["wandb_project"],
+            wandb_run_name=o["wandb_run_name"],
+            tags=tags,
+        )
     )
 
 
@@ -491,21 +530,12 @@ def optimized(
     name = {"batching": f"batching-{batch_size}", "mixed_precision": precision}.get(
         method, _LEGACY[method]
     )
-    run_cli_benchmark(
-        data=data,
-        n_cells=num_perturbations,
-        model=model,
-        vocab=vocab,
-        random_init=random_init,
+    _reference_run(
+        locals(),
         methods=name,
-        ref_batch_size=batch_size,
-        device=device,
-        out=output_dir or Path("runs") / time.strftime(f"optimized-{method}-%Y%m%d-%H%M%S"),
-        overwrite=overwrite,
-        wandb=use_wandb,
-        wandb_project=wandb_project,
-        wandb_run_name=wandb_run_name,
+        stem=f"optimized-{method}",
         tags=["optimized", method],
+        ref_batch_size=batch_size,
     )
 
 

@@ -187,12 +187,11 @@ def _machine_text(meta: dict) -> str:
     return ". ".join(parts) + ("." if parts else "")
 
 
-def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
-    """Throughput, speedup, MFU and memory of every benchmark method.
+def _benchmark_data(folder: Path) -> tuple[dict, list[dict], dict, dict]:
+    """Meta, rows (tokenizer row left out), model and data of a results.json.
 
-    Reads ``ispo benchmark``'s ``{"meta": ..., "rows": [...]}``; other benchmark-style files
-    (rows plus top-level metadata, e.g. the perturbation benchmark) are shown with the columns
-    they have.
+    ``ispo benchmark`` nests model and data as dicts under ``meta``; other benchmark-style files
+    keep them as plain values at the top level: both are read into the same shape.
     """
     data = _read_json(folder / "results.json")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
@@ -212,15 +211,19 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         if isinstance(model, dict)
         else {"model": model, "random_init": meta.get("random_init")}
     )
-    random_init = bool(model.get("random_init"))
     dataset = meta.get("data")
     dataset = (
         dataset
         if isinstance(dataset, dict)
         else {"source": dataset, "n_cells": meta.get("n_cells")}
     )
+    return meta, rows, model, dataset
+
+
+def _benchmark_intro(folder: Path, meta: dict, model: dict, dataset: dict) -> Document:
+    """Heading, random-weight and synthetic-data notes, and what ran on which machine."""
     doc = Document().heading(f"Benchmark: {_label(folder)}", 2)
-    if random_init:
+    if model.get("random_init"):
         doc.note(RANDOM_NOTE.format(what="this benchmark"))
     if dataset.get("synthetic"):
         doc.note(SYNTHETIC_NOTE.format(what="this benchmark"))
@@ -239,19 +242,28 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
     machine = _machine_text(meta)
     if machine:
         doc.paragraph(machine)
+    return doc
 
-    def speedup(r: dict) -> float | None:
-        if r.get("speedup") is not None:
-            return r["speedup"]
-        return next((v for k, v in r.items() if k.startswith("speedup") and v is not None), None)
 
-    def memory(r: dict) -> str | None:
-        if r.get("gpu_mem_peak_mib") is not None:
-            return f"{r['gpu_mem_peak_mib'] / 1024:.2f} GiB (GPU)"
-        if r.get("rss_peak_mib") is not None:
-            return f"{r['rss_peak_mib'] / 1024:.2f} GiB (RSS)"
-        return None
+def _speedup(r: dict) -> float | None:
+    """``speedup``, or the first ``speedup_vs_*`` a perturbation benchmark row has."""
+    if r.get("speedup") is not None:
+        return r["speedup"]
+    return next((v for k, v in r.items() if k.startswith("speedup") and v is not None), None)
 
+
+def _memory(r: dict) -> str | None:
+    """Peak GPU memory where the row measured it, else the process's peak RSS."""
+    if r.get("gpu_mem_peak_mib") is not None:
+        return f"{r['gpu_mem_peak_mib'] / 1024:.2f} GiB (GPU)"
+    if r.get("rss_peak_mib") is not None:
+        return f"{r['rss_peak_mib'] / 1024:.2f} GiB (RSS)"
+    return None
+
+
+def _benchmark_columns(rows: list[dict]) -> list[tuple[str, Any]]:
+    """The table's columns that some row has a value for (MFU and memory always: "-" says
+    "not measured here", which is itself worth showing)."""
     speed_name = next((k for r in rows for k in r if k.startswith("speedup_vs_")), None)
     columns: list[tuple[str, Any]] = [
         ("status", lambda r: r.get("status")),
@@ -260,29 +272,27 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         ("tokens/s", lambda r: fmt(r.get("tokens_per_s"))),
         (
             "speedup vs " + (speed_name[len("speedup_vs_") :] if speed_name else "baseline"),
-            lambda r: None if speedup(r) is None else f"{speedup(r):.2f}x",
+            lambda r: None if _speedup(r) is None else f"{_speedup(r):.2f}x",
         ),
         ("MFU", lambda r: None if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"),
-        ("peak memory", memory),
+        ("peak memory", _memory),
         (
             "cosine to baseline (mean)",
             lambda r: None if r.get("cos_mean") is None else f"{r['cos_mean']:.6f}",
         ),
         ("batching / note", lambda r: r.get("reason") or r.get("batching")),
     ]
-    # keep a column when some row has a value for it (MFU and memory are kept: "-" says
-    # "not measured here", which is itself worth showing)
-    kept = [
+    return [
         (name, get)
         for name, get in columns
         if name in ("MFU", "peak memory") or any(get(r) not in (None, "-") for r in rows)
     ]
-    doc.table(
-        ["method", *(n for n, _ in kept)],
-        [[r.get("label") or r.get("method"), *((get(r) or "-") for _, get in kept)] for r in rows],
-    )
-    if meta.get("mfu_definition"):
-        doc.paragraph(f"MFU: {meta['mfu_definition']}.")
+
+
+def _benchmark_images(
+    doc: Document, folder: Path, figures: _Figures, meta: dict, rows: list[dict]
+) -> None:
+    """The benchmark's own plots, or throughput and speedup drawn here where it has none."""
     ok = [
         r
         for r in rows
@@ -303,17 +313,36 @@ def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
                 unit.replace("_per_s", "/s"),
                 f"Throughput ({meta.get('device', '?')})",
             )
-        if rel is None and name == "speedup" and ok and all(speedup(r) for r in ok):
+        if rel is None and name == "speedup" and ok and all(_speedup(r) for r in ok):
             rel = _bar_png(
                 figures.name(f"{_label(folder)}-speedup"),
                 [r.get("label") or r["method"] for r in ok],
-                [speedup(r) for r in ok],
+                [_speedup(r) for r in ok],
                 "x baseline",
                 "Speedup over the baseline",
             )
         if rel is not None:
             doc.image(rel, alt)
-    return doc, random_init
+
+
+def benchmark_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
+    """Throughput, speedup, MFU and memory of every benchmark method.
+
+    Reads ``ispo benchmark``'s ``{"meta": ..., "rows": [...]}``; other benchmark-style files
+    (rows plus top-level metadata, e.g. the perturbation benchmark) are shown with the columns
+    they have.
+    """
+    meta, rows, model, dataset = _benchmark_data(folder)
+    doc = _benchmark_intro(folder, meta, model, dataset)
+    kept = _benchmark_columns(rows)
+    doc.table(
+        ["method", *(n for n, _ in kept)],
+        [[r.get("label") or r.get("method"), *((get(r) or "-") for _, get in kept)] for r in rows],
+    )
+    if meta.get("mfu_definition"):
+        doc.paragraph(f"MFU: {meta['mfu_definition']}.")
+    _benchmark_images(doc, folder, figures, meta, rows)
+    return doc, bool(model.get("random_init"))
 
 
 def evaluate_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
@@ -339,6 +368,84 @@ def evaluate_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         f" by {p.get('label_key', '?')})",
     )
     return doc, bool(result.get("random_init"))
+
+
+_TRIAL_HEADER = [
+    "trial",
+    "state",
+    "cells/s",
+    "mean cosine",
+    "peak MiB",
+    "feasible",
+    "precision",
+    "batch tokens",
+    "attention",
+    "compile",
+    "int8",
+    "note",
+]
+
+
+def _trial_row(t: dict) -> list[Any]:
+    """One trial's figures and settings, its reason (pruned, copied) as the note."""
+    st = t.get("settings", {})
+    return [
+        t["number"],
+        t["state"],
+        fmt(t.get("cells_per_s")),
+        fmt(t.get("cos_mean"), 7),
+        fmt(t.get("mem_peak_mib")),
+        "yes" if t.get("feasible") else "no",
+        st.get("precision", "-"),
+        fmt(st.get("batch_tokens")),
+        st.get("attention", "-"),
+        fmt(st.get("compile")),
+        fmt(st.get("int8")),
+        t.get("reason")
+        or (
+            f"same setting as trial {t['copied_from']}" if t.get("copied_from") is not None else ""
+        ),
+    ]
+
+
+def _tune_best(doc: Document, folder: Path, s: dict) -> None:
+    """The best trial against the default setting, and the best.yaml to reuse it."""
+    best, default = s.get("best"), s.get("default_trial")
+    if best is None:
+        doc.paragraph("No setting met the constraints.")
+        return
+    speed = s.get("speedup_vs_default")
+    doc.paragraph(
+        f"Best: trial {best['number']}, {fmt(best['cells_per_s'])} cells/s"
+        + (
+            f", {speed:.2f}x the default setting ({fmt(default['cells_per_s'])} cells/s)"
+            if speed and default
+            else ""
+        )
+        + f"; mean cosine {fmt(best.get('cos_mean'), 7)}, min {fmt(best.get('cos_min'), 7)};"
+        f" peak memory {fmt(best.get('mem_peak_mib'))} MiB."
+    )
+    best_yaml = folder / "best.yaml"
+    if best_yaml.is_file():
+        doc.code(best_yaml.read_text(), "yaml")
+
+
+def _tune_trials(doc: Document, folder: Path, figures: _Figures, s: dict) -> None:
+    """The fastest trials as a table, and every finished trial as a plot."""
+    trials = s.get("trials", [])
+    ranked = sorted(
+        trials, key=lambda t: (t.get("cells_per_s") is None, -(t.get("cells_per_s") or 0.0))
+    )
+    doc.table(_TRIAL_HEADER, [_trial_row(t) for t in ranked[:TOP_TRIALS]])
+    if len(trials) > TOP_TRIALS:
+        doc.paragraph(
+            f"Fastest {TOP_TRIALS} of {len(trials)} trials; all are in summary.json and trials.csv."
+        )
+    done = [t for t in trials if t.get("cells_per_s") is not None]
+    if done:
+        min_cosine = s.get("constraints", {}).get("min_cosine_mean")
+        rel = _trials_png(figures.name(f"{_label(folder)}-trials"), done, min_cosine)
+        doc.image(rel, "throughput of each trial (feasible in colour)")
 
 
 def tune_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
@@ -370,77 +477,8 @@ def tune_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
         f"{s.get('n_complete', 0)} complete, {s.get('n_pruned', 0)} pruned, "
         f"{s.get('n_feasible', 0)} feasible."
     )
-    best, default = s.get("best"), s.get("default_trial")
-    if best is None:
-        doc.paragraph("No setting met the constraints.")
-    else:
-        speed = s.get("speedup_vs_default")
-        doc.paragraph(
-            f"Best: trial {best['number']}, {fmt(best['cells_per_s'])} cells/s"
-            + (
-                f", {speed:.2f}x the default setting ({fmt(default['cells_per_s'])} cells/s)"
-                if speed and default
-                else ""
-            )
-            + f"; mean cosine {fmt(best.get('cos_mean'), 7)}, min {fmt(best.get('cos_min'), 7)};"
-            f" peak memory {fmt(best.get('mem_peak_mib'))} MiB."
-        )
-        best_yaml = folder / "best.yaml"
-        if best_yaml.is_file():
-            doc.code(best_yaml.read_text(), "yaml")
-    trials = s.get("trials", [])
-    ranked = sorted(
-        trials, key=lambda t: (t.get("cells_per_s") is None, -(t.get("cells_per_s") or 0.0))
-    )
-    rows = []
-    for t in ranked[:TOP_TRIALS]:
-        st = t.get("settings", {})
-        rows.append(
-            [
-                t["number"],
-                t["state"],
-                fmt(t.get("cells_per_s")),
-                fmt(t.get("cos_mean"), 7),
-                fmt(t.get("mem_peak_mib")),
-                "yes" if t.get("feasible") else "no",
-                st.get("precision", "-"),
-                fmt(st.get("batch_tokens")),
-                st.get("attention", "-"),
-                fmt(st.get("compile")),
-                fmt(st.get("int8")),
-                t.get("reason")
-                or (
-                    f"same setting as trial {t['copied_from']}"
-                    if t.get("copied_from") is not None
-                    else ""
-                ),
-            ]
-        )
-    doc.table(
-        [
-            "trial",
-            "state",
-            "cells/s",
-            "mean cosine",
-            "peak MiB",
-            "feasible",
-            "precision",
-            "batch tokens",
-            "attention",
-            "compile",
-            "int8",
-            "note",
-        ],
-        rows,
-    )
-    if len(trials) > TOP_TRIALS:
-        doc.paragraph(
-            f"Fastest {TOP_TRIALS} of {len(trials)} trials; all are in summary.json and trials.csv."
-        )
-    done = [t for t in trials if t.get("cells_per_s") is not None]
-    if done:
-        rel = _trials_png(figures.name(f"{_label(folder)}-trials"), done, c.get("min_cosine_mean"))
-        doc.image(rel, "throughput of each trial (feasible in colour)")
+    _tune_best(doc, folder, s)
+    _tune_trials(doc, folder, figures, s)
     return doc, random_init
 
 
@@ -565,6 +603,28 @@ SECTIONS = {
 }
 
 
+def _report_top(title: str, results: list[Result], any_random: bool) -> Document:
+    """The title, one random-weights warning for the whole report, and what it contains."""
+    doc = Document().heading(title, 1)
+    if any_random:
+        doc.note(
+            "Some results below come from models with seeded random weights: speed "
+            "figures are real, biological figures (classification, clustering, "
+            "perturbation hits) mean nothing for them; each such section says so."
+        )
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    doc.paragraph(
+        "Contents: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        + " ("
+        + ", ".join(str(r.path) for r in results)
+        + ")."
+    )
+    return doc
+
+
 def build_report(
     inputs: list[str | Path],
     out: str | Path,
@@ -601,23 +661,7 @@ def build_report(
             doc, random_init = SECTIONS[r.kind](r.path, figures)
             sections.append(doc)
             any_random |= random_init
-        doc = Document().heading(title, 1)
-        if any_random:
-            doc.note(
-                "Some results below come from models with seeded random weights: speed "
-                "figures are real, biological figures (classification, clustering, "
-                "perturbation hits) mean nothing for them; each such section says so."
-            )
-        counts: dict[str, int] = {}
-        for r in results:
-            counts[r.kind] = counts.get(r.kind, 0) + 1
-        doc.paragraph(
-            "Contents: "
-            + ", ".join(f"{n} {k}" for k, n in counts.items())
-            + " ("
-            + ", ".join(str(r.path) for r in results)
-            + ")."
-        )
+        doc = _report_top(title, results, any_random)
         for s in sections:
             doc.extend(s)
         (tmp / "report.md").write_text(doc.to_markdown())
