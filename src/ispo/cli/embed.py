@@ -32,6 +32,7 @@ from ispo.cli.options import (
     run_settings,
 )
 from ispo.errors import IspoError
+from ispo.settings import RunSettings
 
 
 @app.command()
@@ -73,11 +74,8 @@ def embed(
     from ispo.runtime import dist
 
     check_output(out, overwrite)
-    if method not in ("fast", "baseline"):
-        raise IspoError(f"--method must be fast or baseline, not {method!r}")
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
-    if method != "fast" and not settings.is_plain():
-        raise IspoError("--attention, --compile and --int8 apply to --method fast only")
+    _check_method(method, settings)
     src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
@@ -106,10 +104,24 @@ def embed(
     src.close()
     if res is not None:  # rank 0 (or the only process)
         save_run_config(out, current_params(), command="embed")
-        typer.echo(
-            f"embedded {res['n_embedded']:,} of {res['n_obs']:,} cells -> {out} "
-            f"(obsm[{key_added!r}]; {res['cells_per_s'] or 0:.1f} cells/s this run"
-            + (f" on {res['processes']} processes" if res["processes"] > 1 else "")
-            + ")"
-        )
+        _echo_embed(res, out, key_added)
     dist.close()
+
+
+def _check_method(method: str, settings: RunSettings) -> None:
+    """``--method`` is fast or baseline, and the fast-path flags go with fast only (checked
+    before any input is read)."""
+    if method not in ("fast", "baseline"):
+        raise IspoError(f"--method must be fast or baseline, not {method!r}")
+    if method != "fast" and not settings.is_plain():
+        raise IspoError("--attention, --compile and --int8 apply to --method fast only")
+
+
+def _echo_embed(res: dict, out: Path, key_added: str) -> None:
+    """The one-line outcome of ``ispo embed``."""
+    typer.echo(
+        f"embedded {res['n_embedded']:,} of {res['n_obs']:,} cells -> {out} "
+        f"(obsm[{key_added!r}]; {res['cells_per_s'] or 0:.1f} cells/s this run"
+        + (f" on {res['processes']} processes" if res["processes"] > 1 else "")
+        + ")"
+    )

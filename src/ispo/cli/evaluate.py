@@ -61,28 +61,9 @@ def evaluate(
             overwrite=overwrite,
             run_config=params,
         )
-        c, g = r["classification"], r["geometry"]
-        tracker.summary(
-            {
-                **{f"classification/{m}": c[m] for m in ("accuracy", "f1_weighted", "f1_macro")},
-                **{f"geometry/{m}": v for m, v in g.items()},
-                **{f"consistency/{m}": v for m, v in (r["consistency"] or {}).items()},
-            }
-        )
+        tracker.summary(_summary(r))
         tracker.log_artifact(out, name="evaluation", type="evaluation")
-    typer.echo(
-        f"{r['n_cells']:,} cells, {r['n_labels']} labels: accuracy {c['accuracy']:.3f}, "
-        f"F1 macro {c['f1_macro']:.3f}, silhouette {g['silhouette']:.3f}, kNN label "
-        f"consistency {g['knn_label_consistency']:.3f}"
-        + (
-            f", cosine to reference {r['consistency']['cosine_mean']:.6f}"
-            if r["consistency"]
-            else ""
-        )
-        + f" -> {out}/"
-    )
-    if r["random_init"]:
-        typer.echo("note: random weights, these figures mean nothing biologically", err=True)
+    _echo_evaluate(r, out)
 
 
 def _read_embedded(path: str):
@@ -98,3 +79,31 @@ def _read_embedded(path: str):
         raise IspoError(
             f"cannot read {p} as .h5ad ({type(exc).__name__}): pass an .h5ad written by ispo embed"
         ) from exc
+
+
+def _summary(r: dict) -> dict[str, float]:
+    """The headline metrics the tracker gets as its run summary."""
+    c, g = r["classification"], r["geometry"]
+    return {
+        **{f"classification/{m}": c[m] for m in ("accuracy", "f1_weighted", "f1_macro")},
+        **{f"geometry/{m}": v for m, v in g.items()},
+        **{f"consistency/{m}": v for m, v in (r["consistency"] or {}).items()},
+    }
+
+
+def _echo_evaluate(r: dict, out: Path) -> None:
+    """The one-line outcome of ``ispo evaluate``, and a note when the weights were random."""
+    c, g = r["classification"], r["geometry"]
+    typer.echo(
+        f"{r['n_cells']:,} cells, {r['n_labels']} labels: accuracy {c['accuracy']:.3f}, "
+        f"F1 macro {c['f1_macro']:.3f}, silhouette {g['silhouette']:.3f}, kNN label "
+        f"consistency {g['knn_label_consistency']:.3f}"
+        + (
+            f", cosine to reference {r['consistency']['cosine_mean']:.6f}"
+            if r["consistency"]
+            else ""
+        )
+        + f" -> {out}/"
+    )
+    if r["random_init"]:
+        typer.echo("note: random weights, these figures mean nothing biologically", err=True)
