@@ -50,35 +50,15 @@ def evaluate(
     Cells with ``obs["geneformer_embedded"] == False`` (not embedded: no vocabulary gene,
     ``filter_pass == 0``) and rows with NaN are dropped and counted.
 
-    Parameters
-    ----------
-    adata
-        Cells with an embedding in ``obsm`` and labels in ``obs``.
-    label_key
-        ``obs`` column with the labels (condition, cell type, perturbation...).
-    control_label
-        Label of the control cells, for ``geometry.control_separation``.
-    embedding_key
-        ``obsm`` key of the embedding.
-    reference
-        A second embedding of the same cells (an AnnData, an ``.h5ad`` path, or an array with
-        one row per cell of ``adata``): adds ``consistency`` (per-cell cosine, kNN overlap).
-        AnnData rows are matched by ``obs_names``.
-    reference_key
-        ``obsm`` key of the reference embedding (default: ``embedding_key``).
-    k
-        Neighbours for kNN label consistency and kNN-graph overlap.
-    test_size
-        Held-out fraction of the stratified linear-probe split.
-    seed
-        Seeds the split, KMeans and subsamples: the same seed gives the same numbers.
-    out
-        Result folder to write (must not exist unless ``overwrite``); nothing is written when
-        None.
-    overwrite
-        Replace an existing ``out``.
-    run_config
-        Settings to save as ``out/config.yaml`` (the CLI passes its parameters).
+    ``label_key``: the ``obs`` column of labels; ``control_label``: the control cells' label
+    (``geometry.control_separation``); ``embedding_key``: the ``obsm`` key. ``reference``: a
+    second embedding of the same cells (AnnData matched by ``obs_names``, an ``.h5ad`` path,
+    or an array with one row per cell; its ``obsm`` key is ``reference_key``, default
+    ``embedding_key``) adds ``consistency`` (per-cell cosine, kNN overlap). ``k``: neighbours
+    for kNN label consistency and overlap; ``test_size``: the held-out fraction of the
+    stratified linear probe; ``seed`` seeds the split, KMeans and subsamples. ``out``: a result
+    folder to write (must not exist unless ``overwrite``), with ``run_config`` saved as its
+    ``config.yaml``.
 
     Returns
     -------
@@ -103,17 +83,40 @@ def evaluate(
 
         check_output(out, overwrite)
     X, labels, keep = _embedding_and_labels(adata, embedding_key, label_key)
-    n_not_embedded = int((~keep).sum())
     metrics = evaluate_embedding(
         X[keep], labels[keep], control_label=control_label, k=k, test_size=test_size, seed=seed
     )
-    meta, random_init, warnings = _provenance(adata)
     consistency = None
     if reference is not None:
         consistency = _consistency(adata, X, keep, reference, reference_key or embedding_key, k)
+    params = {
+        "label_key": label_key,
+        "control_label": control_label,
+        "embedding_key": embedding_key,
+        "k": k,
+        "test_size": test_size,
+        "seed": seed,
+    }
+    result = _result(adata, metrics, consistency, int((~keep).sum()), params)
+    warnings = result["warnings"]
+    for w in warnings:
+        log.warning(w)
+    if out is not None:
+        finite = keep & np.isfinite(X).all(axis=1)
+        write_evaluation(
+            result, X[finite], labels[finite], out, overwrite=overwrite, run_config=run_config
+        )
+    return result
 
+
+def _result(
+    adata: ad.AnnData, metrics: dict, consistency: dict | None, n_not_embedded: int, params: dict
+) -> dict[str, Any]:
+    """The strict-JSON result: the metrics, scib's names for three of them (``ASW_label``
+    rescaled to [0, 1] as scib reports it), and how the embedding was made."""
+    meta, random_init, warnings = _provenance(adata)
     g = metrics["geometry"]
-    result: dict[str, Any] = {
+    return {
         "kind": "evaluate",
         **metrics,
         "scib": {
@@ -124,26 +127,11 @@ def evaluate(
         "consistency": consistency,
         "n_obs": int(adata.n_obs),
         "n_not_embedded": n_not_embedded,
-        "params": {
-            "label_key": label_key,
-            "control_label": control_label,
-            "embedding_key": embedding_key,
-            "k": k,
-            "test_size": test_size,
-            "seed": seed,
-        },
+        "params": params,
         "embedding": meta,
         "random_init": random_init,
         "warnings": warnings,
     }
-    for w in warnings:
-        log.warning(w)
-    if out is not None:
-        finite = keep & np.isfinite(X).all(axis=1)
-        write_evaluation(
-            result, X[finite], labels[finite], out, overwrite=overwrite, run_config=run_config
-        )
-    return result
 
 
 def _provenance(adata: ad.AnnData) -> tuple[dict, bool | None, list[str]]:
