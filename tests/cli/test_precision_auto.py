@@ -47,7 +47,7 @@ def test_perturb_precision_auto_is_recorded(files, tmp_path, capsys):
 
 def test_a_wrong_precision_is_one_line(files, tmp_path, capsys):
     data, ckpt = files
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^2$") as info:
         main(["embed", data, "--vocab", "demo", "--model", ckpt, "--precision", "fp8",
               "--out", str(tmp_path / "x.h5ad")])  # fmt: skip
     assert info.value.code == 2

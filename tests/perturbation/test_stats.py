@@ -440,7 +440,7 @@ def test_cli_perturb_stats_writes_table_and_volcano(tmp_path, capsys):
     assert {"goal_effect", "goal_toward_fdr", "goal_away_fdr", "toward_goal"} <= set(table)
     png = tmp_path / "stats.volcano.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SystemExit):  # the plot is an output too: not replaced silently
+    with pytest.raises(SystemExit, match=r"^2$"):  # the plot is an output: not replaced
         main(["perturb-stats", str(path), "--mode", "goal_state_shift", "--out", str(out)])
     assert "already exists" in capsys.readouterr().err
     gf = tmp_path / "gf.tsv"
