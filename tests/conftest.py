@@ -46,3 +46,26 @@ def ckpt_v2(tmp_path_factory, vocab_v2) -> Path:
     return save_tiny_checkpoint(
         tmp_path_factory.mktemp("ckpt_v2"), vocab_v2.size, max_len=4096, seed=1
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-16 BERT checkpoint with the V1 vocabulary size (works with the demo and
+    the real V1 dictionaries), saved by transformers itself."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=25426,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=2048,
+            hidden_act="relu",
+        )
+    ).save_pretrained(path)
+    return path

@@ -20,28 +20,6 @@ KANG = SHARED / "kang2018_pbmc_ifnb_2000.h5ad"
 V1_VOCAB = SHARED / "geneformer-v1"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-16 BERT with the V1 vocabulary size (demo and real V1 vocabularies)."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    torch.manual_seed(0)
-    BertForMaskedLM(
-        BertConfig(
-            vocab_size=25426,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=2048,
-            hidden_act="relu",
-        )
-    ).save_pretrained(path)
-    return path
-
-
 def labelled(n_per: int = 30, seed: int = 0) -> ad.AnnData:
     """Three well-separated labels in obsm, three cells 'not embedded' (NaN rows)."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import ispo
@@ -27,26 +26,6 @@ SMALL = SearchSpace(
     compile=[False],
     int8=[False],
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertForMaskedLM
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    torch.manual_seed(0)
-    BertForMaskedLM(
-        BertConfig(
-            vocab_size=25426,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=2048,
-            hidden_act="relu",
-        )
-    ).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
