@@ -23,8 +23,8 @@ import torch
 
 from ispo.errors import IspoError
 from ispo.model import variants
-from ispo.model.load import GeneformerModel, Precision
-from ispo.settings import RunSettings
+from ispo.model.load import GeneformerModel
+from ispo.settings import Precision, RunSettings
 
 Path_ = Literal["baseline", "fast"]
 

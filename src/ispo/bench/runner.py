@@ -47,7 +47,8 @@ from ispo.io.vocab import Vocab
 from ispo.model.load import GeneformerModel
 from ispo.provenance import cpu_info, device_name, git_commit, versions
 from ispo.runtime.batching import fixed_batches, token_budget_batches
-from ispo.runtime.profiler import Profiler
+from ispo.runtime.pool import rowwise_cosine
+from ispo.runtime.profiler import Profiler, synchronize
 from ispo.tokens import TokenizedCells, tokenize
 
 log = logging.getLogger(__name__)
@@ -171,11 +172,6 @@ def _load_average() -> float | None:
         return None
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _free(dev: torch.device) -> None:
     gc.collect()
     if dev.type == "cuda":
@@ -184,8 +180,7 @@ def _free(dev: torch.device) -> None:
 
 def cosine_consistency(x: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """Min and mean cosine similarity between matching rows of ``x`` and ``ref``."""
-    a, b = x.astype(np.float64), ref.astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = rowwise_cosine(x, ref)
     return float(cos.min()), float(cos.mean())
 
 
@@ -446,7 +441,7 @@ def _warm_up(run: _Run, cells: TokenizedCells, first: np.ndarray) -> TokenizedCe
                 f" {str(exc).strip().splitlines()[0][:200]}"
             ) from exc
         raise
-    _sync(dev)
+    synchronize(dev)
     run.warmup_s = time.perf_counter() - t1
     if run.adaptive:
         cells = _fit(run, cells, time.perf_counter() - t2, warm)
@@ -460,10 +455,10 @@ def _timed_passes(
     (``repeats`` at most, within ``repeat_budget_s``); returns the last pass's embeddings."""
     dev = run.model.device
     while True:
-        _sync(dev)
+        synchronize(dev)
         t = time.perf_counter()
         emb = run.embed(cells)
-        _sync(dev)
+        synchronize(dev)
         run.times.append(time.perf_counter() - t)
         if on_pass is not None:
             on_pass(run.spec.name, run.times[-1])
@@ -763,7 +758,7 @@ def run_benchmark(
     specs = resolve_methods(
         config.methods, batch_sizes=config.batch_sizes, ref_batch_size=config.ref_batch_size
     )
-    max_input = min(vocab.max_input, model.config.max_len)
+    max_input = model.max_input(vocab)
     log.info("benchmark: tokenizing %d cells", adata.n_obs)
     tok_row, all_cells = time_tokenizer(
         adata, vocab, max_input, config.tokenize_repeats, layer=layer, gene_key=gene_key

@@ -22,20 +22,19 @@ from tqdm.auto import tqdm
 
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
-from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel, Precision
+from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel
 from ispo.provenance import cpu_info, device_name, h5ad_safe, versions
 from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
 from ispo.runtime.oom import OomSplitter
-from ispo.runtime.pool import PoolMode, pool
+from ispo.runtime.pool import pool
 from ispo.runtime.profiler import Profiler
 from ispo.runtime.runner import Runner, Tokens, choose_layout, default_batch_tokens, to_device
-from ispo.settings import RunSettings
+from ispo.settings import Layout, Pool, Precision, RunSettings
 from ispo.tokens import TokenizedCells, tokenize
 
 log = logging.getLogger(__name__)
 
 Method = Literal["fast", "baseline"]
-Layout = Literal["auto", "padded", "packed"]
 
 
 def _autocast(device: torch.device, precision: Precision):
@@ -51,13 +50,13 @@ def embed_cells(
     method: Method = "fast",
     precision: Precision | None = None,
     emb_layer: int = -1,
-    pool_mode: PoolMode = "mean",
+    pool_mode: Pool | str = "mean",
     batch_tokens: int | None = None,
     batch_size: int = 10,
     on_batch: Callable[[int], None] | None = None,
     net: torch.nn.Module | None = None,
     oom: OomSplitter | None = None,
-    layout: Layout = "auto",
+    layout: Layout | str = "auto",
 ) -> np.ndarray:
     """(n_cells, hidden) float32 embeddings of tokenized cells, in their order.
 
@@ -114,7 +113,7 @@ def _baseline_batch(
     idx: np.ndarray,
     model: GeneformerModel,
     emb_layer: int,
-    pool_mode: PoolMode,
+    pool_mode: Pool | str,
 ) -> torch.Tensor:
     """The reference way: padded ids with an attention mask through ``BertForMaskedLM``."""
     ids, lens = pad_batch(cells, idx, model.config.pad_id)
@@ -125,7 +124,7 @@ def _baseline_batch(
 
 
 def checked_vocab(
-    model: GeneformerModel, vocab: Vocab | str | None, pool_mode: PoolMode = "mean"
+    model: GeneformerModel, vocab: Vocab | str | None, pool_mode: Pool | str = "mean"
 ) -> Vocab:
     """The vocabulary a run uses (``vocab``, else the model's), checked against the model and
     the pooling: one place for the errors every entry point (embed, stream, perturb) gives."""
@@ -176,7 +175,7 @@ def embed(
     method: Method = "fast",
     precision: Precision | str | None = None,
     emb_layer: int | None = None,
-    pool_mode: PoolMode | None = None,
+    pool_mode: Pool | str | None = None,
     batch_tokens: int | None = None,
     batch_size: int = 10,
     layer: str | None = None,

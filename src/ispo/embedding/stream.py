@@ -48,13 +48,13 @@ from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # no
 from ispo.io.validate import check_unique_names
 from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
-from ispo.model.load import RANDOM_WARNING, GeneformerModel, Precision
+from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.provenance import h5ad_safe
 from ispo.runtime import dist
 from ispo.runtime.feed import OrderedMap, default_workers
 from ispo.runtime.oom import OomSplitter
-from ispo.runtime.pool import PoolMode
 from ispo.runtime.profiler import Profiler
+from ispo.settings import Pool, Precision
 from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def embed_file(
     method: Method = "fast",
     precision: Precision = "fp32",
     emb_layer: int = -1,
-    pool_mode: PoolMode = "mean",
+    pool_mode: Pool | str = "mean",
     batch_tokens: int | None = None,
     batch_size: int = 10,
     layer: str | None = None,
@@ -344,7 +344,7 @@ def _reader(
     if src.n_obs == 0:
         raise IspoError(f"{src.name} has no cells")
     check_unique_names(src.obs.index)
-    max_input = min(vocab.max_input, model.config.max_len)
+    max_input = model.max_input(vocab)
     tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
     src.matrix(layer)  # no X / no such layer: fail now
     model.layers_for(emb_layer)  # a bad emb_layer fails before any work

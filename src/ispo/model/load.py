@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -24,8 +23,7 @@ from ispo.model.variants import DTYPES
 from ispo.settings import RunSettings
 
 log = logging.getLogger(__name__)
-Precision = Literal["fp32", "fp16", "bf16"]
-__all__ = ["DTYPES", "GeneformerModel", "Precision", "load_model", "resolve_device"]
+__all__ = ["DTYPES", "GeneformerModel", "load_model", "resolve_device"]
 INIT_STD = 0.02  # BertConfig.initializer_range, the init of random-weight presets
 RANDOM_WARNING = (
     "RANDOM WEIGHTS: model {name!r} was built with seeded random weights "

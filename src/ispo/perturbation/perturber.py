@@ -4,7 +4,7 @@ token-budget batches, and pooling, cosines and state shifts as batched tensor op
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from ispo.io.vocab import Vocab
 from ispo.model.encoder import Encoder
-from ispo.model.load import GeneformerModel, Precision
+from ispo.model.load import GeneformerModel
 from ispo.perturbation.index import Perturbations, PerturbType, each_gene, gene_set, with_anchor
 from ispo.perturbation.options import EmbMode
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
-from ispo.settings import Layout
+from ispo.settings import Layout, Precision
 from ispo.tokens import TokenizedCells
 
 
@@ -33,7 +33,6 @@ class Shard:
     orig_start: list[int]  # row of each cell's first token in orig_hidden
     orig_mean: torch.Tensor  # (n_cells, h) original mean-pooled cell embeddings
     orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings of the mode (mean or CLS)
-    gene_tokens: list[torch.Tensor] = field(default_factory=list)
 
 
 class Perturber:
@@ -58,7 +57,7 @@ class Perturber:
         self.enc: Encoder = model.encoder(model.layers_for(emb_layer), precision)
         self.budget = batch_tokens or default_batch_tokens(self.dev)
         self.has_cls = vocab.version == 2
-        self.max_genes = min(vocab.max_input, model.config.max_len) - 2 * self.has_cls
+        self.max_genes = model.max_input(vocab) - 2 * self.has_cls
         self.oom = OomSplitter(what="perturb")  # splits a batch that runs out of memory
         # batches mixing cells of different lengths run padded with a mask, or packed (the
         # rule embeddings use too); a batch of one cell's perturbations needs neither

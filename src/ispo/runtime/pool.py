@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
 from ispo.model.encoder import Packed
-
-PoolMode = Literal["mean", "cls"]
+from ispo.settings import Pool
 
 
 def gene_mask(lengths: torch.Tensor, width: int, has_cls: bool) -> torch.Tensor:
@@ -20,7 +17,7 @@ def gene_mask(lengths: torch.Tensor, width: int, has_cls: bool) -> torch.Tensor:
 
 
 def pool(
-    hidden: torch.Tensor, lengths: torch.Tensor, has_cls: bool, mode: PoolMode = "mean"
+    hidden: torch.Tensor, lengths: torch.Tensor, has_cls: bool, mode: Pool | str = "mean"
 ) -> torch.Tensor:
     """(B, h) float32 cell embeddings of (B, L, h) hidden states.
 
@@ -36,7 +33,7 @@ def pool(
 
 
 def pool_packed(
-    hidden: torch.Tensor, ctx: Packed, has_cls: bool, mode: PoolMode = "mean"
+    hidden: torch.Tensor, ctx: Packed, has_cls: bool, mode: Pool | str = "mean"
 ) -> torch.Tensor:
     """(B, h) float32 cell embeddings of packed (T, h) hidden states (see ``Packed``)."""
     if mode == "cls":

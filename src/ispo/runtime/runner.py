@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from ispo.model.encoder import Packed
-from ispo.runtime.pool import PoolMode, pool, pool_packed
-from ispo.settings import Layout, Precision
+from ispo.runtime.pool import pool, pool_packed
+from ispo.runtime.profiler import synchronize
+from ispo.settings import Layout, Pool, Precision
 from ispo.tokens import TokenizedCells
 
 
@@ -128,7 +129,7 @@ class Encoded:
         starts = self.starts if rows is None else self.starts[rows]
         return self.flat()[starts[:, None] + pos]
 
-    def pool(self, has_cls: bool, mode: PoolMode = "mean") -> torch.Tensor:
+    def pool(self, has_cls: bool, mode: Pool | str = "mean") -> torch.Tensor:
         """(B, h) float32 cell embeddings: mean over gene tokens, or the ``<cls>`` token."""
         if self.packed is not None:
             return pool_packed(self.hidden, self.packed, has_cls, mode)
@@ -177,11 +178,10 @@ class Runner:
         clock = _CLOCK.get()
         if clock is None:
             return self._encode(tokens)
-        sync = torch.cuda.synchronize if tokens.ids.is_cuda else lambda: None
-        sync()
+        synchronize(tokens.ids.device)
         t = time.perf_counter()
         out = self._encode(tokens)
-        sync()
+        synchronize(tokens.ids.device)
         clock.seconds += time.perf_counter() - t
         clock.batches += 1
         return out

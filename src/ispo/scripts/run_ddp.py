@@ -25,7 +25,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 METHODS = ("baseline", "batching", "mixed_precision", "fast")
 
@@ -80,6 +79,7 @@ def run(args: argparse.Namespace) -> dict | None:
     import ispo
     from ispo.embedding.embed import embed_cells
     from ispo.runtime import dist
+    from ispo.runtime.profiler import synchronize
 
     device = dist.init(args.device)
     me = dist.info()
@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> dict | None:
     )
     warm = cells.subset(np.arange(min(2, len(cells))))
     embed_cells(warm, model, **kw)  # kernels, caches and allocator warm before the clock
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
+    synchronize(model.device)
     dist.barrier()
     t0 = time.perf_counter()
     emb = embed_cells(cells, model, **kw)  # returns on the host: the device work is done
