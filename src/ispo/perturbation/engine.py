@@ -346,17 +346,12 @@ def _run_shards(
 ) -> _Done:
     """Perturb this process's shards still to do (under torchrun the ranks share them),
     writing each as it finishes; totals are summed over all ranks."""
-    s = model.settings
     perturber = Perturber(
         model,
         plan.vocab,
         perturb_type=req.perturb_type,
         rank_shift=req.rank_shift,
         emb_mode=req.emb_mode,
-        emb_layer=s.emb_layer,
-        precision=str(s.precision),
-        batch_tokens=s.batch_tokens,
-        layout=str(s.layout),
     )
     id_of_token = plan.vocab.id_of_token()
     tables: dict[str, list[pd.DataFrame]] = {"cells": [], "genes": []}

@@ -18,7 +18,7 @@ from ispo.perturbation.options import EmbMode
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
-from ispo.settings import Layout, Precision
+from ispo.settings import Layout
 from ispo.tokens import TokenizedCells
 
 
@@ -36,7 +36,9 @@ class Shard:
 
 
 class Perturber:
-    """Runs the perturbations of selected cells with one model, vocabulary and setting."""
+    """Runs the perturbations of selected cells with one model, vocabulary and setting; the
+    speed settings (layer, precision, token budget, layout, encoder variant) are the model's
+    (``model.settings``), the ones the run was loaded with."""
 
     def __init__(
         self,
@@ -46,23 +48,22 @@ class Perturber:
         perturb_type: PerturbType,
         rank_shift: int,
         emb_mode: EmbMode,
-        emb_layer: int,
-        precision: Precision,
-        batch_tokens: int | None,
-        layout: Layout | str = "auto",
     ) -> None:
         self.model, self.vocab = model, vocab
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
         self.dev = model.device
-        self.enc: Encoder = model.encoder(model.layers_for(emb_layer), precision)
-        self.budget = batch_tokens or default_batch_tokens(self.dev)
+        s = model.settings
+        self.enc: Encoder = model.encoder(model.layers_for(s.emb_layer))
+        self.budget = s.batch_tokens or default_batch_tokens(self.dev)
         self.has_cls = vocab.version == 2
         self.max_genes = model.max_input(vocab) - 2 * self.has_cls
         self.oom = OomSplitter(what="perturb")  # splits a batch that runs out of memory
         # batches mixing cells of different lengths run padded with a mask, or packed (the
         # rule embeddings use too); a batch of one cell's perturbations needs neither
         self.runner = Runner(
-            self.enc, pad_id=model.config.pad_id, layout=choose_layout(layout, self.dev, precision)
+            self.enc,
+            pad_id=model.config.pad_id,
+            layout=choose_layout(s.layout, self.dev, s.precision),
         )
 
     # -- building ---------------------------------------------------------------------------
