@@ -286,20 +286,8 @@ def _plan(
         )
 
     states = req.cell_states
-    s = model.settings
     # the target states are embedded during the scan (ispo.perturbation.passes: two passes)
-    sums = None
-    if states:
-        sums = StateSums(
-            adata,
-            model,
-            states,
-            method="fast",
-            precision=str(s.precision),
-            emb_layer=s.emb_layer,
-            pool_mode=str(s.pool),
-            batch_tokens=s.batch_tokens,
-        )
+    sums = StateSums(adata, model, states) if states else None
     wanted = wanted_tokens(targets, anchor, req.perturb_type)
     scan = scan_input(chunks(warn=True), wanted, sums)
     if len(scan.obs_index) == 0:

@@ -72,16 +72,19 @@ def select_cells(
 
 
 class StateSums:
-    """Mean cell embedding of each target state (same layer and pooling as the run), summed
-    chunk by chunk during the scan (no state's cells are held at once)."""
+    """Mean cell embedding of each target state (same layer, pooling and settings as the run:
+    ``model.settings``), summed chunk by chunk during the scan (no state's cells are held at
+    once)."""
 
-    def __init__(self, adata: ad.AnnData, model: GeneformerModel, states: CellStates, **kw):
+    def __init__(self, adata: ad.AnnData, model: GeneformerModel, states: CellStates):
         if states.state_key not in adata.obs.columns:
             raise IspoError(
                 f"state_key {states.state_key!r} is not an obs column: choose one of "
                 f"{list(adata.obs.columns)[:10]}"
             )
-        self.model, self.states, self.kw = model, states, kw
+        s = model.settings
+        self.model, self.states = model, states
+        self.kw = dict(emb_layer=s.emb_layer, pool_mode=s.pool, batch_tokens=s.batch_tokens)
         self.labels = adata.obs[states.state_key].astype(str).to_numpy()
         self.sums = np.zeros((len(states.targets), model.config.hidden))
         self.counts = np.zeros(len(states.targets))
