@@ -13,12 +13,13 @@ opened (it opens its own). Elsewhere they are spawned and the state is pickled.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
+
+from ispo.hardware import this_cpu
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,11 +29,7 @@ _TASK: Callable[[Any], Any] | None = None  # the task of this worker process
 
 def default_workers(local_processes: int = 1) -> int:
     """Cores left after the main process(es) of this node: the default ``--workers``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(0, cores // max(1, local_processes) - 1)
+    return max(0, this_cpu().cores // max(1, local_processes) - 1)
 
 
 def _init(task: Callable[[Any], Any]) -> None:
