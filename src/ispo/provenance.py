@@ -79,3 +79,13 @@ def h5ad_safe(d: dict) -> dict:
         elif v is not None:
             out[k] = v
     return out
+
+
+def machine_was_busy(meta: dict) -> bool:
+    """Whether a result's run shared its CPUs: the 1-minute load average (``meta
+    ["load_average"]``, at start and end) above the CPU count. Its absolute figures are then
+    pessimistic; ratios measured in the same run hold better."""
+    load = meta.get("load_average") or {}
+    if load.get("start") is None:
+        return False
+    return max(load["start"], load.get("end") or 0.0) > (meta.get("cpu_count") or 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ispo.bench.runner import ROW_KEYS, BenchResult
 from ispo.io.write import atomic_write
+from ispo.provenance import machine_was_busy
 
 # (header, row key or callable, format) of the summary table shared by terminal and Markdown.
 _GIB = 1024.0
@@ -146,7 +147,7 @@ def _load_text(meta: dict) -> str:
     load = meta.get("load_average") or {}
     if load.get("start") is None:
         return ""
-    busy = max(load["start"], load.get("end") or 0.0) > meta["cpu_count"]
+    busy = machine_was_busy(meta)
     return (
         f"; 1-min load average {load['start']:.1f} at start, {load.get('end') or 0:.1f} at "
         "end"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ispo.errors import IspoError
+from ispo.provenance import machine_was_busy
 from ispo.reporting.document import Document, fmt
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def _machine_text(meta: dict) -> str:
         )
     load = meta.get("load_average") or {}
     if load.get("start") is not None:
-        busy = max(load["start"], load.get("end") or 0.0) > (meta.get("cpu_count") or 1)
+        busy = machine_was_busy(meta)
         parts.append(
             f"1-minute load average {load['start']:.1f} at start, {load.get('end') or 0:.1f} at "
             "end"
