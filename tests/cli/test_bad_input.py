@@ -229,7 +229,7 @@ def test_ispo_never_writes_pickles():
 
 
 def test_duplicate_names_are_refused_by_the_api_too(tmp_path):
-    from ispo.embedding.stream import check_unique_names
+    from ispo.io.validate import check_unique_names
 
     check_unique_names(pd.Index(["a", "b"]))
     with pytest.raises(IspoError, match="2 duplicate cell name"):

@@ -27,13 +27,16 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
 
 
 @contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    out = check_output(path, overwrite)
+def replacing(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` that is renamed onto it if the block succeeds
+    and removed if it fails: a reader never sees half an output. Whether ``path`` may be
+    replaced is the caller's decision (:func:`check_output`); ``folder``: an existing folder
+    ``path`` is removed first (a result folder written anew)."""
+    out = Path(path)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         yield tmp
-        if out.is_dir() and overwrite:
+        if folder and out.is_dir():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
@@ -43,18 +46,19 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    with replacing(check_output(path, overwrite), folder=overwrite) as tmp:
+        yield tmp
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file beside it, renamed into place: a
     reader never sees half a file, and an existing file is replaced whole."""
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
             tmp.write_text(data)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return Path(path)

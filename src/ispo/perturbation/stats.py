@@ -48,6 +48,7 @@ from scipy import stats as sps
 from scipy.special import ndtr
 
 from ispo.errors import IspoError
+from ispo.io.write import replacing
 from ispo.settings import Choice
 
 Mode = Literal["aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts"]
@@ -956,14 +957,9 @@ def write_stats(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise IspoError(f"output folder {parent} does not exist: create it first")
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
+    with replacing(out) as tmp:
         if suffix in (".csv", ".tsv"):
             df.to_csv(tmp, index=False, sep="," if suffix == ".csv" else "\t")
         else:
             df.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
