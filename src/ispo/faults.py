@@ -7,8 +7,8 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
     Raise :class:`InjectedFault` once the N-th output shard of this process is written
     (``perturb`` and streamed ``embed`` with ``out``): a kill between shards.
 ``hang_after_shard:N``
-    Stop (sleep until killed) once the N-th output shard is written: a run that is certainly
-    mid-way when an outside ``kill -9`` arrives.
+    Stop (sleep until killed or interrupted) once the N-th output shard is written: a run that
+    is certainly mid-way when an outside ``kill -9``, SIGINT or SIGTERM arrives.
 ``crash_in_part:N``
     Raise :class:`InjectedFault` when the N-th part file is written but not yet renamed into
     place: a kill mid-write, which leaves a ``.tmp`` file and no manifest entry.
@@ -34,6 +34,7 @@ import os
 import time
 
 from ispo.errors import IspoError
+from ispo.runtime import interrupt
 
 ENV = "ISPO_FAULT"
 NAMES = (
@@ -99,8 +100,8 @@ def shard_written() -> None:
     n = _hit("shard")
     if n == spec.get("crash_after_shard"):
         raise InjectedFault(f"{ENV}: crash after shard {n}")
-    while n == spec.get("hang_after_shard"):
-        time.sleep(1.0)  # until the drill kills the process
+    while n == spec.get("hang_after_shard") and not interrupt.stopping.is_set():
+        time.sleep(0.1)  # until the drill kills or interrupts the process
 
 
 def part_written() -> None:

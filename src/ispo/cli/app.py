@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ispo.errors import IspoError
+from ispo.runtime import interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -51,7 +52,13 @@ def main(argv: list[str] | None = None) -> None:
         from ispo.config import apply_config
 
         args, default_map = apply_config(args, typer.main.get_command(app))
-        app(args=args, prog_name="ispo", standalone_mode=False, default_map=default_map)
+        with interrupt.handlers():  # SIGINT, SIGTERM: ispo.runtime.interrupt.Interrupted
+            code = app(args=args, prog_name="ispo", standalone_mode=False, default_map=default_map)
+        if isinstance(code, int) and code:  # typer.Exit(code) in a command
+            sys.exit(code)
+    except interrupt.Interrupted as exc:
+        print(exc.message(), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except IspoError as exc:
         if debug:
             raise
@@ -59,9 +66,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as exc:  # a bug, not a user error: say so in one line
         if debug:
             raise

@@ -50,7 +50,7 @@ from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.provenance import h5ad_safe
-from ispo.runtime import dist
+from ispo.runtime import dist, interrupt
 from ispo.runtime.feed import OrderedMap, default_workers
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.profiler import Profiler
@@ -374,7 +374,12 @@ def _embed_units(
 
     n_cells, in_flight = 0, None
     desc = f"embed ({opts['method']})" + (f" rank 0/{me.world}" if me.active else "")
+
+    def saved() -> str:
+        return f"{len(writer.manifest['done'])} of {-(-reader.n_obs // reader.chunk)} chunks"
+
     with (
+        interrupt.noting(saved),
         closing(tokenized_units(reader, todo, workers)) as units,  # workers start first
         Profiler(device=model.device) as prof,
         ThreadPoolExecutor(1) as pool_,

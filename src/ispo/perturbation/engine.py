@@ -51,7 +51,7 @@ from ispo.perturbation.passes import (
 from ispo.perturbation.perturber import Perturber
 from ispo.perturbation.tables import empty_table, shard_tables
 from ispo.provenance import cpu_info, device_name, versions
-from ispo.runtime import dist
+from ispo.runtime import dist, interrupt
 from ispo.runtime.profiler import Profiler, ProfileStats
 from ispo.settings import Layout, Pool, Precision, RunSettings
 from ispo.tokens import NO_CELLS, TokenizedCells, iter_tokenize
@@ -353,7 +353,12 @@ def _run_shards(
         disable=not progress,
         desc=f"perturb ({req.perturb_type})",
     )
-    with Profiler(model.device) as prof, torch.inference_mode(), bar:
+
+    def saved() -> str:
+        n = len(writer.manifest["done"]) if writer is not None else 0
+        return f"{n} of {len(shards)} shards"
+
+    with interrupt.noting(saved), Profiler(model.device) as prof, torch.inference_mode(), bar:
         for s_idx, cells in iter_shards(plan.chunks(), shards, {i for i, _ in mine}):
             got = run_shard(
                 perturber,

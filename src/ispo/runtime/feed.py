@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from ispo.hardware import this_cpu
+from ispo.runtime import interrupt
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +37,7 @@ def _init(task: Callable[[Any], Any]) -> None:
     global _TASK
     _TASK = task
     _die_with_parent()
+    interrupt.quiet_worker()  # Ctrl-C reaches the whole group: the main process stops us
 
 
 def _die_with_parent() -> None:
