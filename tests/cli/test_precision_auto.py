@@ -53,3 +53,33 @@ def test_a_wrong_precision_is_one_line(files, tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: precision must be one of auto, fp32, fp16, bf16, not 'fp8'"
+
+
+def _cpu_has_any(flags: tuple[str, ...]) -> bool:
+    """Whether /proc/cpuinfo lists one of ``flags`` (read here, not through ispo.hardware)."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    listed = next(
+        (ln.split(":", 1)[1].split() for ln in info.read_text().splitlines()
+         if ln.startswith("flags")),
+        [],
+    ) if info.exists() else []  # fmt: skip
+    return bool(set(flags) & set(listed))
+
+
+@pytest.mark.parametrize(
+    ("precision", "units"),
+    [("bf16", ("amx_bf16", "avx512_bf16")), ("fp16", ("amx_fp16", "avx512_fp16")), ("fp32", ())],
+)
+def test_explicit_half_precision_without_units_is_one_warning(
+    files, tmp_path, capsys, precision, units
+):
+    data, ckpt = files
+    main(["embed", data, "--vocab", "demo", "--model", ckpt, "--device", "cpu",
+          "--precision", precision, "--out", str(tmp_path / "e.h5ad")])  # fmt: skip
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    slow = bool(units) and not _cpu_has_any(units)
+    assert len(warned) == int(slow), warned
+    if slow:
+        assert f"--precision {precision}" in warned[0] and "slower than fp32" in warned[0]

@@ -132,12 +132,22 @@ def load_for_run(
     model: str, vocab, device: str, random_init: bool, seed: int, settings
 ) -> GeneformerModel:
     """The model with the run's settings built in (encoder variants, ``precision auto``
-    resolved once); what auto chose is printed."""
+    resolved once); what auto chose is printed, and a half precision asked for on a CPU
+    that has no units for it draws a one-line warning."""
     import ispo
+    from ispo.hardware import slow_half_precision
 
     mdl = ispo.load_model(
         model, vocab=vocab, device=device, random_init=random_init, seed=seed, settings=settings
     )
     if mdl.precision_note is not None:
         typer.echo(f"precision auto: {mdl.precision_note}", err=True)
+    elif mdl.device.type == "cpu":
+        precision = str(mdl.settings.precision)
+        why = slow_half_precision(precision)
+        if why is not None:
+            typer.echo(
+                f"warning: --precision {precision}: {why}; --precision fp32 or auto is faster here",
+                err=True,
+            )
     return mdl
