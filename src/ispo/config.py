@@ -274,14 +274,25 @@ def save_run_config(
     header = (
         f"# ispo {command or ''} run configuration, written "
         f"{_dt.datetime.now().astimezone().isoformat(timespec='seconds')} by ispo "
-        f"{versions()['ispo']}\n# rerun with: ispo {command or 'COMMAND'} --config "
-        f"{target.name}  (command-line flags override these values)\n"
+        f"{versions()['ispo']}\n{_rerun_line(command, out, 'overwrite' in body)}"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     from ispo.io.write import atomic_write
 
     return atomic_write(
         target, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    )
+
+
+def _rerun_line(command: str | None, out: str | Path, replaces: bool) -> str:
+    """The header line that repeats a run: the config's final place (not a temporary folder it
+    was written in), from the folder the run started in; ``--overwrite`` where the command
+    refuses an existing output."""
+    again = " --overwrite" if replaces else ""
+    why = f" (replaces {out}; or --out NEW)" if replaces else ""
+    return (
+        f"# rerun with: ispo {command or 'COMMAND'} --config {run_config_path(out)}{again}\n"
+        f"# flags on the command line override these values{why}\n"
     )
 
 

@@ -121,7 +121,7 @@ CASES = [
     ("wrong-vocab-size", _good, ["--model", "{small_ckpt}"], "expects 100"),
     ("corrupt-vocab-pickle", _good, ["--vocab", "{vocab}"], "gene_median_dictionary.pkl"),
     ("out-under-a-file", _good, ["--out", "{tmp}/file.txt/out.{ext}"], "is a file"),
-    ("out-dir-missing", _good, ["--out", "{tmp}/no/such/dir/out.{ext}"], "does not exist"),
+    ("out-other-format", _good, ["--out", "{tmp}/out.csv"], "does not end in"),
     ("out-exists", _good, ["--out", "{tmp}/exists.{ext}"], "already exists"),
 ]
 

@@ -43,7 +43,10 @@ def count_shards(monkeypatch) -> None:
 
 # what the injected kill raises, in one line
 KILLED = r"ISPO_FAULT: (crash after shard \d+|injected batch error)"
-OTHER_RUN = r"was made with other options or data: rerun with the same options, or --overwrite"
+OTHER_RUN = (
+    r"was made with other options or data \(.+ then, .+ now\): rerun with the same options, "
+    r"or --overwrite"
+)
 
 
 def files_of(out) -> dict:
@@ -148,19 +151,19 @@ def test_half_written_part_is_ignored(setup_v1, full_run, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "named"),  # named: the option the refusal names, as its flag
     [
-        dict(perturb_type="overexpress"),
-        dict(shard_cells=3),
-        dict(emb_mode="cell"),
-        dict(emb_layer=0),
-        dict(genes=["ENSG00000000003"]),
-        dict(max_ncells=8),
-        dict(settings=RunSettings(int8=True)),
+        (dict(perturb_type="overexpress"), "--perturb-type"),
+        (dict(shard_cells=3), "--shard-cells"),
+        (dict(emb_mode="cell"), "--emb-mode"),
+        (dict(emb_layer=0), "--emb-layer -1 then, 0 now"),
+        (dict(genes=["ENSG00000000003"]), "--genes"),
+        (dict(max_ncells=8), "--max-ncells null then, 8 now"),
+        (dict(settings=RunSettings(int8=True)), "--attention/--compile/--int8"),
     ],
     ids=["type", "shard_cells", "emb_mode", "layer", "genes", "cells", "int8"],
 )
-def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, change):
+def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, change, named):
     out = tmp_path / "r.parquet"
     kill_after(monkeypatch, 2)
     with pytest.raises(InjectedFault, match=KILLED):
@@ -168,7 +171,7 @@ def test_resume_with_other_options_refused(setup_v1, tmp_path, monkeypatch, chan
     monkeypatch.undo()
     with pytest.raises(IspoError, match=OTHER_RUN) as info:
         perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **{**OPTS, **change})
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and named in str(info.value)
     assert (tmp_path / "r.parquet.parts" / "manifest.json").exists()  # left for a real resume
 
 

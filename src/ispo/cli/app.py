@@ -23,8 +23,10 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Fast, exact Geneformer embeddings and in-silico perturbation. "
     "Every command also takes --config FILE (YAML of its options; flags on "
-    "the command line override it) and saves the config it ran with.",
+    "the command line override it) and saves the config it ran with. --debug and "
+    "--quiet go before or after the command.",
 )
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")  # the options of _root, accepted anywhere
 
 
 @app.callback()
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ``--config FILE`` (any command) is taken out of the command line here and its YAML becomes
     the command's defaults, so flags given on the command line override it (ispo.config).
     """
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _global_flags_first(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     try:
         from ispo.config import apply_config
@@ -78,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _global_flags_first(args: list[str]) -> list[str]:
+    """``ispo embed ... --debug`` as ``ispo --debug embed ...``: the app-wide flags
+    (:data:`GLOBAL_FLAGS`) are moved before the command, wherever they were (up to ``--``)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -314,6 +314,7 @@ def run_cli_benchmark(req: BenchRequest) -> Any:
     import ispo
     from ispo.bench.runner import run_benchmark
     from ispo.bench.tables import print_table, write_results
+    from ispo.config import current_params, save_run_config
     from ispo.model.load import resolve_device
     from ispo.tracking import make_tracker
 
@@ -358,6 +359,7 @@ def run_cli_benchmark(req: BenchRequest) -> Any:
             on_progress=lambda line: typer.echo(line, err=True),
         )
         files = write_results(result, out, plots=req.plots, embeddings=req.save_embeddings)
+        files.append(save_run_config(out, current_params()))
         print_table(result)
         if tracker.active:
             _log_results(tracker, result, files, out)

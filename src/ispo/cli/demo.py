@@ -21,9 +21,12 @@ def demo(
 ) -> None:
     """Write the built-in SYNTHETIC sci-Plex2-like data set (use --vocab demo with it)."""
     import ispo
-    from ispo.io.write import atomic_output
+    from ispo.config import current_params, save_run_config
+    from ispo.io.write import atomic_output, check_output
 
+    check_output(out, overwrite, (".h5ad",))
     adata = ispo.demo_adata(n_cells, version=version, seed=seed)
     with atomic_output(out, overwrite) as tmp:
         adata.write_h5ad(tmp)
+    save_run_config(out, current_params(), command="demo")
     typer.echo(f"wrote {n_cells:,} synthetic cells -> {out}")

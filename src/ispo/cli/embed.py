@@ -73,7 +73,7 @@ def embed(
     from ispo.io.write import check_output
     from ispo.runtime import dist
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, (".h5ad",))
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
     _check_method(method, settings)
     src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows

@@ -32,6 +32,7 @@ def bench_isp(
 
     import ispo
     from ispo.bench.isp import isp_speed
+    from ispo.config import current_params, save_run_config
     from ispo.io.read import input_vocab, read_input
     from ispo.io.write import atomic_output
     from ispo.provenance import device_name, git_commit, versions
@@ -60,6 +61,7 @@ def bench_isp(
         tmp.mkdir()
         (tmp / "results.json").write_text(json.dumps(res, indent=2))
         (tmp / "results.md").write_text("\n".join(lines) + "\n")
+        save_run_config(out, current_params(), command="bench-isp", path=tmp / "config.yaml")
     typer.echo("\n".join(lines))
 
 

@@ -67,6 +67,7 @@ def perturb(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
+    from ispo.config import current_params, save_run_config
     from ispo.io.read import open_with_vocab
     from ispo.io.validate import check_unique_names
     from ispo.perturbation.engine import perturb as run
@@ -103,6 +104,7 @@ def perturb(
         load_result=False,
     )
     if dist.is_main():
+        save_run_config(out, current_params(), command="perturb")
         _echo_perturb(df.attrs["metadata"], out, dist.info())
     dist.close()
 

@@ -69,11 +69,12 @@ def perturb_stats_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Per-gene statistics of a perturbation run (Geneformer's InSilicoPerturberStats modes)."""
+    from ispo.config import current_params, save_run_config
     from ispo.io.write import check_output
     from ispo.perturbation.plots import volcano_png
     from ispo.perturbation.stats import perturb_stats, write_stats
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, (".csv", ".tsv", ".parquet", ".pq"))
     png = out.with_name(f"{out.stem}.volcano.png")
     volcano = plot and mode == "goal_state_shift"
     if volcano:
@@ -96,6 +97,7 @@ def perturb_stats_cmd(
         columns=columns,
     )
     write_stats(df, out)
+    save_run_config(out, current_params(), command="perturb-stats")
     info = df.attrs.get("ispo_stats", {})
     what = f" on {info['value']}" if info.get("value") else ""
     how = f" ({info['method']} test)" if info.get("method") else ""

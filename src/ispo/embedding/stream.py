@@ -47,7 +47,7 @@ from ispo.errors import IspoError
 from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # noqa: F401
 from ispo.io.validate import check_unique_names
 from ispo.io.vocab import Vocab
-from ispo.io.write import atomic_output
+from ispo.io.write import atomic_output, check_suffix
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.provenance import h5ad_safe
 from ispo.runtime import dist, interrupt
@@ -241,6 +241,7 @@ def embed_file(
     :func:`~ispo.embedding.embed.embed_cells`; ``benchmarks/pipeline.py`` passes a host-only
     stand-in). Returns a summary of this run on rank 0, None on the others.
     """
+    check_suffix(out, (".h5ad",))
     src = open_input(source)
     vocab = checked_vocab(model, vocab if vocab is not None else model.vocab, pool_mode)
     opts = dict(method=method, precision=precision, emb_layer=emb_layer, pool_mode=pool_mode)

@@ -25,6 +25,34 @@ from ispo.errors import IspoError
 PART_FORMAT = {"compression": "none", "use_dictionary": False}
 
 
+# fingerprint entries that are not an option of the command, in words
+_NOT_FLAGS = {
+    "data": "input data",
+    "cells": "selected cells",
+    "n_vars": "input genes",
+    "what": "command",
+    "settings": "--attention/--compile/--int8",
+    "fast_settings": "--attention/--compile/--int8",
+}
+
+
+def differences(before: dict, now: dict, limit: int = 3) -> str:
+    """What differs between a stopped run's fingerprint and this run's, as the options a user
+    typed (``--chunk-cells 1 then, 2 now``): what ``--resume`` with other options names."""
+
+    def name(key: str) -> str:
+        return _NOT_FLAGS.get(key, "--" + key.replace("_", "-"))
+
+    def short(value) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = [k for k in {**before, **now} if before.get(k) != now.get(k)]
+    said = [f"{name(k)} {short(before.get(k))} then, {short(now.get(k))} now" for k in keys]
+    more = f" and {len(said) - limit} more" if len(said) > limit else ""
+    return "; ".join(said[:limit]) + more
+
+
 class ShardWriter:
     """Parts of a table, written atomically and listed in ``manifest.json``."""
 
@@ -65,8 +93,9 @@ class ShardWriter:
                 ) from exc
             if old.get("fingerprint") != self.fingerprint:
                 raise IspoError(
-                    f"{self.parts} was made with other options or data: rerun with "
-                    "the same options, or --overwrite to start again"
+                    f"{self.parts} was made with other options or data "
+                    f"({differences(old.get('fingerprint') or {}, self.fingerprint)}): rerun "
+                    "with the same options, or --overwrite to start again"
                 )
             self.manifest["done"].update(old["done"])
 

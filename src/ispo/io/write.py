@@ -11,18 +11,34 @@ from pathlib import Path
 from ispo.errors import IspoError
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output (unless ``overwrite``) or an unwritable folder, before any work."""
-    out = Path(path)
+def check_output(path: str | Path, overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse an existing output (unless ``overwrite``), a name whose extension is not one of
+    ``suffixes`` (when given: the format written), or an unwritable place, before any work.
+
+    Missing parent folders are fine: :func:`replacing` creates them when the output is written
+    (every command alike, so a fresh folder works as ``runs/x`` does for the benchmark).
+    """
+    out = check_suffix(path, suffixes)
     if out.exists() and not overwrite:
         raise IspoError(f"output {out} already exists: choose another path or pass --overwrite")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise IspoError(f"output folder {parent} is a file, not a folder: choose another --out")
-    if not parent.is_dir():
-        raise IspoError(f"output folder {parent} does not exist: create it first")
-    if not os.access(parent, os.W_OK):
-        raise IspoError(f"output folder {parent} is not writable: choose another --out")
+    folder = next(p for p in [out.absolute().parent, *out.absolute().parents] if p.exists())
+    if not folder.is_dir():
+        raise IspoError(f"output folder {folder} is a file, not a folder: choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise IspoError(f"output folder {folder} is not writable: choose another --out")
+    return out
+
+
+def check_suffix(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """Refuse an output name whose extension is not one of ``suffixes`` (the formats the
+    command writes): ``--out e7.csv`` must not get Parquet inside. No ``suffixes``: any name."""
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise IspoError(
+            f"output {out} does not end in {' or '.join(suffixes)}: this command writes "
+            f"{'that format' if len(suffixes) == 1 else 'those formats'}, so name the file "
+            f"{out.stem}{suffixes[0]}"
+        )
     return out
 
 
@@ -31,9 +47,11 @@ def replacing(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` that is renamed onto it if the block succeeds
     and removed if it fails: a reader never sees half an output. Whether ``path`` may be
     replaced is the caller's decision (:func:`check_output`); ``folder``: an existing folder
-    ``path`` is removed first (a result folder written anew)."""
+    ``path`` is removed first (a result folder written anew). Missing parent folders are
+    created."""
     out = Path(path)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         if folder and out.is_dir():

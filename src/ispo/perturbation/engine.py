@@ -222,7 +222,7 @@ def run_request(
     if sink.out is not None:  # every option is checked, and the output, before any work
         from ispo.io.write import check_output
 
-        check_output(sink.out, sink.overwrite)
+        check_output(sink.out, sink.overwrite, (".parquet",))
     t0 = time.perf_counter()
     plan = _plan(adata, model, vocab, targets, anchor, request)
     params = request.params(model.settings)

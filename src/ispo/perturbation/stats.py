@@ -954,10 +954,7 @@ def write_stats(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".tsv", ".parquet", ".pq"):
         raise IspoError(f"cannot tell the format of {out}: end the name in .csv, .tsv or .parquet")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise IspoError(f"output folder {parent} does not exist: create it first")
-    with replacing(out) as tmp:
+    with replacing(out) as tmp:  # missing parent folders are created
         if suffix in (".csv", ".tsv"):
             df.to_csv(tmp, index=False, sep="," if suffix == ".csv" else "\t")
         else:

@@ -284,9 +284,7 @@ def _study_folder(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IspoError(f"--out {out} is a file: give a folder for the study")
-    if not out.parent.is_dir():
-        raise IspoError(f"output folder {out.parent} does not exist: create it first")
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
