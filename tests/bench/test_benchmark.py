@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 from typer.testing import CliRunner
 
@@ -364,6 +365,8 @@ def test_cli_benchmark(tiny_ckpt, small_h5ad, tmp_path) -> None:
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", "fast", "batching-2", "tokenize"]
     assert not (out / "embeddings.npz").exists()
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # a --config of the same run
+    assert saved["methods"] == "fast,batching" and saved["n-cells"] == 3
     again = CliRunner().invoke(
         app, ["benchmark", *_common(tiny_ckpt, small_h5ad), "--out", str(out)]
     )
@@ -423,6 +426,7 @@ def test_baseline_form(tiny_ckpt, small_h5ad, tmp_path) -> None:
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["baseline", "tokenize"]
     assert rows[0]["n_cells"] == 2 and rows[0]["batching"].startswith("10 cells")
+    assert yaml.safe_load((out / "config.yaml").read_text())["num-perturbations"] == 2
 
 
 def test_python_m_ispo_has_the_reference_commands() -> None:

@@ -44,7 +44,7 @@ def test_isp_speed_rows(ckpt, monkeypatch):
 def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
     data = tmp_path / "d.h5ad"
     small_adata(4).write_h5ad(data)
-    out = tmp_path / "isp"
+    out = tmp_path / "new" / "isp"  # its parent is created
     main(
         [
             "-q",
@@ -67,3 +67,4 @@ def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
     assert (res["rows"][0]["mfu"] is None) == (peak_flops("cpu", torch.float32) is None)
     table = (out / "results.md").read_text()
     assert "| MFU |" in table and "perturbations/s" in capsys.readouterr().out
+    assert "n-cells: 2\n" in (out / "config.yaml").read_text()  # the --config of this run
