@@ -8,7 +8,7 @@ head; pooling, cosines and state shifts are batched tensor ops on the device, re
 shard. Shards are written as they finish, so a stopped run resumes where it was.
 
 The input is streamed in two passes (:mod:`ispo.perturbation.passes`): one tokenizes it chunk by
-chunk to choose the cells (keeping ~16 bytes per cell, no tokens) and embeds the target states'
+chunk to choose the cells (keeping ~20 bytes per cell, no tokens) and embeds the target states'
 cells on the way, one tokenizes each shard's cells again as it comes, so host memory does not
 grow with the number of cells.
 """
@@ -27,7 +27,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ispo.embedding.embed import checked_vocab
 from ispo.errors import IspoError
@@ -49,6 +48,7 @@ from ispo.perturbation.passes import (
     select_cells,
 )
 from ispo.perturbation.perturber import Perturber
+from ispo.perturbation.progress import PerturbProgress, expected_per_cell
 from ispo.perturbation.tables import empty_table, shard_tables
 from ispo.provenance import cpu_info, device_name, versions
 from ispo.runtime import dist, interrupt
@@ -347,11 +347,12 @@ def _run_shards(
     t_run = time.perf_counter()
     todo = [(i, x) for i, x in enumerate(shards) if writer is None or not writer.done(i)]
     mine = list(dist.mine(todo))
-    bar = tqdm(
-        total=sum(len(x) for _, x in mine),
-        unit="cell",
-        disable=not progress,
+    per_cell = expected_per_cell(plan.scan.genes, gene_list=plan.targets is not None)
+    bar = PerturbProgress(
+        {i: int(per_cell[x].sum()) for i, x in mine},
+        sum(len(x) for _, x in mine),
         desc=f"perturb ({req.perturb_type})",
+        disable=not progress,
     )
 
     def saved() -> str:
@@ -360,6 +361,7 @@ def _run_shards(
 
     with interrupt.noting(saved), Profiler(model.device) as prof, torch.inference_mode(), bar:
         for s_idx, cells in iter_shards(plan.chunks(), shards, {i for i, _ in mine}):
+            bar.start(s_idx)
             got = run_shard(
                 perturber,
                 adata,
@@ -370,6 +372,7 @@ def _run_shards(
                 req.cell_states,
                 id_of_token,
                 plan.vocab,
+                bar,
             )
             n_pert += len(got["cells"])
             n_cells += len(cells)
@@ -378,8 +381,7 @@ def _run_shards(
             else:
                 for k, v in got.items():
                     tables[k].append(v)
-            bar.update(len(cells))
-            bar.set_postfix(perturbations_per_s=f"{n_pert / (time.perf_counter() - t_run):.1f}")
+            bar.cells(len(cells))
     # under torchrun: totals of all ranks, and a wait until every rank's shards are written
     n_pert, n_cells = (int(v) for v in dist.all_sum(n_pert, n_cells))
     return _Done(n_pert, n_cells, time.perf_counter() - t_run, prof.stats, tables)
@@ -432,11 +434,15 @@ def run_shard(
     states: CellStates | None,
     id_of_token: np.ndarray,
     vocab: Vocab,
+    progress: PerturbProgress | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """All perturbations of one shard of cells, as output tables (rows in input order)."""
+    """All perturbations of one shard of cells, as output tables (rows in input order);
+    ``progress`` hears how many there are, then each batch as it ends."""
     order = np.argsort(-cells.lengths, kind="stable")  # longest first
     t = None if targets is None else targets.to(p.dev)
     built = p.specs(cells, order.tolist(), t, anchor)
+    if progress is not None:
+        progress.built(sum(len(spec) for _, spec in built))
     if not built:
         return {"cells": empty_table(states)}
     shard = p.originals(cells, built)
@@ -450,4 +456,6 @@ def run_shard(
             for k, v in got.items():
                 results.setdefault(k, []).append(v)
             results.setdefault("chunks", []).extend(chunks)
+            if progress is not None:
+                progress.rows(sum(b - a for _, a, b in chunks))
     return shard_tables(p, adata, cells, shard, results, states, id_of_token, vocab)

@@ -2,7 +2,7 @@
 
 ``ispo perturb`` tokenizes its input twice, the least that bounded memory allows:
 
-1. **the scan** (:func:`scan_input`) keeps ~16 bytes per cell, no tokens: which rows tokenized
+1. **the scan** (:func:`scan_input`) keeps ~20 bytes per cell, no tokens: which rows tokenized
    (selection works on them), a digest of every token (the resume fingerprint) and whether each
    cell expresses the genes to check. The target states' cells are embedded *in the same pass*
    (:class:`StateSums`), as each chunk is tokenized: a state's mean embedding needs every cell
@@ -114,11 +114,12 @@ class StateSums:
 @dataclass
 class InputScan:
     """What one streaming pass over the input keeps: no tokens, only what selection, the
-    expression check and the resume fingerprint need (~16 bytes per cell)."""
+    expression check, the resume fingerprint and the progress bar need (~20 bytes per cell)."""
 
     obs_index: np.ndarray  # input row of each tokenized cell
     digest: str  # sha1 of every cell's tokens, in order (the data in the fingerprint)
     present: np.ndarray  # (n_cells, n_wanted): the cell expresses wanted token j
+    genes: np.ndarray  # genes in each cell (the progress bar's total, ispo.perturbation.progress)
 
 
 def scan_input(
@@ -128,12 +129,13 @@ def scan_input(
 ) -> InputScan:
     """The scan pass; ``also(chunk)`` runs on each chunk too (:class:`StateSums`)."""
     sha = hashlib.sha1()
-    obs, present = [], []
+    obs, present, genes = [], [], []
     for part in chunks:
         if also is not None:
             also(part)
         sha.update(part.tokens.tobytes())
         obs.append(part.obs_index)
+        genes.append((part.lengths - 2 * int(part.has_cls)).astype(np.int32))
         hit = np.zeros((len(part), len(wanted)), dtype=bool)
         if wanted:  # genes=all and overexpress lists need no check: skip the per-token pass
             cell_of = np.repeat(np.arange(len(part)), part.lengths)
@@ -144,6 +146,7 @@ def scan_input(
         np.concatenate(obs) if obs else np.zeros(0, np.int64),
         sha.hexdigest(),
         np.concatenate(present) if present else np.zeros((0, len(wanted)), bool),
+        np.concatenate(genes) if genes else np.zeros(0, np.int32),
     )
 
 
