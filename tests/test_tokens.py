@@ -145,6 +145,22 @@ def test_matches_reference(vocab):
     assert (cells.lengths == [len(x) for x in cells.to_lists()]).all()
 
 
+def test_cells_are_indexed_like_a_list(vocab_v1):
+    """``ispo.tokenize(...)[0]`` is the first cell's token ids (issue 25: "not subscriptable");
+    slices and index lists give those cells; iteration goes cell by cell."""
+    adata = make_adata(8, seed=3)
+    cells = tokenize(adata, vocab_v1)
+    lists = cells.to_lists()  # the oracle: offsets read one by one
+    assert cells[0].tolist() == lists[0] and cells[-1].tolist() == lists[-1]
+    assert cells[2:5].to_lists() == lists[2:5]
+    picked = cells[[4, 1]]
+    assert picked.to_lists() == [lists[4], lists[1]]
+    assert picked.obs_index.tolist() == [cells.obs_index[4], cells.obs_index[1]]
+    assert [c.tolist() for c in cells] == lists
+    with pytest.raises(IndexError, match="out of range"):
+        cells[len(cells)]
+
+
 def test_v1_and_v2_rules(vocab_v1, vocab_v2):
     adata = make_adata(10, seed=2)
     c1, c2 = tokenize(adata, vocab_v1), tokenize(adata, vocab_v2)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import overload
 
 import anndata as ad
 import numpy as np
@@ -60,6 +61,27 @@ class TokenizedCells:
 
     def cell(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    @overload
+    def __getitem__(self, key: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, key: slice | np.ndarray | list[int]) -> TokenizedCells: ...
+
+    def __getitem__(self, key):
+        """``cells[i]``: the token ids of cell ``i`` (negative from the end), as Geneformer's
+        dataset's ``input_ids``; ``cells[a:b]`` or ``cells[[i, j]]``: those cells."""
+        if isinstance(key, (int, np.integer)):
+            n = len(self)
+            if not -n <= key < n:
+                raise IndexError(f"cell {key} out of range for {n} cells")
+            return self.cell(int(key) % n)
+        if isinstance(key, slice):
+            return self.subset(np.arange(len(self))[key])
+        return self.subset(np.asarray(key))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """The token ids of each cell in turn."""
+        return (self.cell(i) for i in range(len(self)))
 
     def to_lists(self) -> list[list[int]]:
         return [self.cell(i).tolist() for i in range(len(self))]

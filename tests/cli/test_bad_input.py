@@ -234,3 +234,34 @@ def test_duplicate_names_are_refused_by_the_api_too(tmp_path):
     check_unique_names(pd.Index(["a", "b"]))
     with pytest.raises(IspoError, match="2 duplicate cell name"):
         check_unique_names(pd.Index(["a", "b", "a", "b"]))
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "flag", "api_name"),
+    [
+        ("perturb", ["--perturb-type", "erase"], "--perturb-type", "perturb_type"),
+        ("perturb", ["--emb-mode", "cls"], "--emb-mode", "emb_mode"),  # V1 vocabulary
+        ("perturb", ["--state-key", "nope", "--start-state", "a", "--goal-state", "b"],
+         "--state-key", "state_key"),
+        ("embed", ["--emb-layer", "3"], "--emb-layer", "emb_layer"),
+        ("evaluate", ["--label-key", "state", "--control-label", "zz"], "--control-label",
+         "control_label"),
+    ],
+)  # fmt: skip
+def test_cli_errors_name_the_flags(ckpt, tmp_path, capsys, command, extra, flag, api_name):
+    """The Python API's errors name its parameters; on the command line they name the flag
+    a user types instead."""
+    data = str(_good(tmp_path))
+    if command == "evaluate":  # an embedded file to evaluate
+        main(["-q", "embed", data, "--vocab", "demo", "--model", str(ckpt),
+              "--out", str(tmp_path / "e.h5ad")])  # fmt: skip
+        args = [str(tmp_path / "e.h5ad"), *extra, "--out", str(tmp_path / "ev")]
+    else:
+        ext = "h5ad" if command == "embed" else "parquet"
+        args = [data, "--vocab", "demo", "--model", str(ckpt), *extra,
+                "--out", str(tmp_path / f"o.{ext}")]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"^2$"):
+        main([command, *args])
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and flag in err and api_name not in err, err

@@ -50,3 +50,16 @@ def test_v2_demo_data_has_the_v2_layout():
         assert 1000 < len(toks) <= vocab.max_input  # about 2,000 genes per cell
     v1 = ispo.demo_vocab(1)
     assert v1.size == preset("Geneformer-V1-10M").vocab_size and "<cls>" not in v1.token_dict
+
+
+def test_demo_seed_is_the_data_seed():
+    """`ispo demo --seed` seeds the synthetic counts (no weights are involved): its help says so."""
+    import typer
+
+    from ispo.cli.main import app
+
+    demo = typer.main.get_command(app).commands["demo"]
+    seed = next(p for p in demo.params if p.name == "seed")
+    assert "synthetic" in seed.help and "weights" not in seed.help
+    a, b = ispo.demo_adata(3, seed=1), ispo.demo_adata(3, seed=2)
+    assert (a.X != b.X).nnz > 0  # the seed changes the counts

@@ -33,7 +33,14 @@ SETTINGS = [
     # batches mixing cells of different lengths run packed (varlen attention on CUDA)
     dict(batch_tokens=70, shard_cells=5, layout="packed"),
 ]
-ID_COLS = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "perturb_type", "n_genes"]
+ID_COLS = [
+    "cell_id",
+    "obs_index",
+    "perturbed_ids",
+    "perturbed_symbols",
+    "perturb_type",
+    "n_genes_in_cell",
+]
 MISSING = 45  # a vocabulary gene no cell expresses (index >= N_DATA)
 assert MISSING >= N_DATA
 
@@ -191,7 +198,7 @@ def reference(
                 "perturbed_ids": "+".join(ids),
                 "perturbed_symbols": "+".join(s.vocab.symbol(g) for g in ids),
                 "perturb_type": kind,
-                "n_genes": n,
+                "n_genes_in_cell": n,
                 "cos_sim": float(F.cosine_similarity(pcls, ocls, dim=0))
                 if cls
                 else float(gcos.mean()),
@@ -384,7 +391,7 @@ def test_empty_shards_keep_dtypes(setup):
     df = perturb(setup.adata, setup.model, genes=[gid(a), gid(b)], shard_cells=1)
     assert 0 < len(df) < len(setup.cells)
     assert df["obs_index"].dtype == np.int64
-    assert df["n_genes"].dtype == np.int32
+    assert df["n_genes_in_cell"].dtype == np.int32
     assert df["cos_sim"].dtype == np.float32
     assert df["cell_id"].map(type).eq(str).all()
 

@@ -201,7 +201,7 @@ def perturb_folder(root: Path) -> Path:
                     "perturbed_ids": gene,
                     "perturbed_symbols": f"GENE{g}",
                     "perturb_type": "delete",
-                    "n_genes": 500,
+                    "n_genes_in_cell": 500,
                     "cos_sim": cos,
                     "cell_cos_sim": cos,
                     "shift_stim": 0.1 * (g == 3) + 0.01 * rng.random(),

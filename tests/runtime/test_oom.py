@@ -100,7 +100,7 @@ def test_perturb_splits_and_retries(model, limit, caplog, emb_mode, make_adata):
     with caplog.at_level(logging.WARNING, logger="ispo"):
         got = perturb(adata, model, **kw)
     assert faults.count("oom") > 0 and "perturb: out of device memory" in caplog.text
-    ids = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "n_genes"]
+    ids = ["cell_id", "obs_index", "perturbed_ids", "perturbed_symbols", "n_genes_in_cell"]
     pd.testing.assert_frame_equal(got[ids], ref[ids])
     np.testing.assert_allclose(got["cos_sim"], ref["cos_sim"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got["cell_cos_sim"], ref["cell_cos_sim"], rtol=0, atol=1e-5)

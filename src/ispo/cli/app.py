@@ -9,6 +9,7 @@ when :mod:`ispo.cli.main` imports them.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Annotated
 
@@ -50,10 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = _global_flags_first(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
+    group = typer.main.get_command(app)
     try:
         from ispo.config import apply_config
 
-        args, default_map = apply_config(args, typer.main.get_command(app))
+        args, default_map = apply_config(args, group)
         with interrupt.handlers():  # SIGINT, SIGTERM: ispo.runtime.interrupt.Interrupted
             code = app(args=args, prog_name="ispo", standalone_mode=False, default_map=default_map)
         if isinstance(code, int) and code:  # typer.Exit(code) in a command
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     except IspoError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_flags(str(exc), group, args)}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -80,6 +82,28 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+# API parameter names whose flag is not the same name dashed
+_API_NAMES = {"embedding_key": "--embedding", "pool_mode": "--pool"}
+_IDENTIFIER = re.compile(r"(?<![\w./-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w/-]|\.\w)")
+
+
+def in_flags(message: str, group, args: list[str]) -> str:
+    """An error of the Python API as the command line says it: the API's parameter names
+    (``perturb_type``) become the invoked command's flags (``--perturb-type``), so a user is
+    told what to type. Words that are not the command's parameters are left alone."""
+    commands = getattr(group, "commands", {})
+    name = next((a for a in args if a in commands), None)
+    if name is None:
+        return message
+    flags = {}
+    for p in commands[name].params:
+        longs = [o for o in getattr(p, "opts", []) if o.startswith("--")]
+        if p.param_type_name == "option" and longs and p.name:
+            flags[p.name] = next((o for o in longs if "_" not in o), longs[0])
+    flags |= {k: v for k, v in _API_NAMES.items() if v[2:].replace("-", "_") in flags}
+    return _IDENTIFIER.sub(lambda m: flags.get(m.group(1), m.group(1)), message)
 
 
 def _global_flags_first(args: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ispo.cli.app import app
-from ispo.cli.options import OverwriteOpt, SeedOpt
+from ispo.cli.options import OverwriteOpt
 
 
 @app.command()
@@ -16,7 +16,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="output .h5ad")],
     n_cells: Annotated[int, typer.Option(help="number of cells")] = 1000,
     version: Annotated[int, typer.Option(help="1 or 2: vocabulary layout")] = 1,
-    seed: SeedOpt = 0,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic counts")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the built-in SYNTHETIC sci-Plex2-like data set (use --vocab demo with it)."""

@@ -141,7 +141,7 @@ def perturb(
     """Perturb genes in silico and measure how each cell's embedding moves.
 
     Returns the long table (one row per cell and perturbation): ``cell_id``, ``obs_index``,
-    ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
+    ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes_in_cell``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
     ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
     With ``emb_mode="cell_and_gene"`` the per (perturbed, affected gene) table is in

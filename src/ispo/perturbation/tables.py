@@ -20,7 +20,7 @@ def empty_table(states: CellStates | None) -> pd.DataFrame:
         "perturbed_ids": object,
         "perturbed_symbols": object,
         "perturb_type": object,
-        "n_genes": np.int32,
+        "n_genes_in_cell": np.int32,
         "cos_sim": np.float32,
         "cell_cos_sim": np.float32,
     }
@@ -46,7 +46,7 @@ def shard_tables(
             "perturbed_ids": ["+".join(r) for r in ids],
             "perturbed_symbols": ["+".join(vocab.symbol(g) for g in r) for r in ids],
             "perturb_type": p.kind,
-            "n_genes": (cells.lengths[pos] - 2 * int(p.has_cls)).astype(np.int32),
+            "n_genes_in_cell": (cells.lengths[pos] - 2 * int(p.has_cls)).astype(np.int32),
             "cos_sim": torch.cat(res["cos_sim"]).cpu().numpy().astype(np.float32),
             "cell_cos_sim": torch.cat(res["cell_cos_sim"]).cpu().numpy().astype(np.float32),
         }
