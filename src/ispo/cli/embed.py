@@ -67,15 +67,17 @@ def embed(
     finished chunks in OUT.parts/ so --resume continues a stopped run, and under
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
     """
-    from ispo.config import current_params, save_run_config
-    from ispo.embedding.stream import embed_file
-    from ispo.io.read import open_with_vocab
     from ispo.io.write import check_output
-    from ispo.runtime import dist
 
+    # the flags are checked before torch and anndata are imported (seconds): a mistake is fast
     check_output(out, overwrite, (".h5ad",))
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer, pool)
     _check_method(method, settings)
+    from ispo.config import current_params, save_run_config
+    from ispo.embedding.stream import embed_file
+    from ispo.io.read import open_with_vocab
+    from ispo.runtime import dist
+
     src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = load_for_run(model, voc, device, random_init, seed, settings)

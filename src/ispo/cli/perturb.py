@@ -67,16 +67,20 @@ def perturb(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
+    from ispo.io.write import check_output
+
+    # the flags are checked before torch and anndata are imported (seconds): a mistake is fast
+    check_output(out, overwrite, (".parquet",))
+    states = _cell_states(state_key, start_state, goal_state, alt_states)
+    cell_filter = _cell_filter(filter or [])
+    rng = _cell_range(cell_range)
+    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
     from ispo.config import current_params, save_run_config
     from ispo.io.read import open_with_vocab
     from ispo.io.validate import check_unique_names
     from ispo.perturbation.engine import perturb as run
     from ispo.runtime import dist
 
-    states = _cell_states(state_key, start_state, goal_state, alt_states)
-    cell_filter = _cell_filter(filter or [])
-    rng = _cell_range(cell_range)
-    settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
     adata, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
