@@ -121,3 +121,26 @@ def test_signal_stops_with_one_line_and_resume_completes(files, tmp_path, comman
     main(["-q", command, *args[:-1], str(ref)])
     _same_result(command, out, ref)
     assert not parts.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_handlers_turn_a_signal_into_interrupted_and_restore(sig):
+    """In-process: the signal becomes Interrupted (exit 128 + signal), what a loop noted is in
+    its line, a command without --resume is not told to resume, and the old handler is back."""
+    from ispo.runtime import interrupt
+
+    before = signal.getsignal(sig)
+    with (
+        pytest.raises(interrupt.Interrupted) as info,
+        interrupt.handlers(),
+        interrupt.noting(lambda: "2 of 5 shards"),
+    ):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises before this ends
+    exc = info.value
+    assert exc.exit_code == 128 + sig and interrupt.stopping.is_set()
+    assert exc.message() == (
+        f"interrupted ({sig.name}) after 2 of 5 shards; rerun the same command with --resume"
+    )
+    assert exc.message(resumable=False) == f"interrupted ({sig.name}) after 2 of 5 shards"
+    assert signal.getsignal(sig) is before

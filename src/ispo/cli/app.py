@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:  # typer.Exit(code) in a command
             sys.exit(code)
     except interrupt.Interrupted as exc:
-        print(exc.message(), file=sys.stderr)
+        print(exc.message(resumable=_has_option(group, args, "resume")), file=sys.stderr)
         sys.exit(exc.exit_code)
     except IspoError as exc:
         if debug:
@@ -89,16 +89,27 @@ _API_NAMES = {"embedding_key": "--embedding", "pool_mode": "--pool"}
 _IDENTIFIER = re.compile(r"(?<![\w./-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w/-]|\.\w)")
 
 
+def _invoked(group, args: list[str]):
+    """The click command ``args`` invoke, or None."""
+    commands = getattr(group, "commands", {})
+    name = next((a for a in args if a in commands), None)
+    return None if name is None else commands[name]
+
+
+def _has_option(group, args: list[str], name: str) -> bool:
+    command = _invoked(group, args)
+    return command is not None and any(p.name == name for p in command.params)
+
+
 def in_flags(message: str, group, args: list[str]) -> str:
     """An error of the Python API as the command line says it: the API's parameter names
     (``perturb_type``) become the invoked command's flags (``--perturb-type``), so a user is
     told what to type. Words that are not the command's parameters are left alone."""
-    commands = getattr(group, "commands", {})
-    name = next((a for a in args if a in commands), None)
-    if name is None:
+    command = _invoked(group, args)
+    if command is None:
         return message
     flags = {}
-    for p in commands[name].params:
+    for p in command.params:
         longs = [o for o in getattr(p, "opts", []) if o.startswith("--")]
         if p.param_type_name == "option" and longs and p.name:
             flags[p.name] = next((o for o in longs if "_" not in o), longs[0])

@@ -36,13 +36,11 @@ class Interrupted(BaseException):
         """128 + the signal number, as a shell reports a process a signal ended."""
         return 128 + self.signum
 
-    def message(self) -> str:
-        """The one line a user sees."""
+    def message(self, resumable: bool = True) -> str:
+        """The one line a user sees; ``resumable``: the command has ``--resume``."""
         where = f" after {self.progress}" if self.progress else ""
-        return (
-            f"interrupted ({signal.Signals(self.signum).name}){where}; "
-            "rerun the same command with --resume"
-        )
+        again = "; rerun the same command with --resume" if resumable else ""
+        return f"interrupted ({signal.Signals(self.signum).name}){where}{again}"
 
 
 def _raise(signum: int, _frame) -> None:
