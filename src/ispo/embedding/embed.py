@@ -25,6 +25,7 @@ from ispo.io.vocab import Vocab, load_vocab
 from ispo.model.load import DTYPES, RANDOM_WARNING, GeneformerModel
 from ispo.provenance import cpu_info, device_name, h5ad_safe, versions
 from ispo.runtime.batching import fixed_batches, pad_batch, token_budget_batches
+from ispo.runtime.finite import FiniteCheck
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.pool import pool
 from ispo.runtime.profiler import Profiler
@@ -86,11 +87,17 @@ def embed_cells(
         oom = OomSplitter(what="embed") if oom is None else oom
         cost = lambda j: len(j) * int(cells.lengths[j].max())
         step = lambda idx: oom.run(run, idx, cost)
-        ctx = nullcontext()
+        ctx, finite = nullcontext(), runner.finite
     elif method == "baseline":
         hf = model.hf_model() if net is None else net
         batches = fixed_batches(len(cells), batch_size)
-        step = lambda idx: [(idx, _baseline_batch(hf, cells, idx, model, emb_layer, pool_mode))]
+        finite = FiniteCheck()
+
+        def step(idx: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
+            pooled = _baseline_batch(hf, cells, idx, model, emb_layer, pool_mode)
+            finite.add("embeddings", pooled, cells.obs_index[idx], DTYPES[str(precision)])
+            return [(idx, pooled)]
+
         ctx = _autocast(dev, precision)
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -100,6 +107,7 @@ def embed_cells(
             outs.extend(pooled for _, pooled in step(idx))
             if on_batch is not None:
                 on_batch(len(idx))
+    finite.check()  # no NaN/Inf embedding is returned (ispo.runtime.finite)
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     result = np.empty((len(cells), model.config.hidden), dtype=np.float32)
     if outs:

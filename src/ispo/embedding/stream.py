@@ -29,7 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,7 +253,7 @@ def embed_file(
     me = dist.info()
     workers = default_workers(me.local_world) if workers is None else workers
     t0 = time.perf_counter()
-    with _cleaned_on_bad_input(writer, resume):  # embed and write this rank's units
+    with dist.discarded_on_bad_input(writer, resume):  # embed and write this rank's units
         n_cells, profile = _embed_units(
             reader, todo, writer, model, encode, opts, workers, progress
         )
@@ -272,18 +272,6 @@ def embed_file(
     summary = dict(n_obs=src.n_obs, n_embedded=n_embedded, n_cells_this_run=int(n_all))
     summary.update(seconds_embed=t_all, seconds_rank0=t_run, seconds_write=time.perf_counter() - t1)
     return summary | {"cells_per_s": n_all / t_all if t_all else None, "processes": me.world}
-
-
-@contextmanager
-def _cleaned_on_bad_input(writer, resume: bool) -> Iterator[None]:
-    """Bad input found mid-run: a fresh single-process run that finished nothing leaves
-    nothing behind (a resumed or multi-process run keeps its parts folder)."""
-    try:
-        yield
-    except IspoError:
-        if not dist.info().active and not resume and not writer.manifest["done"]:
-            shutil.rmtree(writer.parts, ignore_errors=True)
-        raise
 
 
 def _fingerprint(

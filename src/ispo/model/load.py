@@ -93,6 +93,7 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
             f"weights in {root} are not a BERT/Geneformer state dict (no "
             f"{need[0]}): check the checkpoint"
         )
+    check_finite_weights(sd, root)
     emb = sd[need[0]]
     if tuple(emb.shape) != (cfg.vocab_size, cfg.hidden):
         raise IspoError(
@@ -100,6 +101,19 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
             f"says ({cfg.vocab_size}, {cfg.hidden}): config and weights disagree"
         )
     return cfg, sd
+
+
+def check_finite_weights(sd: dict[str, torch.Tensor], root: Path) -> None:
+    """Refuse a checkpoint with a NaN or Inf in any weight: it would embed every cell as NaN
+    without an error. One ``isfinite`` reduction per tensor (well under a second for the
+    largest Geneformer)."""
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise IspoError(
+                f"weight {name} of the checkpoint in {root} holds {n_bad:,} NaN/Inf "
+                "value(s): the checkpoint is damaged; download or copy it again"
+            )
 
 
 def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -243,7 +243,8 @@ def run_request(
     shards = [
         plan.sel[i : i + request.shard_cells] for i in range(0, len(plan.sel), request.shard_cells)
     ]
-    done = _run_shards(adata, model, plan, request, shards, writer, sink.progress)
+    with dist.discarded_on_bad_input(writer, sink.resume):  # NaN results: no parts left
+        done = _run_shards(adata, model, plan, request, shards, writer, sink.progress)
     if not dist.is_main():
         return pd.DataFrame()  # rank 0 merges the shards and writes the outputs
     metadata = {
@@ -445,4 +446,5 @@ def run_shard(
             for k, v in got.items():
                 results.setdefault(k, []).append(v)
             results.setdefault("chunks", []).extend(chunks)
+    p.runner.finite.check()  # no NaN/Inf reaches the tables (ispo.runtime.finite)
     return shard_tables(p, adata, cells, shard, results, states, id_of_token, vocab)

@@ -27,6 +27,7 @@ class Shard:
     """Device-side inputs of one shard: specs and originals of its cells."""
 
     cells: list[int]  # positions in the TokenizedCells, length-sorted
+    rows: np.ndarray  # (n_cells,) their input rows (what an error names)
     specs: list[Perturbations]
     orig_hidden: torch.Tensor  # (sum of original lengths, h) original hidden states, stacked
     orig_norm: torch.Tensor  # (sum of original lengths,) their fp32 norms
@@ -107,9 +108,10 @@ class Perturber:
         eos = torch.full((P, 1), self.vocab.eos_id, dtype=genes.dtype, device=genes.device)
         return torch.cat([cls, genes, eos], 1)
 
-    def _encode(self, blocks: list[torch.Tensor]) -> Encoded:
-        """Run blocks of equal-length rows (one cell's perturbations, or one original each)."""
-        return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks]))
+    def _encode(self, blocks: list[torch.Tensor], rows: list[int]) -> Encoded:
+        """Run blocks of equal-length rows (one cell's perturbations, or one original each)
+        of the cells at input ``rows``."""
+        return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks], rows))
 
     def _cell_embs(self, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean-pooled, state) cell embeddings; the state one is the CLS in ``cls`` mode."""
@@ -126,6 +128,7 @@ class Perturber:
         """Hidden states and cell embeddings of each cell's original, once per cell."""
         s = int(self.has_cls)
         seqs = []
+        obs = cells.obs_index[[i for i, _ in built]]
         for i, spec in built:
             cell = torch.from_numpy(cells.cell(i).astype(np.int64)).to(self.dev)
             seqs.append(cell[s : s + spec.orig_len])
@@ -135,7 +138,7 @@ class Perturber:
         cell_emb = torch.empty_like(mean_emb)
         for batch in token_budget_batches(lengths, self.budget):
             for idx, enc in self.oom.run(
-                lambda j: self._encode([seqs[x][None] for x in j]),
+                lambda j: self._encode([seqs[x][None] for x in j], obs[j].tolist()),
                 batch,
                 lambda j: len(j) * int(lengths[j].max()),
             ):
@@ -147,6 +150,7 @@ class Perturber:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
         return Shard(
             [i for i, _ in built],
+            obs,
             [sp for _, sp in built],
             hidden,
             torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32),
@@ -158,8 +162,10 @@ class Perturber:
     def run_batch(
         self, shard: Shard, chunks: list[tuple[int, int, int]], states: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Forward one token-budget batch of perturbation rows and compare with originals."""
-        enc = self._encode([shard.specs[c].tokens[a:b] for c, a, b in chunks])  # R rows
+        """Forward one token-budget batch of perturbation rows and compare with originals
+        (every result recorded for the finiteness check, ``self.runner.finite``)."""
+        rows = [int(shard.rows[c]) for c, _, _ in chunks]
+        enc = self._encode([shard.specs[c].tokens[a:b] for c, a, b in chunks], rows)  # R rows
         cell_of_row = torch.cat([torch.full((b - a,), c, device=self.dev) for c, a, b in chunks])
         orig_cell = shard.orig_cell[cell_of_row]
         pert_mean, pert_cell = self._cell_embs(enc)
@@ -176,6 +182,8 @@ class Perturber:
             out["shifts"] = F.cosine_similarity(
                 pert_cell[:, None], states[None], dim=-1
             ) - F.cosine_similarity(orig_cell[:, None], states[None], dim=-1)
+        for name, values in out.items():
+            self.runner.finite.add(name, values, enc.cells, enc.hidden.dtype)
         return out
 
     def _gene_cos(
