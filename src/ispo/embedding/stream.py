@@ -38,13 +38,13 @@ import anndata as ad
 import h5py
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from ispo.embedding.embed import Method, checked_vocab, embed_cells, embedding_metadata
 from ispo.errors import IspoError
 from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # noqa: F401
+from ispo.io.shards import part_footer, read_part
 from ispo.io.validate import check_unique_names
 from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
@@ -202,7 +202,7 @@ def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pa.Table:
 
 
 def _read_part(path: Path, hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    t = pq.read_table(path)
+    t = read_part(path)
     emb = np.empty((t.num_rows, hidden), dtype=np.float32)
     for j in range(hidden):
         emb[:, j] = t.column(f"e{j}").to_numpy()
@@ -402,9 +402,8 @@ def _assemble(
             f"units {missing[:5]} of {writer.parts} were not written (a process "
             "stopped?): rerun with --resume"
         )
-    done = writer.manifest["done"]
-    parts = [writer.parts / done[str(u)]["emb"] for u in range(n_units)]
-    if sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 0:
+    parts = [writer.part(u, "emb") for u in range(n_units)]
+    if sum(part_footer(p).num_rows for p in parts) == 0:
         shutil.rmtree(writer.parts, ignore_errors=True)  # finished, with nothing to write
         raise IspoError(NO_CELLS)
     chunk, hidden = meta["stream"]["chunk_cells"], model.config.hidden
