@@ -123,7 +123,10 @@ class Source:
 
 def _unreadable(path: Path, exc: Exception, what: str = "a complete .h5ad file") -> IspoError:
     detail = " ".join(str(exc).split())[:120]
-    return IspoError(f"cannot read {path} ({type(exc).__name__}: {detail}): is it {what}?")
+    return IspoError(
+        f"cannot read {path} ({type(exc).__name__}: {detail}): it is not {what} (damaged or "
+        "cut short?); copy or write it again"
+    )
 
 
 class H5adSource(Source):

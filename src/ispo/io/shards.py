@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ispo import faults
 from ispo.errors import IspoError
+from ispo.io.write import atomic_write, replacing
 
 log = logging.getLogger(__name__)
 
@@ -183,16 +184,12 @@ class ShardWriter:
             files = self._files(kind)
             if not files:
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
             schema = part_footer(files[0]).schema.to_arrow_schema()
             schema = schema.with_metadata(
                 {**(schema.metadata or {}), b"ispo": json.dumps(metadata, default=str).encode()}
             )
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 for f in files:
                     writer.write_table(read_part(f).cast(schema))
-            os.replace(tmp, path)
-        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-        tmp.write_text(json.dumps(metadata, indent=2, default=str))
-        os.replace(tmp, meta_path)
+        atomic_write(meta_path, json.dumps(metadata, indent=2, default=str))
         shutil.rmtree(self.parts, ignore_errors=True)
