@@ -6,12 +6,17 @@ seconds on a laptop CPU. Real data under ``../shared/data`` is used only when pr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ispo.io.vocab import Vocab
 from support import make_adata, make_vocab, save_tiny_checkpoint
+
+# No test touches the network: Hugging Face names resolve from a local cache only
+# (tests/io/test_hub.py builds one), and child processes inherit this too.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

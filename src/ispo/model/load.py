@@ -2,7 +2,8 @@
 
 Weights are read once into a Hugging Face-named state dict; the fast encoder and the reference
 ``BertForMaskedLM`` are both built from it on demand, so the two paths always hold the same
-numbers. Nothing here touches the network.
+numbers. Only a Hugging Face hub name may touch the network, through ``huggingface_hub``
+(:mod:`ispo.io.hub`; none with ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch
 from torch import nn
 
 from ispo.errors import IspoError
+from ispo.io import hub
+from ispo.io.hub import HubFolder
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model import variants
-from ispo.model.presets import GeneformerConfig, preset
+from ispo.model.presets import PRESETS, GeneformerConfig, preset
 from ispo.model.variants import DTYPES
 from ispo.settings import RunSettings
 
@@ -183,6 +186,7 @@ class GeneformerModel:
     vocab: Vocab | None = None
     settings: RunSettings = field(default_factory=RunSettings)
     precision_note: str | None = None
+    hub: dict | None = None  # the Hugging Face hub folder and commit it came from
     _cache: dict = field(default_factory=dict, repr=False)
 
     def layers_for(self, emb_layer: int) -> int:
@@ -278,7 +282,29 @@ class GeneformerModel:
         }
         if self.precision_note is not None:
             meta["precision_auto"] = self.precision_note
+        if self.hub is not None:
+            meta["hub"] = self.hub
         return meta
+
+
+def checkpoint_folder(source: str | Path) -> tuple[Path, HubFolder | None]:
+    """Where the checkpoint ``source`` names lies: itself (a local folder, or a preset name),
+    or, for a Hugging Face hub name that is neither, the folder in the hub's cache it resolves
+    to (:mod:`ispo.io.hub`), with what was resolved."""
+    path = Path(source)
+    if path.exists() or str(source) in PRESETS:
+        return path, None
+    name = hub.parse(str(source))
+    if name is None and len(path.parts) > 1:
+        raise IspoError(
+            f"--model {path} does not exist: give a checkpoint directory (config.json and "
+            "weights), a Hugging Face hub folder such as ctheodoris/Geneformer/Geneformer-V1-10M, "
+            "or a preset name"
+        )
+    if name is None:
+        return path, None
+    folder = hub.model_folder(name)
+    return folder.path, folder
 
 
 def load_model(
@@ -290,7 +316,8 @@ def load_model(
     seed: int = 0,
     settings: RunSettings | None = None,
 ) -> GeneformerModel:
-    """Load a Geneformer from a local checkpoint directory, or a preset name.
+    """Load a Geneformer from a checkpoint directory (local, or a Hugging Face hub folder
+    such as ``ctheodoris/Geneformer/Geneformer-V1-10M[@revision]``), or a preset name.
 
     A preset has no weights offline: it is only built, with seeded random weights, when
     ``random_init=True``, and that is logged loudly and recorded in every output's metadata.
@@ -298,10 +325,12 @@ def load_model(
     once, for the device, and the choice is logged and recorded in the metadata.
     """
     dev = resolve_device(device)
-    path = Path(source)
+    path, hub_folder = checkpoint_folder(source)
     if path.is_dir():
         cfg, sd = _read_checkpoint(path)
-        model = GeneformerModel(cfg, sd, str(path), False, None, dev)
+        name = str(path) if hub_folder is None else hub_folder.pinned()
+        model = GeneformerModel(cfg, sd, name, False, None, dev)
+        model.hub = None if hub_folder is None else hub_folder.metadata()
     elif path.exists():
         raise IspoError(
             f"--model {path} is a file: give the checkpoint directory that holds "
