@@ -174,7 +174,7 @@ def write_evaluation(
     """Write an evaluation folder atomically: metrics.json, metrics.md, two PNGs, config.yaml."""
     from ispo.evaluation.plots import plot_confusion, plot_embedding
     from ispo.io.write import atomic_output
-    from ispo.reporting.summary import evaluation_document
+    from ispo.reporting.sections.evaluate import evaluation_markdown
 
     out = Path(out)
     with atomic_output(out, overwrite) as tmp:
@@ -187,10 +187,8 @@ def write_evaluation(
         plot_embedding(X, labels, tmp / "embedding.png", title=title)
         c = result["classification"]
         plot_confusion(c["confusion_matrix"], c["classes"], tmp / "confusion.png")
-        doc = evaluation_document(
-            result, images={"embedding": "embedding.png", "confusion": "confusion.png"}
-        )
-        (tmp / "metrics.md").write_text(doc.to_markdown())
+        images = {"embedding": "embedding.png", "confusion": "confusion.png"}
+        (tmp / "metrics.md").write_text(evaluation_markdown(result, images=images))
         if run_config is not None:
             from ispo.config import save_run_config
 
