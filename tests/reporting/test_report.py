@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import anndata as ad
@@ -419,3 +421,50 @@ def test_finetune_section(tmp_path):
     assert "| true \\\\ predicted | ctrl | stim |" in md and "| stim | 1 | 9 |" in md
     assert "![training curve](figures/ft-training_curve.png)" in md
     assert (tmp_path / "r" / "figures" / "ft-confusion_matrix.png").is_file()
+
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+
+
+def screenshot(html: Path, png: Path, width: int = 1280, height: int = 4000) -> Path:
+    """``html`` as headless Chromium draws it (no network: the report is self-contained)."""
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={png.parent / 'chromium-profile'}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            html.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return png
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (apt install chromium)"
+)
+def test_report_looks_right_in_headless_chromium(folders, tmp_path):
+    """The HTML report drawn by a real browser: its style applies (the red border of the
+    random-weights notes, the grey table headers) and its embedded figures are drawn (the blue
+    bars of the hits chart)."""
+    from PIL import Image
+
+    out = tmp_path / "report"
+    build_report(list(folders.values()), out, title="Run 7")
+    png = screenshot(out / "report.html", tmp_path / "shot.png")
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1280, 4000)
+    colours = {c for _, c in image.getcolors(maxcolors=1 << 20)}
+    assert (217, 83, 79) in colours  # .note border, #d9534f
+    assert (243, 243, 243) in colours  # table header, #f3f3f3
+    assert (44, 127, 184) in colours  # bars of the embedded hits and speedup charts, #2c7fb8
+    assert len(colours) > 200  # text, tables and figures, not a blank or error page
