@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class Tokens:
     lengths: torch.Tensor  # (B,) int64
     width: int  # the longest row
     uniform: bool  # every row has length ``width``: no mask, no padding
-    cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (B,) input rows
+    cells: np.ndarray  # (B,) input row of each row's cell
 
     @classmethod
     def from_blocks(cls, blocks: list[torch.Tensor], cells: list[int]) -> Tokens:

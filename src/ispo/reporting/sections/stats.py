@@ -101,7 +101,7 @@ def goal_context(df: pd.DataFrame, info: dict, origin: str, images: list[Image])
     sig = next((c for c in ("significant", "Sig") if c in df.columns), None)
     alpha = info.get("fdr_alpha")
     return dict(
-        goal_state=info.get("goal_state") or "?",
+        goal_state=info.get("goal_state"),
         origin=origin,
         paired="toward_goal" in df.columns,
         n_tested=len(df) if tested is None else int(tested.sum()),
