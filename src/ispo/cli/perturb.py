@@ -47,7 +47,9 @@ def perturb(
     start_state: Annotated[str | None, typer.Option(help="state of the cells to perturb")] = None,
     goal_state: Annotated[str | None, typer.Option(help="state to shift toward")] = None,
     alt_states: Annotated[str | None, typer.Option(help="other states, comma-separated")] = None,
-    emb_mode: Annotated[str, typer.Option(help="cell, cell_and_gene, or cls (V2)")] = "cell",
+    emb_mode: Annotated[
+        str, typer.Option(help="cell, cell_and_gene, or cls / cls_and_gene (V2)")
+    ] = "cell",
     filter: FilterOpt = None,
     max_ncells: Annotated[int | None, typer.Option(help="perturb at most N cells")] = None,
     cell_range: Annotated[str | None, typer.Option(help="START:STOP of the selected cells")] = None,

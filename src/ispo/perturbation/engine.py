@@ -38,6 +38,7 @@ from ispo.perturbation.options import (
     CellStates,
     EmbMode,
     check_options,
+    uses_cls,
     wanted_tokens,
 )
 from ispo.perturbation.passes import (
@@ -144,7 +145,8 @@ def perturb(
     ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
     ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
-    With ``emb_mode="cell_and_gene"`` the per (perturbed, affected gene) table is in
+    With ``emb_mode="cell_and_gene"`` (or ``"cls_and_gene"``, V2: the ``<cls>`` cosine as
+    ``cos_sim`` and the shifts, as ``"cls"``) the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
     ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
     ``load_result=False`` the table is not read back (an empty table carrying the metadata in
@@ -166,7 +168,7 @@ def perturb(
         batch_tokens=batch_tokens,
         layout=layout,
         emb_layer=emb_layer,
-        pool=Pool.CLS if emb_mode == "cls" else Pool.MEAN,
+        pool=Pool.CLS if uses_cls(emb_mode) else Pool.MEAN,
     )
     request = PerturbRequest(
         genes=genes,

@@ -14,7 +14,7 @@ from ispo.io.vocab import Vocab
 from ispo.model.encoder import Encoder
 from ispo.model.load import GeneformerModel
 from ispo.perturbation.index import Perturbations, PerturbType, each_gene, gene_set, with_anchor
-from ispo.perturbation.options import EmbMode
+from ispo.perturbation.options import EmbMode, keeps_genes, uses_cls
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
@@ -112,9 +112,9 @@ class Perturber:
         return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks]))
 
     def _cell_embs(self, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean-pooled, state) cell embeddings; the state one is the CLS in ``cls`` mode."""
+        """(mean-pooled, state) cell embeddings; the state one is the CLS in the ``cls`` modes."""
         mean = enc.pool(self.has_cls, "mean")
-        return mean, enc.pool(self.has_cls, "cls") if self.emb_mode == "cls" else mean
+        return mean, enc.pool(self.has_cls, "cls") if uses_cls(self.emb_mode) else mean
 
     def chunk_tokens(self, shard: Shard, chunks: list[tuple[int, int, int]]) -> int:
         """Padded tokens of a batch of (cell, row range) chunks (what the budget counts)."""
@@ -165,12 +165,12 @@ class Perturber:
         pert_mean, pert_cell = self._cell_embs(enc)
         orig_mean = shard.orig_mean[cell_of_row]
         out = {"cell_cos_sim": F.cosine_similarity(pert_mean, orig_mean, dim=-1)}
-        if self.emb_mode == "cls":
+        if uses_cls(self.emb_mode):  # Geneformer's value in the cls modes: the <cls> cosine
             out["cos_sim"] = F.cosine_similarity(pert_cell, orig_cell, dim=-1)
-        else:
+        if self.emb_mode != "cls":  # the gene tokens' cosines (never <cls>/<eos>)
             gene_cos, valid = self._gene_cos(shard, chunks, enc)
-            out["cos_sim"] = gene_cos.sum(1) / valid.sum(1)
-            if self.emb_mode == "cell_and_gene":
+            out.setdefault("cos_sim", gene_cos.sum(1) / valid.sum(1))
+            if keeps_genes(self.emb_mode):
                 out["gene_cos"] = gene_cos
         if states is not None:
             out["shifts"] = F.cosine_similarity(
