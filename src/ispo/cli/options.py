@@ -106,6 +106,19 @@ WandbOpt = Annotated[
 WandbProjectOpt_ = Annotated[str, typer.Option("--wandb-project", help="tracking project")]
 
 
+def parse_filters(items: list[str] | None) -> dict[str, list[str]]:
+    """Repeated ``--filter KEY=v1,v2`` as ``{KEY: [v1, v2]}`` (embed and perturb)."""
+    from ispo.errors import IspoError
+
+    cell_filter = {}
+    for item in items or []:
+        if "=" not in item:
+            raise IspoError(f"--filter {item!r} is not KEY=v1,v2")
+        key, values = item.split("=", 1)
+        cell_filter[key] = values.split(",")
+    return cell_filter
+
+
 def run_settings(
     precision: str,
     batch_tokens: int | None,

@@ -27,6 +27,7 @@ from ispo.cli.options import (
     SeedOpt,
     VocabOpt,
     load_for_run,
+    parse_filters,
     run_settings,
 )
 from ispo.errors import IspoError
@@ -47,6 +48,10 @@ def perturb(
     start_state: Annotated[str | None, typer.Option(help="state of the cells to perturb")] = None,
     goal_state: Annotated[str | None, typer.Option(help="state to shift toward")] = None,
     alt_states: Annotated[str | None, typer.Option(help="other states, comma-separated")] = None,
+    state_embs: Annotated[
+        Path | None,
+        typer.Option(help="state vectors from ispo embed --states-out (else computed here)"),
+    ] = None,
     emb_mode: Annotated[
         str, typer.Option(help="cell, cell_and_gene, or cls / cls_and_gene (V2)")
     ] = "cell",
@@ -67,6 +72,9 @@ def perturb(
     gene_key: GeneKeyOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    workers: Annotated[
+        int, typer.Option(help="processes that tokenize ahead of the device (0: a thread)")
+    ] = 0,
 ) -> None:
     """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
     from ispo.io.read import open_with_vocab
@@ -75,7 +83,7 @@ def perturb(
     from ispo.runtime import dist
 
     states = _cell_states(state_key, start_state, goal_state, alt_states)
-    cell_filter = _cell_filter(filter or [])
+    cell_filter = parse_filters(filter)
     rng = _cell_range(cell_range)
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
     adata, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
@@ -103,6 +111,8 @@ def perturb(
         overwrite=overwrite,
         progress=dist.is_main(),
         load_result=False,
+        state_embs=state_embs,
+        workers=workers,
     )
     if dist.is_main():
         _echo_perturb(df.attrs["metadata"], out, dist.info())
@@ -133,17 +143,6 @@ def _cell_states(
         "goal_state": goal,
         "alt_states": [s for s in (alt or "").split(",") if s],
     }
-
-
-def _cell_filter(items: list[str]) -> dict[str, list[str]]:
-    """Repeated ``--filter KEY=v1,v2`` as ``{KEY: [v1, v2]}``."""
-    cell_filter = {}
-    for item in items:
-        if "=" not in item:
-            raise IspoError(f"--filter {item!r} is not KEY=v1,v2")
-        key, values = item.split("=", 1)
-        cell_filter[key] = values.split(",")
-    return cell_filter
 
 
 def _cell_range(text: str | None) -> tuple[int, int | None] | None:

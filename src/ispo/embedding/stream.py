@@ -24,6 +24,7 @@ so the output is the same, bit for bit, however many made it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -55,7 +56,7 @@ from ispo.runtime.feed import OrderedMap, default_workers
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.profiler import Profiler
 from ispo.settings import Pool, Precision
-from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, Tokenizer
+from ispo.tokens import MAX_CHUNK, NO_CELLS, GivenTokens, TokenizedCells, Tokenizer, cell_reader
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_CELLS = MAX_CHUNK  # 4096 rows per unit
@@ -134,20 +135,28 @@ class UnitReader:
     embeddings: what makes any number of processes and workers agree bit for bit.
     """
 
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | GivenTokens
     chunk: int
     n_obs: int
     spec: str | None  # a file input: reopened by path in each process that reads it
     src: Source | None = None  # the open input (dropped when a file input crosses processes)
     read_rows: int = TOKENIZE_ROWS
+    keep: np.ndarray | None = None  # the input rows to use (--filter, --max-ncells); None: all
+    warn_empty: bool = True  # warn about cells with no vocabulary gene (the first pass only)
 
     def __call__(self, u: int) -> tuple[int, TokenizedCells]:
+        a, b = u * self.chunk, min((u + 1) * self.chunk, self.n_obs)
+        has_cls = self.tokenizer.special is not None
+        if self.keep is not None and not self.keep[a:b].any():
+            return u, TokenizedCells.concat([], has_cls)  # nothing chosen here: nothing read
         if self.src is None:
             self.src = open_input(self.spec)
-        a, b = u * self.chunk, min((u + 1) * self.chunk, self.n_obs)
         rows = min(self.chunk, self.read_rows)
-        parts = list(self.tokenizer.rows(self.src, a, b, chunk_size=rows))
-        return u, TokenizedCells.concat(parts, self.tokenizer.special is not None)
+        parts = self.tokenizer.rows(self.src, a, b, chunk_size=rows, warn_empty=self.warn_empty)
+        cells = TokenizedCells.concat(list(parts), has_cls)
+        if self.keep is not None:
+            cells = cells.subset(np.flatnonzero(self.keep[cells.obs_index]))
+        return u, cells
 
     def detached(self) -> UnitReader:
         """A copy for worker processes: open HDF5 handles do not cross processes."""
@@ -232,6 +241,7 @@ def embed_file(
     extra_uns: dict[str, Any] | None = None,
     workers: int | None = None,
     encode: Callable[..., np.ndarray] = embed_cells,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """Embed every cell of ``source`` (a Source, ``.h5ad``/``.zarr`` path, ``demo[:N]`` or
     AnnData) into ``out`` (an ``.h5ad``), streaming and resumable, as the module docstring says.
@@ -239,14 +249,19 @@ def embed_file(
     ``chunk_cells`` rows make a unit; ``workers`` processes tokenize ahead (None: the cores left
     on this node; 0: a thread); ``encode`` embeds a unit's cells (default
     :func:`~ispo.embedding.embed.embed_cells`; ``benchmarks/pipeline.py`` passes a host-only
-    stand-in). Returns a summary of this run on rank 0, None on the others.
+    stand-in). ``rows`` (a boolean mask over the input rows, from
+    :func:`ispo.io.select.choose_rows`) limits the run to those cells; the others get NaN rows.
+    Returns a summary of this run on rank 0, None on the others.
     """
     src = open_input(source)
     vocab = checked_vocab(model, vocab if vocab is not None else model.vocab, pool_mode)
     opts = dict(method=method, precision=precision, emb_layer=emb_layer, pool_mode=pool_mode)
     opts.update(batch_tokens=batch_tokens, batch_size=batch_size)
     reader = _reader(src, vocab, model, chunk_cells, layer, gene_key, emb_layer)
+    reader.keep = rows
     fingerprint = _fingerprint(src, vocab, model, opts | dict(layer=layer, gene_key=gene_key))
+    if rows is not None:
+        fingerprint["rows"] = hashlib.sha1(np.packbits(rows).tobytes()).hexdigest()
     fingerprint.update(chunk_cells=chunk_cells, settings=extra_uns or {})
     writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
     n_units, todo = _todo(writer, -(-src.n_obs // chunk_cells), resume)
@@ -345,8 +360,7 @@ def _reader(
         raise IspoError(f"{src.name} has no cells")
     check_unique_names(src.obs.index)
     max_input = model.max_input(vocab)
-    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
-    src.matrix(layer)  # no X / no such layer: fail now
+    tok = cell_reader(src, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
     model.layers_for(emb_layer)  # a bad emb_layer fails before any work
     return UnitReader(tok, chunk_cells, src.n_obs, src.spec, src)
 

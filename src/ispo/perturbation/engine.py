@@ -19,7 +19,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ispo.embedding.embed import checked_vocab
+from ispo.embedding.states import StateEmbeddings
+from ispo.embedding.stream import UnitReader, tokenized_units
 from ispo.errors import IspoError
+from ispo.io.read import open_input
 from ispo.io.vocab import Vocab
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.perturbation.index import PerturbType
@@ -55,7 +59,7 @@ from ispo.provenance import cpu_info, device_name, versions
 from ispo.runtime import dist
 from ispo.runtime.profiler import Profiler, ProfileStats
 from ispo.settings import Layout, Pool, Precision, RunSettings
-from ispo.tokens import NO_CELLS, TokenizedCells, iter_tokenize
+from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, cell_reader
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class PerturbRequest:
     shard_cells: int = 64
     layer: str | None = None
     gene_key: str | None = None
+    state_embs: StateEmbeddings | None = None  # given target states (else computed)
+    workers: int = 0  # tokenizer processes (0: a thread)
 
     def params(self, settings: RunSettings) -> dict[str, Any]:
         """The run's parameters as recorded in the metadata and the resume fingerprint."""
@@ -88,6 +94,7 @@ class PerturbRequest:
             combos=self.combos,
             emb_mode=self.emb_mode,
             cell_states=None if self.cell_states is None else asdict(self.cell_states),
+            state_embs=None if self.state_embs is None else self.state_embs.digest(),
             cell_filter=self.cell_filter,
             max_ncells=self.max_ncells,
             cell_range=self.cell_range,
@@ -138,13 +145,19 @@ def perturb(
     progress: bool = False,
     load_result: bool = True,
     settings: RunSettings | None = None,
+    state_embs: StateEmbeddings | str | Path | None = None,
+    workers: int = 0,
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
     Returns the long table (one row per cell and perturbation): ``cell_id``, ``obs_index``,
     ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
-    ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
+    ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state
+    (toward the mean embedding of the state's cells in the input, or toward the vectors of
+    ``state_embs``: an ``ispo embed --states-out`` file or :class:`StateEmbeddings`, checked
+    against the run's model, layer and pooling). ``workers`` processes tokenize ahead (0: a
+    thread).
     With ``emb_mode="cell_and_gene"`` (or ``"cls_and_gene"``, V2: the ``<cls>`` cosine as
     ``cos_sim`` and the shifts, as ``"cls"``) the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
@@ -184,6 +197,10 @@ def perturb(
         shard_cells=shard_cells,
         layer=layer,
         gene_key=gene_key,
+        state_embs=StateEmbeddings.load(state_embs)
+        if isinstance(state_embs, (str, Path))
+        else state_embs,
+        workers=workers,
     )
     sink = Output(None if out is None else Path(out), resume, overwrite, progress, load_result)
     return run_request(adata, model.with_settings(settings), vocab, request, sink)
@@ -221,6 +238,14 @@ def run_request(
         req.combos,
         req.emb_mode,
     )
+    if req.state_embs is not None:
+        if req.cell_states is None:
+            raise IspoError(
+                "state embeddings need cell states: give --state-key, --start-state and "
+                "--goal-state with --state-embs"
+            )
+        s = model.settings
+        req.state_embs.check(model, s.emb_layer, str(s.pool))
     if sink.out is not None:  # every option is checked, and the output, before any work
         from ispo.io.write import check_output
 
@@ -275,21 +300,23 @@ def _plan(
 ) -> _Plan:
     """Stream the input once to choose the cells and, in the same pass, embed the target
     states' cells (tokenizing chunk by chunk: no pass keeps every cell's tokens)."""
-    max_input = model.max_input(vocab)
+    src = open_input(adata)
+    tok = cell_reader(
+        src, vocab, layer=req.layer, gene_key=req.gene_key, max_input=model.max_input(vocab)
+    )
+    reader = UnitReader(tok, MAX_CHUNK, src.n_obs, src.spec, src)
+    units = list(range(-(-src.n_obs // MAX_CHUNK)))
 
     def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
-        return iter_tokenize(
-            adata,
-            vocab,
-            layer=req.layer,
-            gene_key=req.gene_key,
-            max_input=max_input,
-            warn_empty=warn,
-        )
+        """One pass over the input, ``req.workers`` processes tokenizing ahead; they stop
+        when the pass is left (the shard pass ends after its last shard)."""
+        with closing(tokenized_units(replace(reader, warn_empty=warn), units, req.workers)) as it:
+            for _, cells in it:
+                yield cells
 
     states = req.cell_states
     # the target states are embedded during the scan (ispo.perturbation.passes: two passes)
-    sums = StateSums(adata, model, states) if states else None
+    sums = StateSums(adata, model, states) if states and req.state_embs is None else None
     wanted = wanted_tokens(targets, anchor, req.perturb_type)
     scan = scan_input(chunks(warn=True), wanted, sums)
     if len(scan.obs_index) == 0:
@@ -299,6 +326,8 @@ def _plan(
     )
     check_expressed(scan, sel, wanted, vocab)
     state_emb = sums.means(scan.obs_index) if sums is not None else None
+    if req.state_embs is not None:
+        state_emb = req.state_embs.stack(states.targets, model.device)
     return _Plan(vocab, targets, anchor, chunks, scan, sel, state_emb)
 
 
