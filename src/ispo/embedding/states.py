@@ -152,6 +152,21 @@ class StateEmbeddings:
         return h.hexdigest()
 
 
+def state_about(model: GeneformerModel, vocab, key: str) -> dict:
+    """What a state file records of the run that computed it (what :meth:`check` compares)."""
+    s = model.settings
+    return {
+        "model": model.name,
+        "model_digest": model_digest(model),
+        "hidden": model.config.hidden,
+        "emb_layer": s.emb_layer,
+        "pool": str(s.pool),
+        "precision": str(s.precision),
+        "vocab": vocab.source,
+        "key": key,
+    }
+
+
 def states_of_output(
     out: str | Path, key: str, state_key: str, stat: str, about: dict
 ) -> StateEmbeddings:

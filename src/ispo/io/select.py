@@ -63,6 +63,10 @@ def choose_rows(
     With ``per`` (an obs column: the cell states) up to ``max_ncells`` rows are drawn from each of
     its values, as Geneformer's ``get_state_embs`` draws each state's cells.
     """
+    if per is not None and per not in obs.columns:
+        raise IspoError(
+            f"state key {per!r} is not an obs column: choose one of {list(obs.columns)[:10]}"
+        )
     if not cell_filter and max_ncells is None:
         return None
     keep = filter_mask(obs, cell_filter)
@@ -72,10 +76,6 @@ def choose_rows(
     if per is None:
         chosen = sample(rows, max_ncells)
     else:
-        if per not in obs.columns:
-            raise IspoError(
-                f"state key {per!r} is not an obs column: choose one of {list(obs.columns)[:10]}"
-            )
         labels = obs[per].astype(str).to_numpy()[rows]
         chosen = np.sort(
             np.concatenate([sample(rows[labels == v], max_ncells) for v in np.unique(labels)])
