@@ -227,6 +227,7 @@ def run_request(
     sink: Output,
 ) -> pd.DataFrame:
     """:func:`perturb` with its options grouped: ``model`` carries the run settings."""
+    adata = open_input(adata)  # a path (or a tokenized dataset folder) is opened here
     vocab = checked_vocab(model, vocab)
     req = request
     targets, anchor = check_options(
