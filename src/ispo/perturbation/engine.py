@@ -118,7 +118,7 @@ class Output:
 
 
 def perturb(
-    adata: ad.AnnData,
+    adata: ad.AnnData | str | Path,
     model: GeneformerModel,
     *,
     vocab: Vocab | str | None = None,
@@ -150,6 +150,7 @@ def perturb(
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
+    ``adata``: an AnnData, or a path (``.h5ad``, ``.zarr``, a tokenized dataset folder).
     Returns the long table (one row per cell and perturbation): ``cell_id``, ``obs_index``,
     ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
@@ -239,14 +240,7 @@ def run_request(
         req.combos,
         req.emb_mode,
     )
-    if req.state_embs is not None:
-        if req.cell_states is None:
-            raise IspoError(
-                "state embeddings need cell states: give --state-key, --start-state and "
-                "--goal-state with --state-embs"
-            )
-        s = model.settings
-        req.state_embs.check(model, s.emb_layer, str(s.pool))
+    _check_state_embs(req, model)
     if sink.out is not None:  # every option is checked, and the output, before any work
         from ispo.io.write import check_output
 
@@ -289,6 +283,20 @@ def run_request(
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))
     return result
+
+
+def _check_state_embs(req: PerturbRequest, model: GeneformerModel) -> None:
+    """Given state embeddings need cell states and must come from this run's model, width,
+    layer and pooling (checked before any work)."""
+    if req.state_embs is None:
+        return
+    if req.cell_states is None:
+        raise IspoError(
+            "state embeddings need cell states: give --state-key, --start-state and "
+            "--goal-state with --state-embs"
+        )
+    s = model.settings
+    req.state_embs.check(model, s.emb_layer, str(s.pool))
 
 
 def _plan(
