@@ -96,3 +96,19 @@ def test_files_of_other_runs_refused(setup_v1, setup_v2, tmp_path):
     cls_file = states_file(setup_v2, tmp_path, pool="cls", name="cls.safetensors")
     with pytest.raises(IspoError, match="are cls-pooled, this run compares mean-pooled cells"):
         perturb(setup_v2.adata, setup_v2.model, state_embs=cls_file, emb_mode="cell", **kw)
+
+
+def test_a_converted_geneformer_dict_is_checked_by_width_only(setup_v1, tmp_path, caplog):
+    """``safetensors.torch.save_file(state_embs_dict, path)`` of a Geneformer run: no metadata,
+    so only the width can be checked (and a warning says so)."""
+    from safetensors.torch import save_file
+
+    s = setup_v1
+    mine = StateEmbeddings.load(states_file(s, tmp_path))
+    path = tmp_path / "geneformer.safetensors"
+    save_file({k: torch.from_numpy(v) for k, v in mine.vectors.items()}, str(path))
+    kw = dict(perturb_type="delete", cell_states=STATES)
+    got = perturb(s.adata, s.model, state_embs=path, **kw)
+    want = perturb(s.adata, s.model, state_embs=mine, **kw)
+    np.testing.assert_array_equal(got["shift_b"], want["shift_b"])
+    assert "records no model or layer: only its width was checked" in caplog.text
