@@ -51,6 +51,8 @@ def test_embed_filter_max_ncells_and_plot(tmp_path, tiny_model_dir, demo, capsys
     assert len(pool) > 3
     drawn = pool[np.sort(np.random.default_rng(42).permutation(len(pool))[:3])]
     got = ad.read_h5ad(out)
+    sel = got.uns["geneformer"]["selection"]
+    assert (sel["max_ncells"], sel["seed"], list(sel["filter"]["condition"])) == (3, 42, keep)
     assert np.flatnonzero(got.obs["geneformer_embedded"].to_numpy()).tolist() == drawn.tolist()
     assert np.isnan(got.obsm["X_geneformer"][~got.obs["geneformer_embedded"].to_numpy()]).all()
     png = tmp_path / "e.umap_condition.png"

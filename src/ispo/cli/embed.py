@@ -141,7 +141,7 @@ def embed(
         resume=resume,
         overwrite=overwrite,
         progress=dist.is_main(),
-        extra_uns=None if s.is_plain() else {"fast_settings": s.variant()},
+        extra_uns=_extra_uns(s, parse_filters(filter), max_ncells, state_key),
         workers=workers,
         rows=rows,
     )
@@ -178,6 +178,20 @@ def _embed_genes(src, out: Path, mdl, voc, run, overwrite: bool) -> None:
     res = embed_genes(src, out, mdl, voc, run, overwrite=overwrite, progress=True)
     src.close()
     typer.echo(f"embedded {res['n_genes']:,} genes over {res['n_embedded']:,} cells -> {out}")
+
+
+def _extra_uns(s, cell_filter: dict, max_ncells: int | None, state_key: str | None) -> dict | None:
+    """What ``uns["geneformer"]`` records beyond the embedding metadata: the encoder variant
+    and how the cells were chosen (``selection``)."""
+    extra = {} if s.is_plain() else {"fast_settings": s.variant()}
+    if cell_filter or max_ncells is not None:
+        extra["selection"] = {
+            "filter": cell_filter,
+            "max_ncells": max_ncells,
+            "per": state_key,
+            "seed": 42,
+        }
+    return extra or None
 
 
 def _check_plot(labels: list[str], emb_mode: str, columns: list[str]) -> None:
