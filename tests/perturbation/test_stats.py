@@ -13,13 +13,12 @@ from scipy import stats as sps
 from ispo.cli.main import main
 from ispo.errors import IspoError
 from ispo.perturbation.plots import volcano_points
-from ispo.perturbation.stats import (
+from ispo.perturbation.stats import perturb_stats, write_stats
+from ispo.perturbation.stats.tests import (
     EXACT_MAX_N,
     bh_fdr,
-    perturb_stats,
     ranksum_grouped,
     signed_rank_grouped,
-    write_stats,
 )
 
 STATES = {"state_key": "disease", "start_state": "dcm", "goal_state": "nf", "alt_states": ["hcm"]}
