@@ -1,24 +1,27 @@
 """``goal_state_shift``: which genes, when perturbed, move cells toward the goal (and each alt)
 state. Two methods:
 
-- ``paired`` (default): each (cell, gene) shift minus the median shift of all genes perturbed
-  in the *same* cell (aligned observations, Hodges & Lehmann 1962), so a cell's own distance to
-  the goal cancels out; per gene, one-sided Wilcoxon signed-rank tests (Wilcoxon 1945) over the
-  cells that detect it, one toward the goal and one away from it, each with its own
-  Benjamini-Hochberg FDR over the genes detected in at least ``min_cells`` cells (the others are
-  reported, not tested). The effect is the mean centred shift with a 95% t interval.
+- ``paired`` (default): per gene, over the cells that detect it, two claims are tested together
+  (:mod:`ispo.perturbation.stats.paired`): its mean shift toward the state is above zero, and
+  within each cell it ranks above the cell's other genes (a rank test valid whatever the shape
+  of a cell's shifts: skewed, heavy-tailed, each cell with its own scale). Calls ``toward_goal``
+  and ``away_from_goal`` share one Benjamini-Hochberg FDR; genes detected in fewer than
+  ``min_cells`` cells are reported, not tested.
 - ``geneformer``: Geneformer's test, unchanged: each gene's shifts against all genes' shifts
   pooled (a seeded subsample of at most ``max_background``), two-sided Wilcoxon rank-sum,
   Benjamini-Hochberg FDR over all genes. Use it to reproduce Geneformer analyses; it mixes genes
   that move cells away from the goal with those that move them toward it, and lets cells far
   from the goal dominate.
+
+Names: ``shift_to_goal`` is the mean of the perturb table's ``shift_<goal state>`` column (e.g.
+``shift_stim``), ``shift_to_<alt>`` that of ``shift_<alt>``; ``attrs["ispo_stats"]["value"]``
+names the column read.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from ispo.errors import IspoError
 from ispo.perturbation.stats.inputs import (
@@ -30,7 +33,13 @@ from ispo.perturbation.stats.inputs import (
     shift_column,
 )
 from ispo.perturbation.stats.options import Method, Run
-from ispo.perturbation.stats.tests import bh_fdr, ranksum_grouped, signed_rank_grouped
+from ispo.perturbation.stats.paired import (
+    PAIRED_TEST,
+    calls_first,
+    check_comparable,
+    paired_columns,
+)
+from ispo.perturbation.stats.tests import bh_fdr, ranksum_grouped
 
 
 def _geneformer_goal_shift(
@@ -69,42 +78,6 @@ def _geneformer_goal_shift(
     )
 
 
-def paired_shift_test(
-    values: np.ndarray, genes: np.ndarray, cells: np.ndarray, n_genes: int, min_cells: int
-) -> dict[str, np.ndarray]:
-    """Within-cell test of each gene's shifts: the arrays of one state's ``paired`` columns.
-
-    ``values[i]`` is the shift of row i, perturbing gene ``genes[i]`` in cell ``cells[i]``. Each
-    value minus its cell's median value (over the genes perturbed in that cell) removes what all
-    perturbations of the cell share, chiefly its distance to the state; per gene, the centred
-    values are tested against zero with one-sided signed-rank tests (:func:`signed_rank_grouped`)
-    when the gene was seen in at least ``min_cells`` cells. ``effect`` is their mean, with a 95%
-    t interval. FDRs are Benjamini-Hochberg over the tested genes, one family per direction.
-    """
-    centred = values - pd.Series(values).groupby(cells).transform("median").to_numpy()
-    effect, n = group_mean(centred, genes, n_genes)
-    mean_shift, _ = group_mean(values, genes, n_genes)
-    dev = centred - effect[genes]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sem = np.sqrt(np.bincount(genes, weights=dev**2, minlength=n_genes) / (n - 1) / n)
-        half = sps.t.ppf(0.975, n - 1) * sem
-    tested = n >= min_cells
-    p_up, p_down, _ = signed_rank_grouped(centred, genes, n_genes)
-    p_up[~tested] = p_down[~tested] = np.nan
-    return {
-        "shift": mean_shift,
-        "effect": effect,
-        "ci_low": effect - half,
-        "ci_high": effect + half,
-        "toward_pval": p_up,
-        "toward_fdr": bh_fdr(p_up),
-        "away_pval": p_down,
-        "away_fdr": bh_fdr(p_down),
-        "n": n,
-        "tested": tested,
-    }
-
-
 def _paired_goal_shift(
     df: pd.DataFrame, goal: str, alts: list[str], *, fdr_alpha: float, min_cells: int
 ) -> pd.DataFrame:
@@ -120,33 +93,26 @@ def _paired_goal_shift(
                 f"column {col} holds no values: rerun ispo perturb with start-state "
                 "cells, or choose another state"
             )
-        r = paired_shift_test(v[ok], codes[ok], cells[ok], len(out), min_cells)
         name = "goal" if i == 0 else state
-        out[f"shift_to_{name}"] = r["shift"]
-        for key in ("effect", "ci_low", "ci_high"):
-            out[f"{name}_{key.replace('ci_', 'effect_ci95_')}"] = r[key]
-        for key in ("toward_pval", "toward_fdr", "away_pval", "away_fdr"):
-            out[f"{name}_{key}"] = r[key]
-        out[f"toward_{name}"] = r["toward_fdr"] < fdr_alpha
-        out[f"away_from_{name}"] = r["away_fdr"] < fdr_alpha
-        if i == 0:
-            out["n_detections"] = r["n"]
-            out["tested"] = r["tested"]
-    if not (out["tested"] & out["goal_toward_pval"].notna()).any() and out["tested"].any():
-        raise IspoError(
-            "every cell has a single perturbation, so no gene can be compared with the other "
-            "genes of its cell: perturb genes one at a time (genes='all'), or use "
-            "method='geneformer' or mode='vs_null'"
+        columns, n, tested = paired_columns(
+            v[ok],
+            codes[ok],
+            cells[ok],
+            len(out),
+            state=name,
+            value_name=f"shift_to_{name}",
+            fdr_alpha=fdr_alpha,
+            min_cells=min_cells,
         )
-    return out.sort_values(
-        ["goal_toward_fdr", "goal_effect", ID],
-        ascending=[True, False, True],
-        kind="mergesort",
-        na_position="last",
-    )
+        out = out.assign(**columns)
+        if i == 0:
+            out = out.assign(n_detections=n, tested=tested)
+    check_comparable(out, "goal")
+    return calls_first(out, "goal", ID)
 
 
 def run_goal_state_shift(run: Run) -> tuple[pd.DataFrame, dict]:
+    """The mode's table (either method) and what :func:`ispo.perturb_stats` records about it."""
     if run.goal is None:
         raise IspoError(
             "goal_state_shift needs a goal state: pass --goal-state, or run ispo "
@@ -180,7 +146,7 @@ def run_goal_state_shift(run: Run) -> tuple[pd.DataFrame, dict]:
         run.df, run.goal, run.alts, fdr_alpha=o.fdr_alpha, min_cells=o.min_cells
     )
     info.update(
-        test="one-sided signed-rank of within-cell centred shifts",
+        test=PAIRED_TEST,
         min_cells=o.min_cells,
         n_tested=int(out["tested"].sum()),
         n_untested=int((~out["tested"]).sum()),

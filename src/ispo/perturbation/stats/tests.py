@@ -1,13 +1,15 @@
-"""The statistical tests the modes share: rank-sum against a pooled background,
-Benjamini-Hochberg, and the one-sided signed-rank test of the paired goal-state method."""
+"""The statistical tests of the modes: rank-sum against a pooled background (Geneformer's
+goal-state test, ``vs_null``), the within-cell rank test and the one-sample t test of the
+``paired`` goal-state method, and Benjamini-Hochberg."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import ndtr
+import pandas as pd
+from scipy import stats as sps
+from scipy.special import ndtr, ndtri
 
 
 def ranksum_grouped(
@@ -55,68 +57,68 @@ def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     return q
 
 
-#: Largest group size whose signed-rank p-values come from the exact null distribution.
-EXACT_MAX_N = 50
+def within_cell_rank_test(
+    values: np.ndarray, genes: np.ndarray, cells: np.ndarray, n_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per gene: is it ranked higher (or lower) among its cells' genes than chance allows?
 
-
-@functools.cache
-def _signed_rank_sf() -> np.ndarray:
-    """``sf[n, w] = P(W+ >= w)`` for ``n`` untied nonzero differences under the null.
-
-    W+ of n differences is the sum of a random subset of the ranks 1..n; the number of subsets
-    with each sum follows from adding the ranks one at a time (counts stay exact in float64).
+    Returns ``(z, percentile)``. ``values[i]`` belongs to gene ``genes[i]`` in cell ``cells[i]``
+    (one value per gene and cell). Within each cell the values are ranked (midranks for ties)
+    and each rank ``r`` of ``m`` becomes its normal score ``ndtri(r / (m + 1))`` (van der
+    Waerden 1952). If a gene's value is exchangeable with its cell's other genes' values (the
+    null: the gene is like the cell's other genes), its rank is uniform over the cell's ranks
+    *whatever the distribution of the cell's values*: skew, heavy tails, a scale of its own per
+    cell change nothing. Its score then has the mean and variance of the cell's scores, exactly,
+    and scores of different cells are independent, so ``z`` = (sum of the gene's scores minus
+    their null means) / sqrt(sum of the null variances) has mean 0 and variance 1. Normal scores
+    make each cell's term nearly normal (exactly so as ``m`` grows), so ``z`` is standard normal
+    in the tails too with few cells, where a sum of plain ranks (bounded, lighter-tailed than
+    normal) would make small p-values conservative. ``percentile`` is the mean of
+    ``(r - 1/2) / m`` over the gene's cells (1/2: like the cell's typical gene). Genes with no
+    cell holding two or more values get NaN.
     """
-    top = EXACT_MAX_N * (EXACT_MAX_N + 1) // 2
-    counts = np.zeros(top + 1)
-    counts[0] = 1.0
-    sf = np.zeros((EXACT_MAX_N + 1, top + 2))
-    sf[0, 0] = 1.0
-    for n in range(1, EXACT_MAX_N + 1):
-        counts = counts + np.concatenate([np.zeros(n), counts[:-n]])
-        sf[n, : top + 1] = np.cumsum((counts / 2.0**n)[::-1])[::-1]
-    return sf
-
-
-def signed_rank_grouped(
-    values: np.ndarray, codes: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-sided Wilcoxon signed-rank p-values of each group of ``values`` against zero.
-
-    Returns ``(p_greater, p_less, n_used)``. Zeros are dropped (Wilcoxon's convention, scipy's
-    ``zero_method="wilcox"``); ranks of ``|values|`` are taken within each group, midranks for
-    ties. A group with at most :data:`EXACT_MAX_N` values and no ties uses the exact null
-    distribution (``scipy.stats.wilcoxon(method="exact")``); otherwise the normal approximation
-    with the tie correction and no continuity correction (scipy's ``method="asymptotic"``).
-    Groups with no nonzero value get NaN.
-    """
-    keep = values != 0
-    v, c = np.asarray(values, np.float64)[keep], np.asarray(codes)[keep]
-    a = np.abs(v)
-    order = np.lexsort((a, c))
-    a_s, c_s, pos_s = a[order], c[order], v[order] > 0
-    if a_s.size == 0:
-        nan = np.full(n_groups, np.nan)
-        return nan, nan.copy(), np.zeros(n_groups, np.int64)
-    idx = np.arange(a_s.size)
-    new_group = np.r_[True, c_s[1:] != c_s[:-1]]
-    new_run = new_group | np.r_[True, a_s[1:] != a_s[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_group, idx, 0))
-    run_start = np.flatnonzero(new_run)
-    run_len = np.diff(np.r_[run_start, a_s.size]).astype(np.float64)
-    run_rank = (run_start - group_start[run_start]) + (run_len + 1) / 2
-    ranks = run_rank[np.cumsum(new_run) - 1]
-    n = np.bincount(c_s, minlength=n_groups).astype(np.float64)
-    w_plus = np.bincount(c_s, weights=ranks * pos_s, minlength=n_groups)
-    ties = np.bincount(c_s[run_start], weights=run_len**3 - run_len, minlength=n_groups)
+    ranks = pd.Series(values).groupby(cells).rank(method="average").to_numpy()
+    n_cells = int(cells.max()) + 1 if cells.size else 0
+    m = np.bincount(cells, minlength=n_cells).astype(np.float64)
+    score = ndtri(ranks / (m[cells] + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(n * (n + 1) * (2 * n + 1) / 24 - ties / 48)
-        z = (w_plus - n * (n + 1) / 4) / sd
-    p_greater, p_less = ndtr(-z), ndtr(z)
-    exact = (n <= EXACT_MAX_N) & (ties == 0) & (n > 0)
-    if exact.any():
-        sf = _signed_rank_sf()
-        ne, we = n[exact].astype(np.intp), np.rint(w_plus[exact]).astype(np.intp)
-        p_greater[exact] = sf[ne, we]
-        p_less[exact] = sf[ne, ne * (ne + 1) // 2 - we]
-    p_greater[n == 0] = p_less[n == 0] = np.nan
-    return p_greater, p_less, n.astype(np.int64)
+        mean = np.bincount(cells, weights=score, minlength=n_cells) / m
+        var = np.bincount(cells, weights=score**2, minlength=n_cells) / m - mean**2
+    var = np.maximum(var, 0.0)  # float rounding below zero in a cell of equal values
+    total = np.bincount(genes, weights=score - mean[cells], minlength=n_genes)
+    null_var = np.bincount(genes, weights=var[cells], minlength=n_genes)
+    n = np.bincount(genes, minlength=n_genes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(null_var > 0, total / np.sqrt(null_var), np.nan)
+        pct = np.bincount(genes, weights=(ranks - 0.5) / m[cells], minlength=n_genes) / n
+    return z, np.where(null_var > 0, pct, np.nan)
+
+
+def mean_t_test(values: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+    """Per group: the mean, its 95% t interval and one-sided t-test p-values against zero.
+
+    Keys ``mean``, ``ci_low``, ``ci_high``, ``p_greater``, ``p_less``, ``n``. Groups of fewer
+    than two values get NaN intervals and p-values; a group whose values are all equal gets
+    p = 0 on the side of its mean (1 on the other; both 1 at exactly zero).
+    """
+    n = np.bincount(codes, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(codes, weights=values, minlength=n_groups) / n
+        dev = values - mean[codes]
+        sem = np.sqrt(np.bincount(codes, weights=dev**2, minlength=n_groups) / (n - 1) / n)
+        half = sps.t.ppf(0.975, n - 1) * sem
+        t = mean / sem
+    t[(sem == 0) & (mean == 0)] = 0.0
+    p_greater, p_less = sps.t.sf(t, n - 1), sps.t.cdf(t, n - 1)
+    p_greater[(sem == 0) & (mean == 0)] = p_less[(sem == 0) & (mean == 0)] = 1.0
+    few = n < 2
+    for a in (half, p_greater, p_less):
+        a[few] = np.nan
+    return {
+        "mean": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "p_greater": p_greater,
+        "p_less": p_less,
+        "n": n.astype(np.int64),
+    }
