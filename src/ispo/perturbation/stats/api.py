@@ -14,6 +14,7 @@ from ispo.errors import IspoError
 from ispo.io.write import replacing
 from ispo.perturbation.stats.aggregate import run_aggregate
 from ispo.perturbation.stats.aggregate_gene_shifts import run_aggregate_gene_shifts
+from ispo.perturbation.stats.class_prob import run_class_prob
 from ispo.perturbation.stats.geneformer_names import geneformer_columns
 from ispo.perturbation.stats.goal_state_shift import run_goal_state_shift
 from ispo.perturbation.stats.inputs import results_table, states
@@ -35,6 +36,7 @@ RUNNERS: dict[str, Callable[[Run], tuple[pd.DataFrame, dict]]] = {
     "vs_null": run_vs_null,
     "mixture_model": run_mixture_model,
     "aggregate_gene_shifts": run_aggregate_gene_shifts,
+    "class_prob": run_class_prob,
 }
 
 
@@ -70,9 +72,11 @@ def perturb_stats(
     results
         The engine's per-(cell, perturbation) table, or its Parquet path (+ metadata: states).
     mode
-        One of :data:`MODES` (see the module docstring); Geneformer's ``aggregate_data`` too.
+        One of :data:`MODES` (each has its module in this package); Geneformer's
+        ``aggregate_data`` too.
     goal_state, alt_states
-        States whose ``shift_<state>`` are tested (default: the run's; ``alt_states=[]``: none).
+        States whose ``shift_<state>`` are tested (default: the run's; ``alt_states=[]``: none);
+        ``class_prob``: the goal class (a name of the checkpoint's ``id2label``).
     null, gene_table
         ``vs_null``: a null run's results; ``aggregate_gene_shifts``: the
         ``emb_mode="cell_and_gene"`` table (tables or paths).
@@ -82,10 +86,11 @@ def perturb_stats(
         ``method="geneformer"``: the pooled background is a seeded subsample of at most
         ``max_background``; ``mixture_model``: ``n_components`` Gaussians seeded with ``seed``.
     method
-        ``goal_state_shift``: ``"paired"`` (within-cell, one-sided, toward and away apart) or
-        ``"geneformer"`` (Geneformer's test, to reproduce Geneformer analyses).
+        ``goal_state_shift``: ``"paired"`` (mean shift above zero and more than the cell's other
+        genes, one FDR over toward and away calls) or ``"geneformer"`` (Geneformer's test, to
+        reproduce Geneformer analyses). ``class_prob`` always uses the paired test.
     min_cells
-        ``method="paired"``: genes seen in fewer cells are reported, not tested nor counted.
+        Paired test: genes seen in fewer cells are reported, not tested nor counted.
     columns
         ``"geneformer"``: Geneformer's column names and row order (:func:`geneformer_columns`).
 

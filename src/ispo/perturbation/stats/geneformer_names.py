@@ -57,6 +57,8 @@ GENEFORMER_NAMES: dict[str, dict[str, str]] = {
         "cos_sim_std": "Cosine_sim_stdev",
         "n_cells": "N_Detections",
     },
+    # no Geneformer counterpart: only the gene columns are renamed
+    "class_prob": {SYMBOL: "Gene_name", ID: "Ensembl_ID"},
 }
 #: Geneformer's row order of each mode's table: (columns, ascending).
 GENEFORMER_ORDER: dict[str, tuple[list[str], list[bool]]] = {

@@ -11,8 +11,22 @@ import pandas as pd
 from ispo.errors import IspoError
 from ispo.settings import Choice
 
-Mode = Literal["aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts"]
-MODES = ("aggregate", "goal_state_shift", "vs_null", "mixture_model", "aggregate_gene_shifts")
+Mode = Literal[
+    "aggregate",
+    "goal_state_shift",
+    "vs_null",
+    "mixture_model",
+    "aggregate_gene_shifts",
+    "class_prob",
+]
+MODES = (
+    "aggregate",
+    "goal_state_shift",
+    "vs_null",
+    "mixture_model",
+    "aggregate_gene_shifts",
+    "class_prob",
+)
 #: Geneformer's name for a mode -> ours.
 MODE_ALIASES = {"aggregate_data": "aggregate"}
 

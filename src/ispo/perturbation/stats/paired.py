@@ -63,9 +63,8 @@ def paired_columns(
     z, percentile = within_cell_rank_test(values, genes, cells, n_genes)
     tested = mean["n"] >= min_cells
     z_tested = np.where(tested, z, np.nan)
-    p_toward = np.fmax(ndtr(-z_tested), mean["p_greater"])  # NaN z (untested) stays NaN
-    p_away = np.fmax(ndtr(z_tested), mean["p_less"])
-    p_toward[np.isnan(z_tested)] = p_away[np.isnan(z_tested)] = np.nan
+    p_toward = np.maximum(ndtr(-z_tested), mean["p_greater"])  # NaN (untested) stays NaN
+    p_away = np.maximum(ndtr(z_tested), mean["p_less"])
     call_p = np.minimum(2 * np.fmin(p_toward, p_away), 1.0)
     fdr = bh_fdr(call_p)
     significant = fdr < fdr_alpha
@@ -115,3 +114,36 @@ def check_comparable(out: pd.DataFrame, state: str) -> None:
             "genes of its cell: perturb genes one at a time (genes='all'), or use "
             "method='geneformer' or mode='vs_null'"
         )
+
+
+#: The columns a summary of a paired goal table shows first (``ispo report``).
+SUMMARY_COLUMNS = (
+    "perturbed_symbols",
+    "perturbed_ids",
+    "n_detections",
+    "shift_to_goal",
+    "shift_to_goal_ci95_low",
+    "shift_to_goal_ci95_high",
+    "shift_to_goal_vs_cell_genes",
+    "goal_percentile_in_cell",
+    "goal_call_fdr",
+    "toward_goal",
+    "away_from_goal",
+)
+
+
+def paired_summary(table: pd.DataFrame) -> str:
+    """One paragraph saying how a paired goal table was tested and what it found."""
+    info = table.attrs["ispo_stats"]
+    untested = info["n_untested"]
+    return (
+        "Paired test: a gene is called toward the goal when, over the cells that detect it, its "
+        "mean shift is above zero (t test; 95% interval shown) and it ranks above the cell's "
+        "other genes (within-cell normal scores: valid whatever the shape of a cell's shifts); "
+        "away likewise. One Benjamini-Hochberg FDR over both directions and the "
+        f"{info['n_tested']:,} genes seen in at least {info['min_cells']} cells"
+        f"{f' ({untested:,} seen in fewer: listed, not tested)' if untested else ''}. "
+        f"{int(table['toward_goal'].sum()):,} genes move cells toward the goal and "
+        f"{int(table['away_from_goal'].sum()):,} away from it at FDR < {info['fdr_alpha']}. "
+        "Geneformer's two-sided test: `ispo perturb-stats --method geneformer`."
+    )
