@@ -54,7 +54,7 @@ def test_volcano_with_genes_tested_has_points():
 
 
 def test_random_weights_note_on_the_hits_and_volcano_plots(tmp_path):
-    df, _ = simulated_results()
+    df, _ = simulated_results(Design(n_toward=3, n_away=3, n_single=0, n_null=20))
     agg = perturb_stats(df, mode="aggregate")
     assert RANDOM_NOTE in texts(hits_figure(agg, random_init=True))
     assert "[random weights]" in texts(hits_figure(agg, random_init=True))

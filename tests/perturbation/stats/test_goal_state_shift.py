@@ -137,7 +137,7 @@ def test_paired_finds_toward_genes_and_reports_away_genes_apart():
 
 def test_paired_equals_a_direct_computation():
     """Every paired column recomputed from its definition with scipy, gene by gene."""
-    df, _ = simulated_results(seed=4)
+    df, _ = simulated_results(Design(n_single=5, n_null=45), seed=4)
     out = perturb_stats(df, mode="goal_state_shift").set_index("perturbed_ids")
     v = df["shift_end"].astype(np.float64)
     genes, gene_ids = pd.factorize(df["perturbed_ids"])
@@ -175,7 +175,7 @@ def test_paired_equals_a_direct_computation():
     lo, hi = np.array([r[2] for r in ref.values()]), np.array([r[3] for r in ref.values()])
     np.testing.assert_array_equal(tested["toward_goal"], (fdr < 0.05) & up & (lo > 0))
     np.testing.assert_array_equal(tested["away_from_goal"], (fdr < 0.05) & ~up & (hi < 0))
-    assert tested["toward_goal"].sum() >= 9 and tested["away_from_goal"].sum() >= 9
+    assert tested["toward_goal"].sum() >= 8 and tested["away_from_goal"].sum() >= 8
 
 
 def test_paired_calls_are_directions_in_the_plain_sense():
