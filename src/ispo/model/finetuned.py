@@ -75,6 +75,23 @@ class Classifier:
         """``{prefix<class>: column}`` of (n, classes) probabilities (or their changes)."""
         return {f"{prefix}{c}": probs[:, j].astype(np.float32) for j, c in enumerate(self.classes)}
 
+    def cell_columns(self, probs: np.ndarray) -> dict[str, np.ndarray | pd.Categorical]:
+        """The obs columns ``ispo embed`` adds: ``pred_class`` and ``prob_<class>`` (NaN rows:
+        cells not embedded)."""
+        return {"pred_class": self.predicted(probs), **self.prob_columns(probs)}
+
+    def perturb_columns(self, probs: np.ndarray, orig_probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns ``ispo perturb`` adds to each row: ``prob_<class>`` after the
+        perturbation, ``delta_prob_<class>`` (after minus the original cell's),
+        ``pred_class`` (most probable after) and ``orig_pred_class`` (of the original cell)."""
+        names = np.asarray(self.classes, dtype=object)
+        return {
+            **self.prob_columns(probs),
+            **self.prob_columns(probs - orig_probs, "delta_prob_"),
+            "pred_class": names[probs.argmax(1)],
+            "orig_pred_class": names[orig_probs.argmax(1)],
+        }
+
     def predicted(self, probs: np.ndarray) -> pd.Categorical:
         """Each row's most probable class (missing where the row is NaN: a cell not run)."""
         codes = np.where(np.isnan(probs).any(1), -1, np.nan_to_num(probs, nan=-1.0).argmax(1))

@@ -236,9 +236,7 @@ class GeneformerModel:
             settings = self.settings.replace(precision=settings)
         return variants.resolve(settings, self.device)[0]
 
-    def tail(
-        self, n_run: int, settings: RunSettings | str | None = None
-    ) -> ClassifierTail | None:
+    def tail(self, n_run: int, settings: RunSettings | str | None = None) -> ClassifierTail | None:
         """What the classifier reads after an encoder of ``n_run`` layers (the last layer for
         the first token, then the head; :mod:`ispo.model.tail`), built once per (layers,
         precision); None without a classifier: a run then costs nothing more."""
