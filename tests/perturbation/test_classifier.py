@@ -56,14 +56,16 @@ def _cells(adata, vocab) -> dict[int, list[int]]:
     return dict(zip(cells.obs_index.tolist(), cells.to_lists()))
 
 
-@pytest.mark.parametrize("emb_layer", [-1, 0])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize(
+    ("version", "emb_layer", "layout"),
+    [(1, -1, "padded"), (1, 0, "padded"), (2, -1, "padded"), (2, 0, "padded"), (1, -1, "packed")],
+)
 def test_delta_prob_equals_transformers_of_the_perturbed_cell(
-    ckpts, vocabs, adata, version, emb_layer
+    ckpts, vocabs, adata, version, emb_layer, layout
 ):
     vocab, ckpt = vocabs[version], ckpts["sequence", version]
     model = ispo.load_model(ckpt, vocab=vocab, device="cpu")
-    df = ispo.perturb(adata, model, emb_layer=emb_layer, batch_tokens=256)
+    df = ispo.perturb(adata, model, emb_layer=emb_layer, batch_tokens=256, layout=layout)
     cells = _cells(adata, vocab)
     lists, origs = [], []
     for obs, gene in zip(df["obs_index"], df["perturbed_ids"]):

@@ -133,7 +133,7 @@ class Encoded:
         starts = self.starts if rows is None else self.starts[rows]
         return self.flat()[starts[:, None] + pos]
 
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, h) hidden states and the (B, L) mask of their real tokens; a packed batch is
         gathered into rows (no host sync either way)."""
         width = self.hidden.shape[1] if self.packed is None else self.packed.max_len
