@@ -55,6 +55,14 @@ NoXOpt = Annotated[
     bool,
     typer.Option("--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"),
 ]
+NoProbsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-probs",
+        help="a fine-tuned cell classifier's model: leave out its class probabilities "
+        "(runs stop at the pooled layer)",
+    ),
+]
 PerturbTypeOpt = Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate")]
 FilterOpt = Annotated[
     list[str] | None,

@@ -230,15 +230,21 @@ class Encoder(nn.Module):
             "emb.ln.bias": sd[e + "LayerNorm.bias"],
         }
         for i in range(n_run):
-            p, q = f"bert.encoder.layer.{i}.", f"blocks.{i}."
-            for kind in ("weight", "bias"):
-                new[q + "attn.qkv." + kind] = torch.cat(
-                    [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
-                )
-                new[q + "attn.out." + kind] = sd[p + "attention.output.dense." + kind]
-                new[q + "ln1." + kind] = sd[p + "attention.output.LayerNorm." + kind]
-                new[q + "ffn_in." + kind] = sd[p + "intermediate.dense." + kind]
-                new[q + "ffn_out." + kind] = sd[p + "output.dense." + kind]
-                new[q + "ln2." + kind] = sd[p + "output.LayerNorm." + kind]
+            new.update({f"blocks.{i}.{k}": v for k, v in block_tensors(sd, i).items()})
         model.load_state_dict(new, strict=True, assign=True)
         return model.eval()
+
+
+def block_tensors(sd: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Layer ``i`` of a Hugging Face state dict under :class:`Block`'s names (q/k/v fused)."""
+    p, new = f"bert.encoder.layer.{i}.", {}
+    for kind in ("weight", "bias"):
+        new["attn.qkv." + kind] = torch.cat(
+            [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
+        )
+        new["attn.out." + kind] = sd[p + "attention.output.dense." + kind]
+        new["ln1." + kind] = sd[p + "attention.output.LayerNorm." + kind]
+        new["ffn_in." + kind] = sd[p + "intermediate.dense." + kind]
+        new["ffn_out." + kind] = sd[p + "output.dense." + kind]
+        new["ln2." + kind] = sd[p + "output.LayerNorm." + kind]
+    return new
