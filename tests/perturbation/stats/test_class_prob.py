@@ -11,9 +11,11 @@ import pytest
 from scipy import stats as sps
 from stats_support import gid, rows_of
 
+import ispo
 from ispo.cli.main import main
 from ispo.errors import IspoError
 from ispo.perturbation.stats import perturb_stats
+from support import make_adata, make_vocab, save_finetuned_checkpoint
 
 KINDS = ["toward"] * 5 + ["away"] * 5 + ["null"] * 50
 
@@ -150,3 +152,27 @@ def _no_states(df):
     out = df.copy()
     out.attrs = {}
     return out
+
+
+def test_class_prob_reads_what_ispo_perturb_writes(tmp_path):
+    """End to end on a tiny random classifier: the goal class from the run's metadata, the
+    columns as ispo perturb writes them (three classes)."""
+    vocab = make_vocab(1)
+    ckpt = save_finetuned_checkpoint(tmp_path / "clf", vocab.size, "sequence", max_len=2048, seed=3)
+    adata = make_adata(8, seed=5, density=0.15)
+    adata.obs["state"] = ["stim", "ctrl"] * 4
+    states = {"state_key": "state", "start_state": "stim", "goal_state": "ctrl"}
+    model = ispo.load_model(ckpt, vocab=vocab, device="cpu")
+    out = tmp_path / "isp.parquet"
+    ispo.perturb(adata, model, cell_states=states, batch_tokens=256, out=out)
+    df = pd.read_parquet(out)
+    stats = perturb_stats(out, mode="class_prob", min_cells=2)
+    assert stats.attrs["ispo_stats"]["goal_state"] == "ctrl"
+    assert stats.attrs["ispo_stats"]["classes"] == ["ctrl", "stim", "other"]
+    assert len(stats) == df["perturbed_ids"].nunique()
+    want = df.groupby("perturbed_ids")["delta_prob_ctrl"].apply(lambda x: x.astype(float).mean())
+    got = stats.set_index("perturbed_ids")["delta_prob_goal"]
+    np.testing.assert_allclose(got.loc[want.index], want, rtol=1e-12)
+    not_goal = df["orig_pred_class"] != "ctrl"
+    assert stats["n_not_goal_before"].sum() == not_goal.sum()
+    assert stats["n_flipped_to_goal"].sum() == (not_goal & (df["pred_class"] == "ctrl")).sum()
