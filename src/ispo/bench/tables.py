@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ispo.bench.runner import ROW_KEYS, BenchResult
+from ispo.bench.rows import ROW_KEYS, BenchResult
 from ispo.io.write import atomic_write
 from ispo.provenance import machine_was_busy
 

@@ -236,8 +236,8 @@ def _bench_config(req: BenchRequest, cpu: bool) -> tuple[Any, int]:
 
     Unknown method names fail here, before any data or model is loaded.
     """
+    from ispo.bench.config import BenchConfig
     from ispo.bench.methods import resolve_methods
-    from ispo.bench.runner import BenchConfig
 
     n = (
         req.n_cells
