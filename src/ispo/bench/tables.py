@@ -201,7 +201,12 @@ def _header_lines(m: dict) -> list[str]:
             if m["model"]["random_init"]
             else ""
         )
-        + f"; embeddings from layer {m['layers_run']} of {arch['n_layers']}",
+        + f"; embeddings from layer {m['layers_run']} of {arch['n_layers']}"
+        + (
+            f" — **ISPO_FAULT={m['model']['ispo_fault']} was set: faults injected**"
+            if m["model"].get("ispo_fault")
+            else ""
+        ),
         f"- **data**: {data['source']}"
         + (
             " (SYNTHETIC)"
