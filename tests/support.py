@@ -165,3 +165,13 @@ def save_tiny_checkpoint(
         model.config.save_pretrained(path)
         torch.save(model.state_dict(), Path(path) / "pytorch_model.bin")
     return path
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this machine's ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16: the expected
+    answer of ``precision="auto"`` on CPU, read here without ispo (False off Linux)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(words & {"amx_bf16", "avx512_bf16"})
