@@ -22,7 +22,7 @@ from torch import nn
 
 from ispo.errors import IspoError
 from ispo.hardware import CpuInfo, bf16_matrix_flags
-from ispo.model.encoder import Attention, Encoder
+from ispo.model.encoder import Attention, Block, Encoder, fused_bf16_linear_available
 from ispo.model.presets import GeneformerConfig
 from ispo.settings import Attention as Kernel
 from ispo.settings import Precision, RunSettings
@@ -122,6 +122,24 @@ def set_attention(module: nn.Module, kernel: Kernel | str) -> None:
             m.sdpa_backends = backends
 
 
+def fused_linear_pays(device: torch.device, precision: Precision | str) -> bool:
+    """Whether an encoder built for ``device`` in ``precision`` runs its linear layers as fused
+    oneDNN calls: bf16 on a CPU where oneDNN has bf16 (:func:`fused_bf16_linear_available`)."""
+    return (
+        device.type == "cpu"
+        and Precision.parse(precision, "precision") == Precision.BF16
+        and fused_bf16_linear_available()
+    )
+
+
+def set_fused_linear(module: nn.Module, on: bool) -> None:
+    """Fix whether every attention layer and block of ``module`` runs its linear layers as
+    fused oneDNN bf16 calls (built into the module, as the attention kernel is)."""
+    for m in module.modules():
+        if isinstance(m, Attention | Block):
+            m.fuse_linear = on
+
+
 def attention_works(kernel: Kernel | str, device: torch.device | str, precision: str) -> bool:
     """Whether SDPA runs with ``kernel`` on ``device`` with a padding mask (as the encoder calls
     it) in ``precision``."""
@@ -201,7 +219,8 @@ def build_encoder(
     device: torch.device,
 ) -> Built:
     """The encoder ``settings`` runs: ``n_run`` layers in its precision, its attention kernel
-    held by every attention layer, int8 and compile applied in that order.
+    and (bf16 on a CPU with oneDNN bf16) fused linear layers held by every layer, int8 and
+    compile applied in that order.
 
     ``settings.precision`` must be resolved (not ``auto``: see :func:`resolve`).
     """
@@ -210,9 +229,12 @@ def build_encoder(
     enc = Encoder.from_hf_state_dict(cfg, state_dict, n_run)
     enc = enc.to(device=device, dtype=DTYPES[str(settings.precision)])
     set_attention(enc, settings.attention)
+    fused = fused_linear_pays(device, settings.precision)
+    set_fused_linear(enc, fused)
     desc = (
         f"ispo Encoder (layers 1-{n_run} of {cfg.n_layers}, {settings.precision}, "
-        f"SDPA {settings.attention}, no MLM head)"
+        f"SDPA {settings.attention}, no MLM head"
+        + (", fused oneDNN bf16 linear layers)" if fused else ")")
     )
     net: nn.Module = enc
     n_int8 = None
