@@ -19,7 +19,6 @@ import ispo
 from hf_reference import embed_reference, half_error, load_reference
 from ispo.bench import guards
 from ispo.bench.config import BenchConfig
-from ispo.bench.flops import peak_flops
 from ispo.bench.measure import run_method
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
 from ispo.bench.rows import ROW_KEYS
@@ -135,11 +134,15 @@ def test_every_method_gives_a_complete_row(result) -> None:
         ):
             assert r[key] is not None, (r["method"], key)
         assert r["gpu_util_avg"] is None and r["gpu_mem_peak_mib"] is None  # CPU: not faked
-        peak = peak_flops("cpu", REGISTRY.get(r["method"], REGISTRY["baseline"]).compute_dtype)
-        if peak is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
+        if r["peak_tflops"] is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
             assert r["mfu"] is None
-        else:  # MFU against the CPU's estimated peak (ispo.hardware)
-            assert r["mfu"] == pytest.approx(r["achieved_tflops"] * 1e12 / peak)
+        else:  # MFU against the peak the row names
+            assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
+        # a benchmark measures the CPU's peak first (ispo.peak) and every row says which it used
+        dtype = "int8" if "int8" in r["method"] else r["precision"]
+        expected = "nominal" if dtype == "int8" else "measured"
+        assert r["peak_source"] == expected == result.meta["mfu_peaks"][dtype]["source"]
+        assert r["peak_tflops"] * 1e12 == result.meta["mfu_peaks"][dtype]["flops"]
         assert 0.0 <= r["pad_fraction"] < 1.0
         assert result.embeddings[r["method"]].shape == (N_CELLS, 16)
     assert result.row("baseline")["speedup"] == pytest.approx(1.0)

@@ -14,7 +14,8 @@ class BenchConfig:
     ``row_budget_s`` (CPU, every row but the baseline and compiled ones): a method whose
     warm-up predicts a pass longer than this is timed on the first cells that fit it, and its
     row says so; None: every method runs on every cell. ``max_slowdown``: see
-    :func:`check_pace`.
+    :func:`ispo.bench.guards.check_pace`. ``peak``: the CPU peak MFU is measured against
+    (:class:`ispo.peak.PeakMode`: ``auto`` measures it once per machine).
     """
 
     methods: list[str] | str | None = None
@@ -29,3 +30,4 @@ class BenchConfig:
     row_budget_s: float | None = None
     memory_fraction: float = 0.6
     tokenize_repeats: int = 5
+    peak: str = "auto"

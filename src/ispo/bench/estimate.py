@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ispo.bench.config import BenchConfig
-from ispo.bench.flops import peak_flops
+from ispo.bench.flops import device_peak
 from ispo.bench.guards import row_budget
 from ispo.bench.methods import MethodSpec
 from ispo.bench.rows import method_label
@@ -35,7 +35,7 @@ def estimate_seconds(
     flops = padded_flops(spec, model, cells, batch_tokens)
     rate = rates.get(spec.path)
     if rate is None:
-        peak = peak_flops(model.device, spec.compute_dtype)
+        peak = device_peak(model.device, spec.compute_dtype, config.peak).flops
         if peak is None:
             return None
         rate = peak * ASSUMED_MFU[spec.path]

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from ispo.bench.config import BenchConfig
-from ispo.bench.flops import mfu, peak_flops
+from ispo.bench.flops import device_peak, mfu
 from ispo.bench.guards import TooSlow, fit_cells
 from ispo.bench.methods import MethodSpec, Prepared, Unavailable, prepare
 from ispo.bench.rows import MIB, batching_text, blank_row, method_label, mib
 from ispo.bench.workload import memory_skip, method_batches, workload
 from ispo.embedding.embed import default_batch_tokens, embed_cells
 from ispo.model.load import GeneformerModel
+from ispo.peak import Peak
 from ispo.runtime.pool import rowwise_cosine
 from ispo.runtime.profiler import Profiler, synchronize
 from ispo.tokens import TokenizedCells
@@ -144,7 +145,7 @@ def timed_passes(
 
 
 def measured_figures(
-    run: MethodRun, cells: TokenizedCells, stats: Any, peak: float | None
+    run: MethodRun, cells: TokenizedCells, stats: Any, peak: Peak
 ) -> dict[str, Any]:
     """The row's measured figures: time from the median pass, rates, MFU, CPU, GPU, memory."""
     t = float(np.median(run.times))
@@ -163,7 +164,7 @@ def measured_figures(
         "cells_per_s": len(cells) / t,
         "tokens_per_s": fixed["n_tokens"] / t,
         "achieved_tflops": fixed["model_flops"] / t / 1e12,
-        "mfu": mfu(fixed["model_flops"], t, peak),
+        "mfu": mfu(fixed["model_flops"], t, peak.flops),
         "cpu_percent_avg": stats.cpu_percent_avg,
         "cpu_percent_peak": stats.cpu_percent_peak,
         # CPU time per cell: on a shared machine, what the method cost whatever it waited for
@@ -194,7 +195,7 @@ def planned_row(
     cells: TokenizedCells,
     config: BenchConfig,
     batch_tokens: int,
-    peak: float | None,
+    peak: Peak,
 ) -> dict[str, Any]:
     """A method's row before it runs: what it is and the work it will do on ``cells``."""
     return blank_row(
@@ -205,7 +206,8 @@ def planned_row(
         path=spec.path,
         precision="int8" if spec.int8 else spec.precision,
         batching=batching_text(spec, batch_tokens),
-        peak_tflops=None if peak is None else peak / 1e12,
+        peak_tflops=None if peak.flops is None else peak.flops / 1e12,
+        peak_source=peak.source,
         **workload(spec, model, cells, batch_tokens, config.emb_layer),
     )
 
@@ -228,7 +230,7 @@ def run_method(
     dev = model.device
     batch_tokens = config.batch_tokens or default_batch_tokens(dev)
     batches = method_batches(spec, cells, batch_tokens)
-    peak = peak_flops(dev, spec.compute_dtype)
+    peak = device_peak(dev, spec.compute_dtype, config.peak)
     row = planned_row(spec, model, cells, config, batch_tokens, peak)
     reason = memory_skip(spec, model, cells, batches, row, config)
     if reason is not None:

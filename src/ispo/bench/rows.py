@@ -40,6 +40,7 @@ ROW_KEYS = [
     "executed_flops",
     "achieved_tflops",
     "peak_tflops",
+    "peak_source",
     "mfu",
     "cpu_percent_avg",
     "cpu_percent_peak",

@@ -15,7 +15,6 @@ are complete even for rows that are ``unavailable`` (no backend: the reason is g
 from __future__ import annotations
 
 import logging
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,23 +28,19 @@ import torch
 
 from ispo.bench.config import BenchConfig
 from ispo.bench.estimate import estimate_seconds, progress_line, update_rates
+from ispo.bench.flops import device_peak
 from ispo.bench.measure import free_device, run_method
 from ispo.bench.methods import MethodSpec, resolve_methods
 from ispo.bench.rows import BenchResult, failed_row
 from ispo.bench.tokenizer import time_tokenizer
+from ispo.hardware import load_average
 from ispo.io.vocab import Vocab
 from ispo.model.load import GeneformerModel
+from ispo.peak import prepare_cpu_peaks
 from ispo.provenance import cpu_info, device_name, git_commit, versions
 from ispo.tokens import TokenizedCells
 
 log = logging.getLogger(__name__)
-
-
-def _load_average() -> float | None:
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 def _run_methods(
@@ -132,6 +127,8 @@ def run_benchmark(
     specs = resolve_methods(
         config.methods, batch_sizes=config.batch_sizes, ref_batch_size=config.ref_batch_size
     )
+    if model.device.type == "cpu":  # before the clock starts: the products load the CPU
+        prepare_cpu_peaks(config.peak)
     max_input = model.max_input(vocab)
     log.info("benchmark: tokenizing %d cells", adata.n_obs)
     tok_row, all_cells = time_tokenizer(
@@ -140,7 +137,7 @@ def run_benchmark(
     n = len(all_cells) if n_cells is None else min(n_cells, len(all_cells))
     cells = all_cells.subset(np.arange(n))
     started = datetime.now(UTC)
-    load_start = _load_average()
+    load_start = load_average()
     rows, embeddings = _run_methods(specs, model, cells, config, tracker, on_row, on_progress)
     base = next((r for r in rows if r["method"] == "baseline" and r["status"] == "ok"), None)
     for r in rows:
@@ -151,7 +148,7 @@ def run_benchmark(
         tracker.log({f"tokenize/{k}": v for k, v in tok_row.items()})
     meta = _meta(model, config, specs, cells, len(all_cells), adata, vocab, data_source)
     meta["created"] = started.isoformat(timespec="seconds")
-    meta["load_average"] = {"start": load_start, "end": _load_average()}
+    meta["load_average"] = {"start": load_start, "end": load_average()}
     return BenchResult(meta, rows, embeddings)
 
 
@@ -172,7 +169,7 @@ def _meta(
         "created": None,  # set by run_benchmark
         "device": device_name(dev),
         "device_type": dev.type,
-        "cpu": cpu_info(),
+        "cpu": cpu_info(config.peak),
         "threads": torch.get_num_threads(),
         "cpu_count": psutil.cpu_count(),
         # 1-minute load averages (added by run_benchmark): above the CPU count, other
@@ -200,7 +197,10 @@ def _meta(
             "model FLOPs of the encoder layers the embedding needs, from each "
             "cell's unpadded token count (L*(2n(4h^2+2hi)+4n^2h)), per second of "
             "the median steady-state pass, over the device's dense peak for the "
-            "method's compute dtype; CPU peak from ISPO_CPU_PEAK_FLOPS when set, else "
-            "cores x clock x FLOP per cycle of the vector units (cpu.peak_tflops)"
+            "method's compute dtype (mfu_peaks: each peak's value, source and how)"
         ),
+        "mfu_peaks": {
+            peak.dtype: peak.to_dict()
+            for peak in (device_peak(dev, s.compute_dtype, config.peak) for s in specs)
+        },
     }
