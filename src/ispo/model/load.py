@@ -43,13 +43,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names."""
+    """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names;
+    classification heads (``classifier.*``, Geneformer's multi-task ``classification_heads.*``)
+    keep their own names."""
     out = {}
     for k, v in sd.items():
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
-        if not k.startswith(("bert.", "cls.")):
+        if not k.startswith(("bert.", "cls.", "classifier.", "classification_heads.")):
             k = "bert." + k
         out[k] = v
     return out
