@@ -47,7 +47,9 @@ def test_nominal_zen4_runs_avx512_on_256_bit_pipes() -> None:
         "fp32",
         pytest.approx(fp32),
         "nominal",
-        "2 physical cores x 2.60 GHz x 32 FLOP/cycle; clock from cpu MHz",
+        "2 physical cores x 2.60 GHz x 32 FLOP/cycle; clock from /proc/cpuinfo cpu MHz (in a "
+        "VM the host's nominal clock, on bare metal the clock at that instant: boost clocks may "
+        "be higher)",
     )
     assert nominal_cpu_peak(torch.bfloat16, cpu).flops == pytest.approx(2 * fp32)
     assert nominal_cpu_peak(torch.int8, cpu).flops == pytest.approx(4 * fp32)
@@ -69,7 +71,8 @@ def test_nominal_counts_physical_cores_the_threads_can_use() -> None:
         "fp32",
         pytest.approx(2 * 2.6e9 * 32),
         "nominal",
-        "2 physical cores x 2.60 GHz x 32 FLOP/cycle; clock from model name",
+        "2 physical cores x 2.60 GHz x 32 FLOP/cycle; clock from the base clock in the model "
+        "name (all-core boost clocks are often higher: a peak from it may be low)",
     )
     one = replace(cpu, threads=1)
     assert nominal_cpu_peak(torch.float32, one).flops == pytest.approx(2.6e9 * 32)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ispo.errors import IspoError
-from ispo.hardware import CpuInfo, load_average, this_cpu
+from ispo.hardware import CLOCK_SOURCES, CpuInfo, load_average, this_cpu
 from ispo.io.write import atomic_write
 from ispo.settings import Choice
 
@@ -140,7 +140,7 @@ def nominal_cpu_peak(dtype: torch.dtype, cpu: CpuInfo | None = None) -> Peak:
     cores = min(cpu.physical_cores, cpu.threads)
     how = (
         f"{cores} physical cores x {cpu.mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle; clock "
-        f"from {cpu.clock_source}"
+        f"from {CLOCK_SOURCES[cpu.clock_source]}"
     )
     return Peak(key, cores * cpu.mhz * 1e6 * per_cycle, "nominal", how)
 
