@@ -230,3 +230,13 @@ def save_finetuned_checkpoint(
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return path
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this machine's ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16: the expected
+    answer of ``precision="auto"`` on CPU, read here without ispo (False off Linux)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(words & {"amx_bf16", "avx512_bf16"})

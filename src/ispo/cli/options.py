@@ -93,6 +93,14 @@ CompileSearchOpt = Annotated[
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="stop starting trials after this many seconds")
 ]
+PeakOpt = Annotated[
+    str,
+    typer.Option(
+        help="CPU peak for MFU: auto (dense products measured once per machine, about 1 s "
+        "per native dtype, then cached), measure (measure again now), nominal (cores x "
+        "clock x FLOP per cycle)"
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
 WorkersOpt = Annotated[
     int | None,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ispo import faults
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model import variants
@@ -297,6 +298,9 @@ class GeneformerModel:
             meta["precision_auto"] = self.precision_note
         if self.classifier is not None:
             meta["classes"] = list(self.classifier.classes)
+        fault = faults.describe()
+        if fault is not None:  # a drill, not a real run: its outputs say so
+            meta["ispo_fault"] = fault
         return meta
 
 
@@ -316,6 +320,7 @@ def load_model(
     ``settings`` are the run's (default: plain fp32); ``precision="auto"`` is resolved here,
     once, for the device, and the choice is logged and recorded in the metadata.
     """
+    faults.announce()  # a stray ISPO_FAULT: refused or announced before anything loads
     dev = resolve_device(device)
     path = Path(source)
     if path.is_dir():
