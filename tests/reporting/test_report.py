@@ -278,7 +278,7 @@ def test_report_renders_every_kind(folders, tmp_path, capsys):
     # perturb: top hit first, with the goal-state statistics
     hits = md.split("Top hits")[1]
     assert hits.index("GENE3") < hits.index("GENE0")
-    assert "goal_toward_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
+    assert "goal_call_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
     # random weights are flagged at the top and in each affected section
     assert md.split("## ")[0].count("random weights") == 1
     assert md.count("RANDOM WEIGHTS") == 3  # benchmark, evaluate, perturb (tune: trained-free)

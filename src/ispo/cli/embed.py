@@ -20,6 +20,7 @@ from ispo.cli.options import (
     Int8Opt,
     LayerOpt,
     ModelOpt,
+    NoProbsOpt,
     NoXOpt,
     OverwriteOpt,
     PoolOpt,
@@ -91,6 +92,7 @@ def embed(
         list[str] | None,
         typer.Option(help="obs label to colour a UMAP (PCA without umap-learn) by (repeatable)"),
     ] = None,
+    no_probs: NoProbsOpt = False,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
 
@@ -99,6 +101,7 @@ def embed(
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
     --emb-mode gene writes each gene's embedding over the cells that express it instead;
     --state-key K --states-out FILE also writes each state's summary for ispo perturb.
+    A fine-tuned cell classifier's model also writes obs pred_class and prob_<class>.
     """
     from ispo.config import current_params, save_run_config
     from ispo.embedding.genes import GeneRun
@@ -119,6 +122,7 @@ def embed(
     _check_plot(plot or [], emb_mode, list(src.obs.columns))
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    mdl = mdl.without_classifier() if no_probs else mdl
     s = mdl.settings  # precision auto resolved
     if emb_mode == "gene":
         run = GeneRun(summary_stat, rows, layer, gene_key, chunk_cells, workers)

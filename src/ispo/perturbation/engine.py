@@ -159,6 +159,10 @@ def perturb(
     ``state_embs``: an ``ispo embed --states-out`` file or :class:`StateEmbeddings`, checked
     against the run's model, layer and pooling). ``workers`` processes tokenize ahead (0: a
     thread).
+    A model with a cell classifier (a fine-tuned ``BertForSequenceClassification``) adds
+    ``prob_<class>`` (after the perturbation), ``delta_prob_<class>`` (its change from the
+    original cell), ``pred_class`` and ``orig_pred_class`` (most probable class after and
+    before), read from the last layer in the same pass; the metadata lists the ``classes``.
     With ``emb_mode="cell_and_gene"`` (or ``"cls_and_gene"``, V2: the ``<cls>`` cosine as
     ``cos_sim`` and the shifts, as ``"cls"``) the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
@@ -255,6 +259,8 @@ def run_request(
         "data": plan.scan.digest,
         "cells": hashlib.sha1(plan.sel.tobytes()).hexdigest(),
     }
+    if model.classifier is not None:  # a resumed run must add the same columns
+        fingerprint["classes"] = list(model.classifier.classes)
     if sink.out is None and dist.info().active:
         raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
     writer = None
@@ -442,7 +448,8 @@ def _finish(
         out = sink.out
         genes_path = out.with_name(out.stem + ".genes.parquet")
         writer.finish({"cells": out, "genes": genes_path}, metadata, out.with_suffix(".json"))
-        result = pd.read_parquet(out) if sink.load_result else empty_table(states)
+        classes = metadata.get("classes")
+        result = pd.read_parquet(out) if sink.load_result else empty_table(states, classes)
         if sink.load_result and genes_path.exists():
             gene_table = pd.read_parquet(genes_path)
     else:
@@ -473,7 +480,8 @@ def run_shard(
     t = None if targets is None else targets.to(p.dev)
     built = p.specs(cells, order.tolist(), t, anchor)
     if not built:
-        return {"cells": empty_table(states)}
+        clf = p.model.classifier
+        return {"cells": empty_table(states, None if clf is None else list(clf.classes))}
     shard = p.originals(cells, built)
     results: dict[str, list] = {}
     for batch in p.row_chunks(shard):

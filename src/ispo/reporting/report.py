@@ -485,6 +485,7 @@ def tune_section(folder: Path, figures: _Figures) -> tuple[Document, bool]:
 
 def perturb_section(pq: Path, figures: _Figures) -> tuple[Document, bool]:
     """Top perturbation hits with their statistics."""
+    from ispo.perturbation.plots import hits_png
     from ispo.perturbation.stats import perturb_stats
 
     meta_path = _perturb_metadata_path(pq)
@@ -530,38 +531,16 @@ def perturb_section(pq: Path, figures: _Figures) -> tuple[Document, bool]:
     if states and states.get("goal_state"):
         _goal_shift_part(doc, pq, states, figures)
     if len(top):
-        labels = [str(s) for s in top["perturbed_symbols"]][::-1]
-        values = [1.0 - float(v) for v in top["cos_sim_mean"]][::-1]
-        rel = _bar_png(
-            figures.name(f"{pq.stem}-hits"),
-            labels,
-            values,
-            "1 - mean cosine (embedding change)",
-            "Top perturbation hits",
-        )
-        doc.image(rel, "top perturbation hits")
+        png = hits_png(top, figures.name(f"{pq.stem}-hits"), random_init=random_init)
+        doc.image(f"figures/{png.name}", "top perturbation hits")
     return doc, random_init
-
-
-GOAL_COLUMNS = (
-    "perturbed_symbols",
-    "perturbed_ids",
-    "n_detections",
-    "shift_to_goal",
-    "goal_effect",
-    "goal_effect_ci95_low",
-    "goal_effect_ci95_high",
-    "goal_toward_fdr",
-    "goal_away_fdr",
-    "toward_goal",
-    "away_from_goal",
-)
 
 
 def _goal_shift_part(doc: Document, pq: Path, states: dict, figures: _Figures) -> None:
     """Which perturbations move cells toward the goal state: the paired test and its volcano."""
     from ispo.perturbation.plots import volcano_png
     from ispo.perturbation.stats import perturb_stats
+    from ispo.perturbation.stats.paired import SUMMARY_COLUMNS, paired_summary
 
     goal_state = states["goal_state"]
     try:
@@ -574,26 +553,13 @@ def _goal_shift_part(doc: Document, pq: Path, states: dict, figures: _Figures) -
     except IspoError as exc:
         doc.paragraph(f"No goal-state statistics: {exc}")
         return
-    info = goal.attrs["ispo_stats"]
-    alpha = info["fdr_alpha"]
     doc.heading(f"Which perturbations move cells toward the goal state {goal_state!r}", 3)
-    untested = info["n_untested"]
-    doc.paragraph(
-        "Paired test: each shift toward the goal minus the median shift of the genes perturbed "
-        "in the same cell; per gene, one-sided Wilcoxon signed-rank tests over the cells that "
-        "detect it, Benjamini-Hochberg FDR per direction over the "
-        f"{info['n_tested']:,} genes seen in at least {info['min_cells']} cells"
-        f"{f' ({untested:,} seen in fewer: listed, not tested)' if untested else ''}. "
-        "The effect is the mean centred shift with its 95% interval (per gene, not adjusted "
-        f"for the number of genes). {int(goal['toward_goal'].sum()):,} genes move cells "
-        f"toward the goal and {int(goal['away_from_goal'].sum()):,} away from it at FDR < "
-        f"{alpha}. Geneformer's two-sided test: `ispo perturb-stats --method geneformer`."
-    )
+    doc.paragraph(paired_summary(goal))
     g = goal.head(TOP_HITS)
-    cols = [c for c in GOAL_COLUMNS if c in g.columns]
+    cols = [c for c in SUMMARY_COLUMNS if c in g.columns]
     doc.table(cols, [[_cell(v) for v in row] for row in g[cols].itertuples(index=False)])
     png = volcano_png(goal, figures.name(f"{pq.stem}-volcano"))
-    doc.image(f"figures/{png.name}", "volcano: effect toward the goal vs -log10 FDR")
+    doc.image(f"figures/{png.name}", "volcano: mean shift toward the goal vs -log10 FDR")
 
 
 SECTIONS = {
