@@ -25,6 +25,7 @@ VOLATILE = {
     "cells_per_s",
     "perturbations_per_s",
     "profile",
+    "ispo_fault",  # the drill's ISPO_FAULT (the resumed runs count shards through it)
 }
 
 

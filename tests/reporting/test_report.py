@@ -280,7 +280,7 @@ def test_report_renders_every_kind(folders, tmp_path, capsys):
     # perturb: top hit first, with the goal-state statistics
     hits = md.split("Top hits")[1]
     assert hits.index("GENE3") < hits.index("GENE0")
-    assert "goal_toward_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
+    assert "goal_call_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
     # random weights are flagged at the top and in each affected section
     assert md.split("## ")[0].count("random weights") == 1
     assert md.count("RANDOM WEIGHTS") == 3  # benchmark, evaluate, perturb (tune: trained-free)
@@ -381,7 +381,7 @@ def test_stats_table_is_shown_as_computed(folders, tmp_path):
     assert "from stats.csv.config.yaml), not recomputed" in md
     table = pd.read_csv(csv)  # what the report must show: the file's own figures
     assert int(table["tested"].sum()) == 0
-    assert "over the 0 genes seen in at least 11 cells (6 seen in fewer" in md
+    assert "the 0 genes seen in at least 11 cells (6 seen in fewer: listed, not tested)" in md
     assert f"{int(table['toward_goal'].sum())} genes move cells toward the goal" in md
     first = table.iloc[0]
     assert f"| {first['perturbed_symbols']} | {first['perturbed_ids']} |" in md
@@ -394,7 +394,7 @@ def test_stats_parameters_from_a_parquet_table_or_none(folders, tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "min cells 3, fdr alpha 0.05" in md and "from s.parquet's metadata" in md
     assert "its parameters were not saved with it (no bare.csv.config.yaml beside it)" in md
-    assert "6 genes tested" in md  # bare.csv: the count from its own `tested` column
+    assert "of 6 genes tested" in md  # bare.csv: the count from its own `tested` column
 
 
 def test_finetune_section(tmp_path):

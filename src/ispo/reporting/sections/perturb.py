@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ispo.errors import IspoError
-from ispo.reporting.figures import Figures, bar_png
+from ispo.reporting.figures import Figures
 from ispo.reporting.sections import RANDOM_NOTE, TOP_HITS, Section, read_json
 from ispo.reporting.sections.stats import goal_context, is_stats_table
 
@@ -24,8 +24,8 @@ HIT_COLUMNS = (
 )
 DEFAULTS = (
     "Computed here from the results with perturb-stats' defaults (paired test, --min-cells "
-    "10, FDR < 0.05); a table made by ispo perturb-stats with other options is shown as "
-    "computed when it is passed to ispo report."
+    "{min_cells}, FDR < {fdr_alpha}); a table made by ispo perturb-stats with other options is "
+    "shown as computed when it is passed to ispo report."
 )
 
 
@@ -65,8 +65,9 @@ def _goal(pq: Path, states: dict, figures: Figures) -> dict:
         alt_states=states.get("alt_states") or [],
     )
     png = volcano_png(goal, figures.name(f"{pq.stem}-volcano"))
-    image = figures.image(png, "volcano: effect toward the goal vs -log10 FDR")
-    return goal_context(goal, goal.attrs["ispo_stats"], DEFAULTS, [image])
+    image = figures.image(png, "volcano: mean shift toward the goal vs -log10 FDR")
+    info = goal.attrs["ispo_stats"]
+    return goal_context(goal, info, DEFAULTS.format(**info), [image])
 
 
 def section(pq: Path, figures: Figures) -> Section:
@@ -105,10 +106,8 @@ def section(pq: Path, figures: Figures) -> Section:
         except IspoError as exc:
             context["goal_error"] = str(exc)
     if len(top):
-        labels = [str(s) for s in top["perturbed_symbols"]][::-1]
-        values = [1.0 - float(v) for v in top["cos_sim_mean"]][::-1]
-        xlabel = "1 - mean cosine (embedding change)"
-        title = "Top perturbation hits" + (" [random weights]" if random_init else "")
-        png = bar_png(figures.name(f"{pq.stem}-hits"), labels, values, xlabel, title)
+        from ispo.perturbation.plots import hits_png
+
+        png = hits_png(top, figures.name(f"{pq.stem}-hits"), random_init=random_init)
         context["images"] = [figures.image(png, "top perturbation hits")]
     return Section("perturb.md.j2", context, random_init)

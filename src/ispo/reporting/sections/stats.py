@@ -19,19 +19,6 @@ MARKERS: tuple[str, ...] = ()
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
 ID_COLUMNS = ("perturbed_ids", "Ensembl_ID")  # ispo's and Geneformer's names of the gene
 RESULT_COLUMNS = ("cell_id", "obs_index")  # a perturb results table, not statistics
-GOAL_COLUMNS = (
-    "perturbed_symbols",
-    "perturbed_ids",
-    "n_detections",
-    "shift_to_goal",
-    "goal_effect",
-    "goal_effect_ci95_low",
-    "goal_effect_ci95_high",
-    "goal_toward_fdr",
-    "goal_away_fdr",
-    "toward_goal",
-    "away_from_goal",
-)
 MAX_COLUMNS = 10
 PARAMS = ("mode", "method", "min_cells", "fdr_alpha", "goal_state", "alt_states", "seed")
 
@@ -91,27 +78,44 @@ def _rows(df: pd.DataFrame, columns: list[str]) -> list[list[Any]]:
     return [list(r) for r in df.head(TOP_HITS)[columns].itertuples(index=False)]
 
 
+def _summary(df: pd.DataFrame, info: dict) -> str:
+    """What the goal-state test found, in the stats package's own words when the table's
+    parameters are known; its counts are always the table's own columns."""
+    from ispo.perturbation.stats.paired import paired_summary
+
+    if "toward_goal" not in df.columns:
+        sig = next((c for c in ("significant", "Sig") if c in df.columns), None)
+        if sig is None:
+            return ""
+        alpha = info.get("fdr_alpha")
+        at = f" at FDR < {fmt(alpha)}" if alpha is not None else ""
+        test = info.get("test") or "Geneformer's two-sided test against all genes pooled"
+        return f"{int(df[sig].astype(bool).sum()):,} genes significant{at} ({test})."
+    tested = df["tested"].astype(bool) if "tested" in df.columns else pd.Series(True, df.index)
+    counts = {"n_tested": int(tested.sum()), "n_untested": int((~tested).sum())}
+    if info.get("min_cells") is not None and info.get("fdr_alpha") is not None:
+        table = df.copy()
+        table.attrs["ispo_stats"] = {**info, **counts}
+        return paired_summary(table)
+    return (
+        f"{int(df['toward_goal'].sum()):,} genes move cells toward the goal and "
+        f"{int(df['away_from_goal'].sum()):,} away from it, of {counts['n_tested']:,} genes "
+        "tested, at the FDR threshold the table was made with."
+    )
+
+
 def goal_context(df: pd.DataFrame, info: dict, origin: str, images: list[Image]) -> dict:
-    """The goal-state statistics shown: the test's counts from the table's own columns, the
-    parameters from ``info`` (None where unknown), the top rows."""
-    cols = [c for c in GOAL_COLUMNS if c in df.columns]
+    """The goal-state statistics shown: how they were made (``origin``), what they found,
+    the top rows of the table as it is."""
+    from ispo.perturbation.stats.paired import SUMMARY_COLUMNS
+
+    cols = [c for c in SUMMARY_COLUMNS if c in df.columns]
     if len(cols) < 3:
         cols = list(df.columns[:MAX_COLUMNS])
-    tested = df["tested"].astype(bool) if "tested" in df.columns else None
-    sig = next((c for c in ("significant", "Sig") if c in df.columns), None)
-    alpha = info.get("fdr_alpha")
     return dict(
         goal_state=info.get("goal_state"),
         origin=origin,
-        paired="toward_goal" in df.columns,
-        n_tested=len(df) if tested is None else int(tested.sum()),
-        n_untested=0 if tested is None else int((~tested).sum()),
-        min_cells=info.get("min_cells"),
-        fdr_alpha=alpha if alpha is not None else "its threshold (not saved with the table)",
-        toward=int(df["toward_goal"].sum()) if "toward_goal" in df.columns else None,
-        away=int(df["away_from_goal"].sum()) if "away_from_goal" in df.columns else None,
-        significant=None if sig is None else int(df[sig].astype(bool).sum()),
-        test=info.get("test"),
+        summary=_summary(df, info),
         headers=cols,
         rows=_rows(df, cols),
         more=len(df) if len(df) > TOP_HITS else 0,
@@ -139,7 +143,7 @@ def section(path: Path, figures: Figures) -> Section:
     volcano = figures.copy(
         path.with_name(f"{path.stem}.volcano.png"),
         f"{path.stem}-volcano",
-        "volcano: effect toward the goal vs -log10 FDR",
+        "volcano: mean shift toward the goal vs -log10 FDR",
     )
     if volcano is not None:
         images.append(volcano)
