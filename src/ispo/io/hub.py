@@ -150,10 +150,9 @@ def model_folder(name: HubName) -> HubFolder:
     return fetch(name, MODEL_FILES, "--model")
 
 
-def dictionary_folder(name: HubName) -> HubFolder:
-    """A Geneformer dictionary folder of the hub (its four .pkl files)."""
-    from ispo.io.vocab import FILES
-
+def dictionary_folder(name: HubName, files: tuple[str, ...]) -> HubFolder:
+    """A dictionary folder of the hub holding ``files`` (Geneformer's four ``.pkl`` names,
+    which its own repository spells with its corpus: ``token_dictionary_gc104M.pkl``)."""
     suffix = DICTIONARY_FOLDERS.get(name.folder) if name.repo == GENEFORMER_REPO else None
-    files = tuple(f"{Path(f).stem}_{suffix}.pkl" if suffix else f for f in FILES.values())
-    return fetch(name, files, "--vocab")
+    names = tuple(f"{Path(f).stem}_{suffix}.pkl" if suffix else f for f in files)
+    return fetch(name, names, "--vocab")

@@ -198,7 +198,7 @@ def load_vocab(path: str | Path) -> Vocab:
                 "with Geneformer's token/median/name/mapping dictionaries, or geneformer-v1 / "
                 "geneformer-v2 (from the Hugging Face hub)"
             )
-        folder = hub.dictionary_folder(name)
+        folder = hub.dictionary_folder(name, tuple(FILES.values()))
         root, source = folder.path, folder.pinned()
     files = {key: _dictionary_file(root, name) for key, name in FILES.items()}
     missing = [FILES[key] for key, f in files.items() if f is None]
