@@ -13,11 +13,21 @@ from ispo.settings import RunSettings
 if TYPE_CHECKING:
     from ispo.model.load import GeneformerModel
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="checkpoint directory or preset")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="checkpoint directory, Hugging Face hub folder (OWNER/NAME/FOLDER[@REVISION], "
+        "e.g. ctheodoris/Geneformer/Geneformer-V1-10M) or preset",
+    ),
+]
 VocabOpt = Annotated[
     str | None,
     typer.Option(
-        "--vocab", help="Geneformer dictionary directory, or 'demo' (default for demo data)"
+        "--vocab",
+        help="Geneformer dictionary directory, geneformer-v1 / geneformer-v2 (from the Hugging "
+        "Face hub), or 'demo' (default for demo data)",
     ),
 ]
 RandomOpt = Annotated[
