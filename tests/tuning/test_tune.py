@@ -9,12 +9,14 @@ import anndata as ad
 import numpy as np
 import pytest
 import yaml
+from tune_helpers import study_trials
 
 import ispo
 from ispo.cli.main import main
 from ispo.errors import IspoError
 from ispo.settings import RunSettings
 from ispo.tuning import SearchSpace, tune
+from ispo.tuning import measure as measure_module
 from ispo.tuning import search as search_module
 
 optuna = pytest.importorskip("optuna")
@@ -28,19 +30,8 @@ SMALL = SearchSpace(
 )
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return ispo.load_model(str(tiny_model_dir), vocab=ispo.demo_vocab(), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def cells(model):
-    return ispo.tokenize(ispo.demo_adata(4), model.vocab)
-
-
 def trials(out: Path) -> list:
-    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
-    return study.trials
+    return study_trials(out)
 
 
 def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_path):
@@ -73,14 +64,16 @@ def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_pa
     # a second call with more trials continues the same study
     res2 = tune(cells, model, out=out, n_trials=4, space=SMALL, repeats=1, data_source="demo:4")
     again = trials(out)
-    assert [t.number for t in again] == [0, 1, 2, 3]
+    measured = [t for t in again if "copied_from" not in t.user_attrs]
+    assert len(measured) == 4 and again[:3] == trials(out)[:3]
+    assert res2.summary["n_measured"] == 4
+    assert res2.summary["n_trials"] == len(again) == 4 + res2.summary["n_copies"]
     assert (
         optuna.load_study(
             study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}"
         ).user_attrs["created"]
         == created
     )
-    assert res2.summary["n_trials"] == 4
 
     # the best setting is a --config that ispo embed accepts
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -100,35 +93,15 @@ def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_pa
         )
 
 
-def test_interrupted_trial_is_run_again(cells, model, tmp_path):
-    out = tmp_path / "tune"
-    tune(cells, model, out=out, n_trials=1, space=SMALL, repeats=1)
-    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
-    stopped = study.ask()  # a trial left RUNNING, as by a killed process
-    for name, choices in (
-        ("int8", [False]),
-        ("precision", ["fp32", "bf16"]),
-        ("batch_tokens", [4096, 8192]),
-        ("attention", ["default", "math"]),
-        ("compile", [False]),
-    ):
-        stopped.suggest_categorical(name, choices)
-    params = dict(stopped.params)
-    tune(cells, model, out=out, n_trials=2, space=SMALL, repeats=1)
-    ts = trials(out)
-    assert ts[1].state == optuna.trial.TrialState.FAIL
-    assert ts[2].state == optuna.trial.TrialState.COMPLETE and ts[2].params == params
-
-
 def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monkeypatch):
-    real = search_module.embed_cells
+    real = measure_module.embed_cells
 
     def embed_cells(c, m, *, batch_tokens=None, **kw):
         if batch_tokens == 8192:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(c, m, batch_tokens=batch_tokens, **kw)
 
-    monkeypatch.setattr(search_module, "embed_cells", embed_cells)
+    monkeypatch.setattr(measure_module, "embed_cells", embed_cells)
     space = SearchSpace(
         batch_tokens=[4096, 8192],
         precision=["fp32"],
@@ -156,8 +129,10 @@ def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_pa
             "time_s_passes": [1.0],
             "warmup_s": 0.0,
             "cos_mean": 0.99 if fast else 1.0,
-            "cos_min": 0.9,
+            "cos_min": 0.99 if fast else 1.0,
             "max_abs_diff": 0.1,
+            "isp_max_shift_diff": None,
+            "nonfinite": None,
             "mem_peak_mib": 50.0 * settings.batch_tokens / 4096,
             "memory_kind": "rss",
             "backend": "fake",
