@@ -57,7 +57,7 @@ def tune(
     ] = 0,
     isp_tolerance: Annotated[
         float, typer.Option(help="largest |shift difference| to fp32 of the ISP check")
-    ] = 1e-3,
+    ] = 1e-4,
     memory_cap: MemoryCapOpt = None,
     batch_tokens: BatchTokensListOpt = None,
     precision: PrecisionListOpt = None,

@@ -48,7 +48,7 @@ class TuneOptions:
     min_cosine_cell: float = 0.995
     memory_cap_mib: float | None = None
     isp_cells: int = 0
-    isp_tolerance: float = 1e-3
+    isp_tolerance: float = 1e-4
     repeats: int = 3
     repeat_budget_s: float = 30.0
     seed: int = 0

@@ -255,13 +255,13 @@ class _Trial:
         values, reason = self.limits.check(m)
         for k, v in {**m, "feasible": reason is None, "constraints": values}.items():
             trial.set_user_attr(k, finite_or_none(v))
+        cos = "n/a" if m["cos_mean"] is None else f"{m['cos_mean']:.6f} (worst {m['cos_min']:.6f})"
         log.info(
-            "trial %d %s: %.1f cells/s, cos mean %s, worst %s, peak %.0f MiB%s",
+            "trial %d %s: %.1f cells/s, cosine %s, peak %.0f MiB%s",
             trial.number,
             short(settings),
             m["cells_per_s"],
-            m["cos_mean"],
-            m["cos_min"],
+            cos,
             m["mem_peak_mib"],
             "" if reason is None else f" (infeasible: {reason})",
         )
