@@ -17,6 +17,7 @@ from tune_helpers import space, study_trials
 
 import ispo
 from hf_reference import embed_reference, load_reference, perturbed_row
+from ispo.config import load_settings
 from ispo.tuning import tune
 from support import make_adata, make_vocab, save_tiny_checkpoint
 
@@ -124,6 +125,7 @@ def test_a_search_for_perturb_checks_the_delete_all_shifts(short_cells_model, tm
     best = (tmp_path / "t" / "best.yaml").read_text()
     assert "ISP max |shift difference| <= 1e-05 on 1 cell(s)' delete-all" in best
     assert yaml.safe_load(best)["perturb"]["precision"] == "fp32"
+    assert load_settings(tmp_path / "t" / "best.yaml", command="perturb") == res.best
 
 
 def test_an_embedding_search_leaves_perturb_out_of_best_yaml(model, cells, tmp_path):

@@ -170,7 +170,7 @@ def test_the_best_setting_loads_as_run_settings(tiny_model_dir, cells, model, tm
     from ispo.config import load_settings
 
     res = tune(cells, model, out=tmp_path / "t", n_trials=1, space=SMALL, repeats=1)
-    settings = load_settings(tmp_path / "t" / "best.yaml", command="perturb")
+    settings = load_settings(tmp_path / "t" / "best.yaml", command="embed")
     assert settings == res.best
     loaded = ispo.load_model(str(tiny_model_dir), vocab=model.vocab, settings=settings)
     assert loaded.settings == settings
@@ -199,9 +199,13 @@ def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, c
             "off",
             "--repeats",
             "1",
+            "--min-cosine-cell",
+            "0.99",
         ]
     )
     assert "1 trial (1 complete" in capsys.readouterr().out
+    constraints = json.loads((out / "summary.json").read_text())["constraints"]
+    assert constraints["min_cosine_cell"] == 0.99 and constraints["isp_cells"] == 0
     assert (out / "config.yaml").is_file() and (out / "best.yaml").is_file()
     emb = tmp_path / "emb.h5ad"
     main(
@@ -231,6 +235,7 @@ def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, c
         (["--precision", "fp8"], "unknown precision 'fp8'"),
         (["--compile", "maybe"], "--compile must be auto, search, on or off"),
         (["--attention", "fastest"], "unknown attention backend 'fastest'"),
+        (["--isp-cells", "-1"], "--isp-cells must be 0 (off) or more"),
     ],
 )
 def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
@@ -250,3 +255,51 @@ def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, arg
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def fake_measure(by_precision: dict[str, tuple[float, float, float]]):
+    """A stand-in for ``measure``: (cells/s, mean cosine, worst-cell cosine) by precision."""
+
+    def measure(cells, model, settings, **kw):
+        speed, cos_mean, cos_min = by_precision[str(settings.precision)]
+        return {
+            "cells_per_s": speed + settings.batch_tokens / 4096,
+            "cos_mean": cos_mean,
+            "cos_min": cos_min,
+            "isp_max_shift_diff": None,
+            "nonfinite": None,
+            "mem_peak_mib": 50.0,
+        }
+
+    return measure
+
+
+def test_the_worst_cell_fails_a_setting_whose_mean_passes(cells, model, tmp_path, monkeypatch):
+    """bf16 is 10x faster and its mean cosine 0.9999 passes 0.999, but one cell at 0.98 is under
+    the worst-cell limit (0.995): fp32 is the best."""
+    monkeypatch.setattr(
+        search_module,
+        "measure",
+        fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (100.0, 0.9999, 0.98)}),
+    )
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    s = tune(cells, model, out=tmp_path / "t", n_trials=2, space=two).summary
+    rows = {t["settings"]["precision"]: t for t in s["trials"]}
+    assert rows["bf16"]["reason"] == "worst cell cosine 0.980000 < 0.995"
+    assert s["best"]["settings"]["precision"] == "fp32"
+    assert "worst cell >= 0.995" in (tmp_path / "t" / "best.yaml").read_text()
+
+
+def test_repeated_proposals_do_not_use_the_budget(cells, model, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        search_module, "measure", fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (20.0, 1, 1)})
+    )
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    s = tune(cells, model, out=tmp_path / "two", n_trials=8, space=two).summary
+    # both settings measured once; the search stops there instead of copying them 6 times
+    assert (s["n_trials"], s["n_measured"], s["n_copies"]) == (2, 2, 0)
+    # half of an 8-setting space: every counted trial measures a setting not measured before
+    s = tune(cells, model, out=tmp_path / "half", n_trials=4, space=SMALL).summary
+    measured = [json.dumps(t["settings"]) for t in s["trials"] if t["copied_from"] is None]
+    assert len(measured) == len(set(measured)) == s["n_measured"] == 4
+    assert s["n_trials"] == 4 + s["n_copies"]
