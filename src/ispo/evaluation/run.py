@@ -69,10 +69,10 @@ def evaluate(
         (``n_cells``, ``n_dropped_nan``, ``n_labels``, ``embedding_dim``, ``classification``,
         ``geometry``, ``per_label``), ``subsamples`` (every metric computed on a seeded subset
         of cells, the consistency's kNN overlap and, with ``out``, the plotted cells; each
-        with ``metric``, ``n_cells``, ``of``, ``cap``, ``seed``), ``scib`` (the metrics under scib's names, ``ASW_label`` rescaled to
-        [0, 1] as scib does), ``consistency`` (or None), ``n_obs``, ``n_not_embedded``,
-        ``params``, ``embedding`` (how it was made, from ``uns["geneformer"]``), ``random_init``
-        and ``warnings``.
+        with ``metric``, ``n_cells``, ``of``, ``cap``, ``seed``), ``scib`` (the metrics under
+        scib's names, ``ASW_label`` rescaled to [0, 1] as scib does), ``consistency`` (or
+        None), ``n_obs``, ``n_not_embedded``, ``params``, ``embedding`` (how it was made, from
+        ``uns["geneformer"]``), ``random_init`` and ``warnings``.
 
     Raises
     ------
