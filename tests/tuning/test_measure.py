@@ -19,6 +19,8 @@ import ispo
 from hf_reference import embed_reference, load_reference, perturbed_row
 from ispo.config import load_settings
 from ispo.tuning import tune
+from ispo.tuning.measure import agreement
+from ispo.tuning.options import Limits
 from support import make_adata, make_vocab, save_tiny_checkpoint
 
 
@@ -133,3 +135,19 @@ def test_an_embedding_search_leaves_perturb_out_of_best_yaml(model, cells, tmp_p
     best = (tmp_path / "t" / "best.yaml").read_text()
     assert set(yaml.safe_load(best)) == {"embed"}
     assert "not checked for ispo perturb" in best
+
+
+def test_infinite_embeddings_leave_no_nan_figure():
+    """An overflow can leave inf rather than NaN, whose cosine is NaN (inf / inf): the figures
+    are None and the count says which results were not finite."""
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    emb = np.array([[1.0, 0.0], [np.inf, 1.0], [1.0, 1.0]])
+    got = agreement(emb, ref, np.array([[0.9, 0.99], [np.nan, 0.5]]), np.ones((2, 2)))
+    assert got["nonfinite"] == "1 of 3 cells' embeddings and 1 of 2 perturbation outputs"
+    assert got["cos_mean"] is got["cos_min"] is got["isp_max_shift_diff"] is None
+    values, reason = Limits(0.999, 0.995, None, 1, 1e-4).check(got)
+    assert all(np.isfinite(values)) and reason.startswith("not finite: 1 of 3 cells'")
+    ok = agreement(ref * 2.0, ref, np.array([[0.9, 0.99]]), np.array([[0.9, 0.98]]))
+    assert ok["cos_mean"] == pytest.approx(1.0) and ok["cos_min"] == pytest.approx(1.0)
+    assert ok["nonfinite"] is None
+    assert ok["isp_max_shift_diff"] == pytest.approx(0.01)
