@@ -303,3 +303,25 @@ def test_repeated_proposals_do_not_use_the_budget(cells, model, tmp_path, monkey
     measured = [json.dumps(t["settings"]) for t in s["trials"] if t["copied_from"] is None]
     assert len(measured) == len(set(measured)) == s["n_measured"] == 4
     assert s["n_trials"] == 4 + s["n_copies"]
+
+
+def test_a_trial_stopped_with_ctrl_c_is_queued_again_and_not_counted(
+    cells, model, tmp_path, monkeypatch
+):
+    measured = fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (20.0, 1.0, 1.0)})
+
+    def interrupted(cells, model, settings, **kw):
+        if settings.precision == "bf16":
+            raise KeyboardInterrupt
+        return measured(cells, model, settings, **kw)
+
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    monkeypatch.setattr(search_module, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt, match=r"^$"):
+        tune(cells, model, out=tmp_path / "t", n_trials=2, space=two)
+    monkeypatch.setattr(search_module, "measure", measured)
+    s = tune(cells, model, out=tmp_path / "t", n_trials=2, space=two).summary
+    states = [(t["state"], t["settings"]["precision"]) for t in s["trials"]]
+    assert states == [("complete", "fp32"), ("failed", "bf16"), ("complete", "bf16")]
+    assert s["trials"][1]["reason"] == "interrupted (Ctrl-C); queued again"
+    assert (s["n_measured"], s["n_failed"], s["n_interrupted"]) == (2, 0, 1)

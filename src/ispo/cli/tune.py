@@ -146,6 +146,7 @@ def _echo_tune(res) -> None:
     typer.echo(
         f"{s['n_measured']} trial{'s' * (s['n_measured'] != 1)} ({s['n_complete']} complete, "
         f"{s['n_pruned']} pruned, {s['n_failed']} failed; {s['n_feasible']} feasible)"
+        + (f", {s['n_interrupted']} interrupted" if s["n_interrupted"] else "")
         + (f" and {copies} repeated proposal{'s' * (copies != 1)}" if copies else "")
         + f" in {out}/study.db"
     )

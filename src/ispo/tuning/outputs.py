@@ -85,6 +85,7 @@ def summarise(
     trials = study.trials
     rows = [trial_row(t, limits, died_count(trials)) for t in trials]
     own = [r for r in rows if r["copied_from"] is None]
+    interrupted = sum(bool(t.user_attrs.get(INTERRUPTED)) for t in trials)
     feasible = [r for r in own if r["feasible"]]
     best = max(feasible, key=lambda r: r["cells_per_s"], default=None)
     default = next(
@@ -106,7 +107,8 @@ def summarise(
         "n_measured": counted(trials),
         "n_complete": sum(r["state"] == "complete" for r in own),
         "n_pruned": sum(r["state"] == "pruned" for r in own),
-        "n_failed": sum(r["state"] == "failed" for r in own),
+        "n_failed": sum(r["state"] == "failed" for r in own) - interrupted,
+        "n_interrupted": interrupted,
         "n_copies": len(rows) - len(own),
         "n_feasible": len(feasible),
         "best": best,
