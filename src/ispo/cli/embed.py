@@ -19,6 +19,7 @@ from ispo.cli.options import (
     Int8Opt,
     LayerOpt,
     ModelOpt,
+    NoProbsOpt,
     NoXOpt,
     OverwriteOpt,
     PoolOpt,
@@ -60,12 +61,14 @@ def embed(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     workers: WorkersOpt = None,
+    no_probs: NoProbsOpt = False,
 ) -> None:
     """Embed every cell: writes OUT.h5ad with obsm[KEY] and uns['geneformer'].
 
     Streams the input in chunks (peak memory does not grow with the number of cells), keeps
     finished chunks in OUT.parts/ so --resume continues a stopped run, and under
     `torchrun --nproc_per_node=N -m ispo embed ...` shares the chunks between the processes.
+    A fine-tuned cell classifier's model also writes obs pred_class and prob_<class>.
     """
     from ispo.config import current_params, save_run_config
     from ispo.embedding.stream import embed_file
@@ -79,6 +82,7 @@ def embed(
     src, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     device = dist.init(device)  # under torchrun: join the group, one GPU per process
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    mdl = mdl.without_classifier() if no_probs else mdl
     s = mdl.settings  # precision auto resolved
     res = embed_file(
         src,

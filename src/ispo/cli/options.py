@@ -55,6 +55,14 @@ NoXOpt = Annotated[
     bool,
     typer.Option("--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"),
 ]
+NoProbsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-probs",
+        help="a fine-tuned cell classifier's model: leave out its class probabilities "
+        "(runs stop at the pooled layer)",
+    ),
+]
 PerturbTypeOpt = Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate")]
 FilterOpt = Annotated[
     list[str] | None,
@@ -84,6 +92,14 @@ CompileSearchOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="stop starting trials after this many seconds")
+]
+PeakOpt = Annotated[
+    str,
+    typer.Option(
+        help="CPU peak for MFU: auto (dense products measured once per machine, about 1 s "
+        "per native dtype, then cached), measure (measure again now), nominal (cores x "
+        "clock x FLOP per cycle)"
+    ),
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
 WorkersOpt = Annotated[

@@ -19,6 +19,7 @@ from ispo.cli.options import (
     Int8Opt,
     LayerOpt,
     ModelOpt,
+    NoProbsOpt,
     OverwriteOpt,
     PerturbTypeOpt,
     PrecisionOpt,
@@ -65,8 +66,13 @@ def perturb(
     gene_key: GeneKeyOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    no_probs: NoProbsOpt = False,
 ) -> None:
-    """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
+    """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation).
+
+    A fine-tuned cell classifier's model adds prob_<class>, delta_prob_<class>, pred_class and
+    orig_pred_class to every row.
+    """
     from ispo.io.read import open_with_vocab
     from ispo.io.validate import check_unique_names
     from ispo.perturbation.engine import perturb as run
@@ -80,6 +86,7 @@ def perturb(
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    mdl = mdl.without_classifier() if no_probs else mdl
     df = run(
         adata,
         mdl,  # carries the run settings: precision, batch tokens, encoder variant, layer

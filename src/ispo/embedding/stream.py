@@ -12,7 +12,8 @@ Results do not depend on ``chunk_cells`` beyond float rounding (cells are batche
 within a unit), nor at all on the number of processes or workers. At the end the output
 ``.h5ad`` is assembled unit by unit: the input's elements copied as they are (``X`` and layers
 chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus ``obsm[key]`` (NaN rows
-for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``. Peak host
+for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``; a model with
+a cell classifier adds ``obs["pred_class"]`` and ``obs["prob_<class>"]``. Peak host
 memory is set by the unit size and the number of workers, not by the number of cells.
 
 A run stopped at any point (even ``kill -9``) continues with ``resume=True``: recorded units are
@@ -42,12 +43,19 @@ import pyarrow.parquet as pq
 from anndata.io import write_elem
 from tqdm.auto import tqdm
 
-from ispo.embedding.embed import Method, checked_vocab, embed_cells, embedding_metadata
+from ispo.embedding.embed import (
+    Method,
+    checked_vocab,
+    embed_cells,
+    embedding_metadata,
+    probs_buffer,
+)
 from ispo.errors import IspoError
 from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # noqa: F401
 from ispo.io.validate import check_unique_names
 from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
+from ispo.model.finetuned import Classifier
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.provenance import h5ad_safe
 from ispo.runtime import dist
@@ -66,18 +74,21 @@ TOKENIZE_ROWS = 1024  # rows ranked at a time: the ranking's temporaries scale w
 def _write_h5ad(
     path: Path,
     src: Source,
-    blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
+    blocks: Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]],
     hidden: int,
     key: str,
     meta: dict,
     copy_x: bool,
+    classifier: Classifier | None = None,
 ) -> int:
-    """Assemble the output ``.h5ad``; ``blocks`` yields (first row, obs indices, embeddings).
+    """Assemble the output ``.h5ad``; ``blocks`` yields (first row, obs indices, embeddings,
+    class probabilities or None).
 
     Returns the number of cells embedded.
     """
     n = src.n_obs
     embedded = np.zeros(n, dtype=bool)
+    probs_all = probs_buffer(classifier, n)
     with h5py.File(path, "w") as h5:
         h5.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         for name in (
@@ -104,7 +115,7 @@ def _write_h5ad(
             chunks=(max(1, min(n, 16384 // max(hidden, 1))), hidden),
         )
         ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        for start, obs_index, emb in blocks:
+        for start, obs_index, emb, probs in blocks:
             if not len(obs_index):
                 continue
             stop = int(obs_index.max()) + 1
@@ -112,8 +123,13 @@ def _write_h5ad(
             block[obs_index - start] = emb
             ds[start:stop] = block
             embedded[obs_index] = True
+            if probs_all is not None:
+                probs_all[obs_index] = probs
         obs = src.obs.copy()
         obs["geneformer_embedded"] = embedded
+        if classifier is not None:
+            for col, values in classifier.cell_columns(probs_all).items():
+                obs[col] = values
         write_elem(h5, "obs", obs)
         if "geneformer" in h5["uns"]:
             del h5["uns"]["geneformer"]
@@ -192,21 +208,30 @@ class _HeapTrimmer:
             self.trim(0)
 
 
-def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pa.Table:
-    """A unit's part: ``obs_index`` and one float32 column per dimension, built in Arrow from
-    the transposed block (pandas' per-column frame cost ~10 us per cell at h = 256)."""
-    cols = np.ascontiguousarray(emb.T)
+def _part_table(cells: TokenizedCells, emb: np.ndarray, probs: np.ndarray | None) -> pa.Table:
+    """A unit's part: ``obs_index``, one float32 column per dimension (``e<j>``) and per class
+    probability (``p<j>``), built in Arrow from the transposed blocks (pandas' per-column
+    frame cost ~10 us per cell at h = 256)."""
     table = {"obs_index": pa.array(cells.obs_index.astype(np.int64))}
-    table.update({f"e{j}": pa.array(col) for j, col in enumerate(cols)})
+    table.update({f"e{j}": pa.array(col) for j, col in enumerate(np.ascontiguousarray(emb.T))})
+    if probs is not None:
+        table.update({f"p{j}": pa.array(col) for j, col in enumerate(probs.T.copy())})
     return pa.table(table)
 
 
-def _read_part(path: Path, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_part(
+    path: Path, hidden: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     t = pq.read_table(path)
-    emb = np.empty((t.num_rows, hidden), dtype=np.float32)
-    for j in range(hidden):
-        emb[:, j] = t.column(f"e{j}").to_numpy()
-    return t.column("obs_index").to_numpy().astype(np.int64), emb
+
+    def stacked(prefix: str, n: int) -> np.ndarray:
+        out = np.empty((t.num_rows, n), dtype=np.float32)
+        for j in range(n):
+            out[:, j] = t.column(f"{prefix}{j}").to_numpy()
+        return out
+
+    probs = stacked("p", n_classes) if n_classes else None
+    return t.column("obs_index").to_numpy().astype(np.int64), stacked("e", hidden), probs
 
 
 def embed_file(
@@ -290,7 +315,8 @@ def _fingerprint(
     src: Source, vocab: Vocab, model: GeneformerModel, opts: dict[str, Any]
 ) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (input, model, options)."""
-    return {
+    classes = {} if model.classifier is None else {"classes": list(model.classifier.classes)}
+    return classes | {
         "what": "embed",
         "data": src.fingerprint(),
         "n_vars": int(src.var.shape[0]),
@@ -381,8 +407,10 @@ def _embed_units(
         tqdm(total=sum(map(rows_of, todo)), unit="cell", disable=not progress, desc=desc) as bar,
     ):
         for u, cells in units:
-            emb = encode(cells, model, oom=oom, on_batch=trim, **opts)
-            table = _part_table(cells, emb)
+            probs = probs_buffer(model.classifier, len(cells))
+            got = {} if probs is None else {"probs_out": probs}  # read in the same pass
+            emb = encode(cells, model, oom=oom, on_batch=trim, **opts, **got)
+            table = _part_table(cells, emb, probs)
             if in_flight is not None:
                 in_flight.result()  # one write in flight: memory stays bounded
             in_flight = pool_.submit(writer.write, u, {"emb": table})
@@ -420,14 +448,16 @@ def _assemble(
         shutil.rmtree(writer.parts, ignore_errors=True)  # finished, with nothing to write
         raise IspoError(NO_CELLS)
     chunk, hidden = meta["stream"]["chunk_cells"], model.config.hidden
+    clf = model.classifier
+    n_classes = 0 if clf is None else len(clf.classes)
 
-    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
         for u, path in enumerate(parts):
-            idx, emb = _read_part(path, hidden)
-            yield u * chunk, idx, emb
+            idx, emb, probs = _read_part(path, hidden, n_classes)
+            yield u * chunk, idx, emb, probs
 
     with atomic_output(out, overwrite) as tmp:
-        n_embedded = _write_h5ad(tmp, src, blocks(), hidden, key_added, meta, copy_x)
+        n_embedded = _write_h5ad(tmp, src, blocks(), hidden, key_added, meta, copy_x, clf)
     shutil.rmtree(writer.parts, ignore_errors=True)
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))

@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ispo import faults
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model import variants
+from ispo.model.finetuned import Classifier, read_classifier
 from ispo.model.presets import GeneformerConfig, preset
+from ispo.model.tail import ClassifierTail
 from ispo.model.variants import DTYPES
 from ispo.settings import RunSettings
 
@@ -42,13 +45,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names."""
+    """Hugging Face names with the ``bert.`` prefix and ``weight``/``bias`` LayerNorm names;
+    classification heads (``classifier.*``, Geneformer's multi-task ``classification_heads.*``)
+    keep their own names."""
     out = {}
     for k, v in sd.items():
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
-        if not k.startswith(("bert.", "cls.")):
+        if not k.startswith(("bert.", "cls.", "classifier.", "classification_heads.")):
             k = "bert." + k
         out[k] = v
     return out
@@ -158,6 +163,8 @@ class GeneformerModel:
     (layers, settings) with the variants of ``settings`` (precision, attention kernel, int8,
     compile: :mod:`ispo.model.variants`); ``hf_model()`` the reference Hugging Face model.
     ``precision_note`` says what ``precision="auto"`` chose and why (None when not asked).
+    ``classifier`` is a fine-tuned cell classifier's head and class names (None for a model
+    without one, or with class probabilities turned off: :meth:`without_classifier`).
     """
 
     config: GeneformerConfig
@@ -169,6 +176,7 @@ class GeneformerModel:
     vocab: Vocab | None = None
     settings: RunSettings = field(default_factory=RunSettings)
     precision_note: str | None = None
+    classifier: Classifier | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def layers_for(self, emb_layer: int) -> int:
@@ -211,11 +219,7 @@ class GeneformerModel:
     ) -> variants.Built:
         """:meth:`encoder` with its description (what ran, for logs and benchmark rows)."""
         n_run = self.config.n_layers if n_run is None else n_run
-        if settings is None:
-            settings = self.settings
-        elif not isinstance(settings, RunSettings):
-            settings = self.settings.replace(precision=settings)
-        settings, _ = variants.resolve(settings, self.device)
+        settings = self._settings(settings)
         key = ("fast", n_run, settings.encoder_key())
         if key not in self._cache:
             self._cache[key] = variants.build_encoder(
@@ -223,6 +227,34 @@ class GeneformerModel:
             )
             log.debug("built %s", self._cache[key].description)
         return self._cache[key]
+
+    def _settings(self, settings: RunSettings | str | None) -> RunSettings:
+        """``settings`` resolved (default the model's; a precision name: the model's settings
+        in that precision)."""
+        if settings is None:
+            settings = self.settings
+        elif not isinstance(settings, RunSettings):
+            settings = self.settings.replace(precision=settings)
+        return variants.resolve(settings, self.device)[0]
+
+    def tail(self, n_run: int, settings: RunSettings | str | None = None) -> ClassifierTail | None:
+        """What the classifier reads after an encoder of ``n_run`` layers (the last layer for
+        the first token, then the head; :mod:`ispo.model.tail`), built once per (layers,
+        precision); None without a classifier: a run then costs nothing more."""
+        if self.classifier is None:
+            return None
+        precision = str(self._settings(settings).precision)
+        key = ("tail", n_run, precision)
+        if key not in self._cache:
+            self._cache[key] = ClassifierTail.build(
+                self.config, self.state_dict, n_run, self.classifier.head, DTYPES[precision]
+            )
+        return self._cache[key]
+
+    def without_classifier(self) -> GeneformerModel:
+        """This model with no class probabilities (``--no-probs``): runs stop at the pooled
+        layer, as for a model without a classifier."""
+        return replace(self, classifier=None)
 
     def hf_model(self):
         """The reference ``BertForMaskedLM`` (fp32, eval mode) with these weights."""
@@ -264,6 +296,11 @@ class GeneformerModel:
         }
         if self.precision_note is not None:
             meta["precision_auto"] = self.precision_note
+        if self.classifier is not None:
+            meta["classes"] = list(self.classifier.classes)
+        fault = faults.describe()
+        if fault is not None:  # a drill, not a real run: its outputs say so
+            meta["ispo_fault"] = fault
         return meta
 
 
@@ -283,11 +320,14 @@ def load_model(
     ``settings`` are the run's (default: plain fp32); ``precision="auto"`` is resolved here,
     once, for the device, and the choice is logged and recorded in the metadata.
     """
+    faults.announce()  # a stray ISPO_FAULT: refused or announced before anything loads
     dev = resolve_device(device)
     path = Path(source)
     if path.is_dir():
         cfg, sd = _read_checkpoint(path)
         model = GeneformerModel(cfg, sd, str(path), False, None, dev)
+        classifier = read_classifier(path, sd)  # a fine-tuned cell classifier's head
+        model.classifier = None if classifier is None else classifier.to(dev)
     elif path.exists():
         raise IspoError(
             f"--model {path} is a file: give the checkpoint directory that holds "

@@ -144,6 +144,10 @@ def perturb(
     ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
     ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
+    A model with a cell classifier (a fine-tuned ``BertForSequenceClassification``) adds
+    ``prob_<class>`` (after the perturbation), ``delta_prob_<class>`` (its change from the
+    original cell), ``pred_class`` and ``orig_pred_class`` (most probable class after and
+    before), read from the last layer in the same pass; the metadata lists the ``classes``.
     With ``emb_mode="cell_and_gene"`` the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
     ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
@@ -233,6 +237,8 @@ def run_request(
         "data": plan.scan.digest,
         "cells": hashlib.sha1(plan.sel.tobytes()).hexdigest(),
     }
+    if model.classifier is not None:  # a resumed run must add the same columns
+        fingerprint["classes"] = list(model.classifier.classes)
     if sink.out is None and dist.info().active:
         raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
     writer = None
@@ -402,7 +408,8 @@ def _finish(
         out = sink.out
         genes_path = out.with_name(out.stem + ".genes.parquet")
         writer.finish({"cells": out, "genes": genes_path}, metadata, out.with_suffix(".json"))
-        result = pd.read_parquet(out) if sink.load_result else empty_table(states)
+        classes = metadata.get("classes")
+        result = pd.read_parquet(out) if sink.load_result else empty_table(states, classes)
         if sink.load_result and genes_path.exists():
             gene_table = pd.read_parquet(genes_path)
     else:
@@ -433,7 +440,8 @@ def run_shard(
     t = None if targets is None else targets.to(p.dev)
     built = p.specs(cells, order.tolist(), t, anchor)
     if not built:
-        return {"cells": empty_table(states)}
+        clf = p.model.classifier
+        return {"cells": empty_table(states, None if clf is None else list(clf.classes))}
     shard = p.originals(cells, built)
     results: dict[str, list] = {}
     for batch in p.row_chunks(shard):

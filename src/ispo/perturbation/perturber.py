@@ -1,6 +1,8 @@
 """The perturber: each shard's perturbed sequences built on the device by index arithmetic
 (:mod:`ispo.perturbation.index`), each cell's original run once, perturbed rows of many cells in
-token-budget batches, and pooling, cosines and state shifts as batched tensor ops."""
+token-budget batches, and pooling, cosines and state shifts as batched tensor ops. A model with
+a cell classifier gives each row's class probabilities and their change from the original cell
+in the same encoder pass (the runner's classifier tail)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Shard:
     orig_start: list[int]  # row of each cell's first token in orig_hidden
     orig_mean: torch.Tensor  # (n_cells, h) original mean-pooled cell embeddings
     orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings of the mode (mean or CLS)
+    orig_probs: torch.Tensor | None = None  # (n_cells, classes) original class probabilities
 
 
 class Perturber:
@@ -53,7 +56,8 @@ class Perturber:
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
         self.dev = model.device
         s = model.settings
-        self.enc: Encoder = model.encoder(model.layers_for(s.emb_layer))
+        n_run = model.layers_for(s.emb_layer)
+        self.enc: Encoder = model.encoder(n_run)
         self.budget = s.batch_tokens or default_batch_tokens(self.dev)
         self.has_cls = vocab.version == 2
         self.max_genes = model.max_input(vocab) - 2 * self.has_cls
@@ -64,6 +68,7 @@ class Perturber:
             self.enc,
             pad_id=model.config.pad_id,
             layout=choose_layout(s.layout, self.dev, s.precision),
+            tail=model.tail(n_run),  # None without a classifier: no extra work
         )
 
     # -- building ---------------------------------------------------------------------------
@@ -133,6 +138,8 @@ class Perturber:
         hidden_of: list[torch.Tensor | None] = [None] * len(seqs)
         mean_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
         cell_emb = torch.empty_like(mean_emb)
+        clf = self.model.classifier
+        probs = None if clf is None else mean_emb.new_empty(len(seqs), len(clf.classes))
         for batch in token_budget_batches(lengths, self.budget):
             for idx, enc in self.oom.run(
                 lambda j: self._encode([seqs[x][None] for x in j]),
@@ -141,6 +148,8 @@ class Perturber:
             ):
                 rows = torch.as_tensor(idx, device=self.dev)
                 mean_emb[rows], cell_emb[rows] = self._cell_embs(enc)
+                if probs is not None:
+                    probs[rows] = enc.probs()
                 for row, j in enumerate(idx):
                     hidden_of[j] = enc.row(row)
         hidden = torch.cat(hidden_of)
@@ -153,6 +162,7 @@ class Perturber:
             starts,
             mean_emb,
             cell_emb,
+            probs,
         )
 
     def run_batch(
@@ -176,6 +186,8 @@ class Perturber:
             out["shifts"] = F.cosine_similarity(
                 pert_cell[:, None], states[None], dim=-1
             ) - F.cosine_similarity(orig_cell[:, None], states[None], dim=-1)
+        if enc.logits is not None:
+            out["probs"] = enc.probs()
         return out
 
     def _gene_cos(

@@ -8,7 +8,9 @@ flash attention, no padding at all). What comes back (:class:`Encoded`) answers 
 layout what the callers need: pooled cell embeddings (mean or ``<cls>``), one row's hidden
 states, and the hidden states at chosen (row, position) pairs (a gather, never a scatter back to
 a padded batch). Pooling runs in the compute dtype with fp32 accumulation, so no fp32 copy of a
-whole hidden batch is made.
+whole hidden batch is made. With a cell classifier's tail (:mod:`ispo.model.tail`) the same
+call also gives each row's class logits, read from the last layer while the hidden states stay
+those of the pooled layer: one encoder pass serves both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from ispo.model.encoder import Packed
+from ispo.model.tail import ClassifierTail
 from ispo.runtime.pool import pool, pool_packed
 from ispo.runtime.profiler import synchronize
 from ispo.settings import Layout, Pool, Precision
@@ -111,6 +114,7 @@ class Encoded:
     lengths: torch.Tensor  # (B,)
     starts: torch.Tensor  # (B,) flat index of each row's first token in ``flat()``
     packed: Packed | None
+    logits: torch.Tensor | None = None  # (B, classes) fp32, when the runner has a classifier
 
     def flat(self) -> torch.Tensor:
         """(N, h): every token's hidden state (padding included when padded)."""
@@ -128,6 +132,23 @@ class Encoded:
         order when None): one gather from either layout, in the compute dtype."""
         starts = self.starts if rows is None else self.starts[rows]
         return self.flat()[starts[:, None] + pos]
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, h) hidden states and the (B, L) mask of their real tokens; a packed batch is
+        gathered into rows (no host sync either way)."""
+        width = self.hidden.shape[1] if self.packed is None else self.packed.max_len
+        pos = torch.arange(width, device=self.hidden.device)
+        keep = pos[None] < self.lengths[:, None]
+        if self.packed is None:
+            return self.hidden, keep
+        idx = (self.starts[:, None] + pos).clamp(max=len(self.hidden) - 1)
+        return self.hidden[idx], keep
+
+    def probs(self) -> torch.Tensor:
+        """(B, classes) fp32 class probabilities (softmax of the classifier's logits)."""
+        if self.logits is None:
+            raise ValueError("this batch ran without a classifier")
+        return torch.softmax(self.logits, dim=-1)
 
     def pool(self, has_cls: bool, mode: Pool | str = "mean") -> torch.Tensor:
         """(B, h) float32 cell embeddings: mean over gene tokens, or the ``<cls>`` token."""
@@ -165,13 +186,21 @@ class Runner:
 
     ``encoder`` is whatever module the model built for the run (plain, compiled, int8): it takes
     padded ids (B, L) with the row lengths (None when there is no padding), or flat ids with a
-    :class:`Packed`.
+    :class:`Packed`. ``tail`` (a cell classifier's, or None) turns the hidden states into
+    each row's class logits (:attr:`Encoded.logits`) in the same call.
     """
 
-    def __init__(self, encoder: nn.Module, *, pad_id: int, layout: Layout) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        pad_id: int,
+        layout: Layout,
+        tail: ClassifierTail | None = None,
+    ) -> None:
         if layout == Layout.AUTO:
             raise ValueError("resolve the layout with choose_layout first")
-        self.encoder, self.pad_id, self.layout = encoder, pad_id, layout
+        self.encoder, self.pad_id, self.layout, self.tail = encoder, pad_id, layout, tail
 
     def encode(self, tokens: Tokens) -> Encoded:
         """Hidden states of a batch (timed under :func:`encoder_clock`)."""
@@ -189,6 +218,12 @@ class Runner:
     def _encode(self, tokens: Tokens) -> Encoded:
         """Uniform batches (no padding) always run padded: that is the packed layout too, and
         it needs no mask."""
+        enc = self._hidden(tokens)
+        if self.tail is not None:
+            enc.logits = self.tail(*enc.padded())
+        return enc
+
+    def _hidden(self, tokens: Tokens) -> Encoded:
         B = len(tokens.lengths)
         if self.layout == Layout.PACKED and not tokens.uniform:
             ctx = Packed.from_lengths(tokens.lengths)
