@@ -95,7 +95,15 @@ def isp_values(cells: TokenizedCells, model: GeneformerModel) -> np.ndarray:
     names = pd.DataFrame(index=[str(i) for i in range(int(cells.obs_index.max()) + 1)])
     with torch.inference_mode():
         table = run_shard(
-            p, ad.AnnData(obs=names), cells, None, None, None, None, vocab.id_of_token(), vocab
+            p,
+            ad.AnnData(obs=names),
+            cells,
+            targets=None,
+            anchor=None,
+            state_emb=None,
+            states=None,
+            id_of_token=vocab.id_of_token(),
+            vocab=vocab,
         )["cells"]
     return table[["cos_sim", "cell_cos_sim"]].to_numpy(np.float64)
 
