@@ -193,7 +193,9 @@ def settled(trials: list) -> dict[str, Any]:
         if setting is None or t.user_attrs.get("copied_from") is not None:
             continue
         key = setting_key(setting)
-        if t.state in (state.COMPLETE, state.PRUNED) or deaths.get(key, 0) >= 2:
+        if t.state in (state.COMPLETE, state.PRUNED) or (
+            t.user_attrs.get(DIED) and deaths[key] >= 2
+        ):
             out.setdefault(key, t)
     return out
 
