@@ -62,7 +62,9 @@ def evaluation_document(
 
     _classification(doc, result, level + 1)
     _geometry(doc, result, level + 1)
+    _per_label(doc, result.get("per_label"), level + 1)
     _consistency(doc, result.get("consistency"), level + 1)
+    _subsamples(doc, result.get("subsamples"), level + 1)
 
     images = images or {}
     if images:
@@ -131,4 +133,43 @@ def _consistency(doc: Document, cons: dict | None, level: int) -> None:
         doc.table(
             ["metric", "value", "meaning"],
             [[k, fmt(cons[k], digits=6), m] for k, m in CONSISTENCY_ROWS if k in cons],
+        )
+
+
+def _per_label(doc: Document, rows: list[dict] | None, level: int) -> None:
+    """Each label's own scores: the pooled figures weight labels by their cells, so a label
+    that does not separate can hide behind a large one that does."""
+    if rows:
+        doc.heading("Per label", level)
+        doc.table(
+            ["label", "cells", "test cells", "F1", "silhouette", "kNN label consistency"],
+            [
+                [
+                    r["label"],
+                    fmt(r["n_cells"]),
+                    fmt(r["n_test"]),
+                    fmt(r["f1"]),
+                    fmt(r["silhouette"]),
+                    fmt(r["knn_label_consistency"]),
+                ]
+                for r in rows
+            ],
+        )
+
+
+def _subsamples(doc: Document, records: list[dict] | None, level: int) -> None:
+    """Which metrics ran on a seeded subset of the cells, and on how many."""
+    if records:
+        doc.heading("Subsamples", level)
+        doc.paragraph(
+            "Metrics that cost more than linear time in the cells use at most `cap` cells, "
+            "drawn with numpy.random.default_rng(seed) (kNN: the query cells; their neighbours "
+            "are searched among all cells)."
+        )
+        doc.table(
+            ["metric", "cells used", "of", "cap", "seed"],
+            [
+                [r["metric"], fmt(r["n_cells"]), fmt(r["of"]), fmt(r["cap"]), r["seed"]]
+                for r in records
+            ],
         )
