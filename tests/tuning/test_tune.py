@@ -116,6 +116,43 @@ def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monke
     assert res.best is not None and res.best.batch_tokens == 4096
 
 
+def _oom_at(monkeypatch, tokens: int | None) -> None:
+    """Make every measurement with a token budget of ``tokens`` run out of memory (None: none)."""
+    from ispo.embedding.embed import embed_cells as real
+
+    def embed_cells(c, m, *, batch_tokens=None, **kw):
+        if tokens is not None and batch_tokens == tokens:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(c, m, batch_tokens=batch_tokens, **kw)
+
+    monkeypatch.setattr(measure_module, "embed_cells", embed_cells)
+
+
+@pytest.mark.parametrize("oom_again", [False, True])
+def test_out_of_memory_is_tried_once_more_on_resume(cells, model, tmp_path, monkeypatch, oom_again):
+    """Running out of memory may be the machine's passing state: a resume measures the setting
+    once more; a second out-of-memory settles it (never tried a third time)."""
+    space = SearchSpace(
+        batch_tokens=[4096, 8192],
+        precision=["fp32"],
+        attention=["default"],
+        compile=[False],
+        int8=[False],
+    )
+    out = tmp_path / "tune"
+    _oom_at(monkeypatch, 8192)
+    tune(cells, model, out=out, n_trials=2, space=space, repeats=1)
+    _oom_at(monkeypatch, 8192 if oom_again else None)
+    res = tune(cells, model, out=out, n_trials=4, space=space, repeats=1)
+    runs = [t for t in res.summary["trials"] if t["settings"]["batch_tokens"] == 8192]
+    measured = [t for t in runs if t.get("copied_from") is None]
+    assert [t["state"] for t in measured] == ["pruned", "pruned" if oom_again else "complete"]
+    if oom_again:  # settled after two: a third call measures nothing new
+        res = tune(cells, model, out=out, n_trials=6, space=space, repeats=1)
+        again = [t for t in res.summary["trials"] if t["settings"]["batch_tokens"] == 8192]
+        assert sum(t.get("copied_from") is None for t in again) == 2
+
+
 def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_path, monkeypatch):
     """With a fake measurement: the faster but inconsistent or too large settings lose; the same
     seed proposes the same settings."""

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 _MIB = float(1 << 20)
 
 
+#: how the reason of a trial pruned for lack of memory starts (such a setting is tried again)
+OOM_REASON = "out of memory"
+
+
 class Pruned(Exception):
     """The trial cannot run here (out of memory, missing kernel or compiler)."""
 
@@ -217,7 +221,7 @@ def _reason(exc: BaseException) -> str:
         or "out of memory" in text.lower()
         or "can't allocate memory" in text.lower()
     ):
-        return f"out of memory: {text}"
+        return f"{OOM_REASON}: {text}"
     return f"{type(exc).__name__}: {text}"
 
 

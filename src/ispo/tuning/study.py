@@ -27,6 +27,7 @@ from ispo.model.load import GeneformerModel
 from ispo.provenance import device_name
 from ispo.settings import RunSettings
 from ispo.tokens import TokenizedCells
+from ispo.tuning.measure import OOM_REASON
 from ispo.tuning.options import Limits, TuneOptions, finite_or_none
 from ispo.tuning.space import SearchSpace, params_settings, setting_key
 
@@ -172,9 +173,22 @@ def trial_setting(t) -> dict[str, Any] | None:
 
 def died_count(trials: list) -> dict[str, int]:
     """How many times each setting's process died while measuring it."""
+    return _count_by_setting(trials, lambda t: bool(t.user_attrs.get(DIED)))
+
+
+def oom_count(trials: list) -> dict[str, int]:
+    """How many times each setting ran out of memory (pruned with that reason)."""
+    return _count_by_setting(trials, _out_of_memory)
+
+
+def _out_of_memory(t) -> bool:
+    return str(t.user_attrs.get("pruned", "")).startswith(OOM_REASON)
+
+
+def _count_by_setting(trials: list, hit) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in trials:
-        if t.user_attrs.get(DIED) and trial_setting(t) is not None:
+        if hit(t) and t.user_attrs.get("copied_from") is None and trial_setting(t) is not None:
             key = setting_key(trial_setting(t))
             out[key] = out.get(key, 0) + 1
     return out
@@ -182,20 +196,23 @@ def died_count(trials: list) -> dict[str, int]:
 
 def settled(trials: list) -> dict[str, Any]:
     """Settings that have their answer, each with the trial that holds it: measured (complete
-    or pruned), or dead (the process died on it twice: not retried). Copies are skipped."""
+    or pruned), or dead (the process died on it twice: not retried). Copies are skipped.
+
+    Running out of memory can be a passing state of the machine (another job held the
+    memory), so a setting pruned for it is measured once more, like a death, and settled on
+    the second time; every other prune (no kernel, refused option) is final."""
     import optuna
 
     state = optuna.trial.TrialState
-    deaths = died_count(trials)
+    deaths, ooms = died_count(trials), oom_count(trials)
     out: dict[str, Any] = {}
     for t in trials:
         setting = trial_setting(t)
         if setting is None or t.user_attrs.get("copied_from") is not None:
             continue
         key = setting_key(setting)
-        if t.state in (state.COMPLETE, state.PRUNED) or (
-            t.user_attrs.get(DIED) and deaths[key] >= 2
-        ):
+        pruned = t.state == state.PRUNED and (not _out_of_memory(t) or ooms[key] >= 2)
+        if t.state == state.COMPLETE or pruned or (t.user_attrs.get(DIED) and deaths[key] >= 2):
             out.setdefault(key, t)
     return out
 
