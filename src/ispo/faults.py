@@ -22,6 +22,9 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
     Tokenize at most N cells per chunk (the chunk boundaries of the streaming passes).
 ``no_int8:1``
     Quantizing to int8 fails as on a torch build without an int8 backend.
+``kill_trial_above_tokens:N``
+    An ``ispo tune`` trial whose token budget is over N kills its own process (SIGKILL) as it
+    starts, as the host's out-of-memory killer would: a setting that dies on every attempt.
 
 Counts are per process and restart whenever the variable changes or :func:`reset` is called;
 :func:`count` says how often a site was reached while the variable was set. Unset (always, in
@@ -51,6 +54,7 @@ NAMES = (
     "batch_error",
     "tokenize_chunk",
     "no_int8",
+    "kill_trial_above_tokens",
 )
 _state: dict = {"raw": "", "spec": {}, "counts": {}, "announced": ""}
 
@@ -163,3 +167,12 @@ def active(name: str) -> bool:
 def chunk_cap(default: int) -> int:
     """Cells per tokenizer chunk: ``default``, or less under ``tokenize_chunk:N``."""
     return min(default, _spec().get("tokenize_chunk") or default)
+
+
+def trial_started(batch_tokens: int) -> None:
+    """Called as an ``ispo tune`` trial with a budget of ``batch_tokens`` starts measuring."""
+    limit = _spec().get("kill_trial_above_tokens")
+    if limit is not None and batch_tokens > limit:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

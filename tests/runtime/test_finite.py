@@ -102,3 +102,12 @@ def test_check_names_the_rows_of_the_first_bad_tensor():
     check.add("cos_sim", torch.tensor([float("inf")]), np.array([5]))
     with pytest.raises(NonFiniteError, match=r"computed in float32: check the model's weights"):
         check.check()
+
+
+def test_a_caller_that_reports_nan_itself_gets_the_values(model, cells):
+    """``ispo tune`` measures an overflowing setting and marks it infeasible: with its own
+    non-strict check, the NaN rows come back instead of stopping the call."""
+    tok = ispo.tokenize(cells, ispo.demo_vocab())
+    emb = ispo.embed_cells(tok, model, precision="fp16", finite=FiniteCheck(strict=False), **BATCH)
+    bad = tok.obs_index[~np.isfinite(emb).all(axis=1)]
+    assert sorted(bad.tolist()) == list(LONG)

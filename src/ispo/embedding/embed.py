@@ -60,6 +60,7 @@ def embed_cells(
     oom: OomSplitter | None = None,
     layout: Layout | str = "auto",
     probs_out: np.ndarray | None = None,
+    finite: FiniteCheck | None = None,
 ) -> np.ndarray:
     """(n_cells, hidden) float32 embeddings of tokenized cells, in their order.
 
@@ -72,7 +73,9 @@ def embed_cells(
     ``auto`` follows :func:`ispo.runtime.runner.choose_layout` (the rule perturb uses too).
     ``precision`` defaults to the model's (as loaded: ``auto`` already resolved).
     ``probs_out`` (n_cells, classes), for a model with a cell classifier, is filled with each
-    cell's class probabilities, read in the same encoder pass.
+    cell's class probabilities, read in the same encoder pass. A NaN or Inf result stops the
+    call (:class:`~ispo.runtime.finite.NonFiniteError`) unless ``finite`` is a caller's own
+    non-strict :class:`~ispo.runtime.finite.FiniteCheck`.
     """
     dev = model.device
     precision = precision or str(model.settings.precision)
@@ -84,6 +87,7 @@ def embed_cells(
         tail = None if probs_out is None else model.tail(n_run, precision)
         layout = choose_layout(layout, dev, precision)
         runner = Runner(net, pad_id=model.config.pad_id, layout=layout, tail=tail)
+        runner.finite = finite or runner.finite
         batches = token_budget_batches(cells.lengths, batch_tokens or default_batch_tokens(dev))
 
         def run(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,7 +102,7 @@ def embed_cells(
     elif method == "baseline":
         hf = model.hf_model() if net is None else net
         batches = fixed_batches(len(cells), batch_size)
-        heads, finite = probs_out is not None, FiniteCheck()
+        heads, finite = probs_out is not None, finite or FiniteCheck()
 
         def step(idx: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
             pooled, probs = _baseline_batch(hf, cells, idx, model, emb_layer, pool_mode, heads)

@@ -56,9 +56,12 @@ class FiniteCheck:
 
     :meth:`add` records one tensor of a batch (rows first) with the input row of the cell each
     of its rows belongs to; :meth:`check` reads every recorded flag back at once and raises
-    :class:`NonFiniteError` naming every cell with a NaN or Inf in any of them.
+    :class:`NonFiniteError` naming every cell with a NaN or Inf in any of them. With
+    ``strict=False`` nothing is raised: for a caller that reports non-finite results itself
+    (``ispo tune`` measures such a setting and marks it infeasible).
     """
 
+    strict: bool = True
     _pending: list[tuple[str, torch.Tensor, np.ndarray, torch.dtype]] = field(default_factory=list)
 
     def add(
@@ -78,7 +81,7 @@ class FiniteCheck:
     def check(self) -> None:
         """Raise :class:`NonFiniteError` if any recorded value was NaN or Inf; forget them."""
         pending, self._pending = self._pending, []
-        if not pending:
+        if not pending or not self.strict:
             return
         ok = torch.cat([flags.reshape(-1) for _, flags, _, _ in pending]).cpu().numpy()
         if ok.all():

@@ -37,6 +37,8 @@ CONSISTENCY_ROWS = [
     ("max_abs_diff", "largest element-wise difference"),
     ("knn_overlap", "shared k-nearest neighbours (1 = same graph)"),
 ]
+PER_LABEL = ("label", "n_cells", "n_test", "f1", "silhouette", "knn_label_consistency")
+SUBSAMPLE = ("metric", "n_cells", "of", "cap", "seed")
 IMAGES = {
     "embedding": "embedding coloured by label",
     "confusion": "confusion matrix of the linear probe",
@@ -91,6 +93,14 @@ def _context(result: dict, images: list[Image], level: int, title: str | None) -
         geometry=geometry,
         cons=cons,
         consistency=[[k, fmt(cons[k], digits=6), m] for k, m in CONSISTENCY_ROWS if k in cons],
+        # each label's own scores: pooled figures weight labels by their cells, so a label that
+        # does not separate can hide behind a large one that does
+        per_label=[[r[k] for k in PER_LABEL] for r in result.get("per_label") or []],
+        # the metrics run on a seeded subset of the cells, and on how many
+        subsamples=[
+            [*(r[k] for k in SUBSAMPLE[:-1]), str(r["seed"])]
+            for r in result.get("subsamples") or []
+        ],
         images=images,
     )
 
