@@ -104,6 +104,8 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
     pd.testing.assert_frame_equal(df.attrs["gene_table"], full_run[0].attrs["gene_table"])
     assert not df.duplicated(["obs_index", "perturbed_ids"]).any()
     files = files_of(out)
+    # the counting run is a drill (ISPO_FAULT set, never firing): its metadata says so
+    assert files["meta"].pop("ispo_fault") == "crash_after_shard:1000000000"
     assert_same_files(files, full_run[1])
     assert json.loads(out.with_suffix(".json").read_text())["n_cells_this_run"] == 2 * (
         N_SHARDS - n_done
