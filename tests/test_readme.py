@@ -68,6 +68,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
 ELLIPSIS = {
     "embed": "kang.h5ad --vocab DIR --model CKPT",
     "perturb": "kang.h5ad --vocab DIR --model CKPT",
+    "tune": "--data kang.h5ad --vocab DIR --model CKPT --n-trials 2",
 }
 # single command lines that cannot run in a test, and why (regex on the line as written)
 SKIP_LINES = {
