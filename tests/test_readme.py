@@ -47,6 +47,7 @@ V1 = SHARED / "geneformer-v1"
 # are the tiny stand-ins of :class:`Stand`
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"(?<![\w/.-])kang\.h5ad\b", "{kang}"),  # 18 Kang cells (shared data)
+    (r"(?<![\w/.-])data\.h5ad\b", "{data}"),  # the Kang cells as heart cells (shared data)
     (r"path/to/geneformer-v1|(?<=--vocab )DIR\b", "{v1}"),  # the V1 dictionaries (shared)
     (r"path/to/checkpoint|path/to/Geneformer-V1-10M|\bCKPT\b", "{ckpt}"),
     (r"(?<=--model )gf-6L-10M-i2048\b", "{ckpt}"),  # the preset -> the tiny checkpoint
@@ -74,7 +75,7 @@ ELLIPSIS = {
 SKIP_LINES = {
     r"^ispo perturb \.\.\. --resume": "continues a stopped run: tests/runtime/test_interrupt.py",
 }
-NEEDS_SHARED = re.compile(r"kang\.h5ad|geneformer-v1|--vocab DIR\b")
+NEEDS_SHARED = re.compile(r"kang\.h5ad|data\.h5ad|geneformer-v1|--vocab DIR\b")
 
 
 @dataclass
@@ -164,12 +165,26 @@ def kang_subset(path: Path) -> Path:
     return path
 
 
+def as_heart_cells(kang: Path, path: Path) -> Path:
+    """The README's ``data.h5ad`` (obs ``disease`` dcm/nf, ``cell_type``): the Kang cells
+    relabelled (stim: dcm, ctrl: nf; every other cell a cardiomyocyte)."""
+    import anndata as ad
+
+    a = ad.read_h5ad(kang)
+    a.obs["disease"] = a.obs["condition"].map({"stim": "dcm", "ctrl": "nf"}).astype(str)
+    a.obs["cell_type"] = ["cardiomyocyte" if i % 2 else "fibroblast" for i in range(a.n_obs)]
+    a.write_h5ad(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def stand(tmp_path_factory) -> Stand:
     root = tmp_path_factory.mktemp("readme")
-    fields = {"ckpt": str(tiny_checkpoint(root / "tiny-ckpt")), "v1": str(V1), "kang": "-"}
+    fields = {"ckpt": str(tiny_checkpoint(root / "tiny-ckpt")), "v1": str(V1)}
+    fields |= {"kang": "-", "data": "-"}
     if KANG.exists():  # without it, the blocks that name Kang skip
         fields["kang"] = str(kang_subset(root / "kang18.h5ad"))
+        fields["data"] = str(as_heart_cells(Path(fields["kang"]), root / "data.h5ad"))
     (root / "work").mkdir()
     return Stand(root / "work", fields)
 
