@@ -24,7 +24,7 @@ def rows_of(cell, gene, symbols, **values) -> pd.DataFrame:
         "perturbed_ids": [gid(g) for g in gene],
         "perturbed_symbols": symbols,
         "perturb_type": "delete",
-        "n_genes": 500,
+        "n_genes_in_cell": 500,
     }
     return pd.DataFrame({**base, **values})
 

@@ -102,7 +102,7 @@ def simulated_results(
             "perturbed_ids": ids[gene],
             "perturbed_symbols": [f"{kinds[g]}{g}" for g in gene],
             "perturb_type": "delete",
-            "n_genes": np.int32(500),
+            "n_genes_in_cell": np.int32(500),
             "cos_sim": np.float32(0.99),
             f"shift_{STATES['goal_state']}": shift.astype(np.float32),
         }
