@@ -35,6 +35,7 @@ def _chain(files) -> list[tuple[str, list[str], str]]:
     return [
         ("demo", ["--n-cells", "3"], "new/demo/demo.h5ad"),
         ("embed", [files["data"], *run], "runs/a/emb.h5ad"),
+        ("embed", [files["data"], *run, "--emb-mode", "gene"], "runs/g/genes.parquet"),
         ("perturb", [files["data"], *run, "--max-ncells", "2"], "runs/b/isp.parquet"),
         ("perturb-stats", ["runs/b/isp.parquet", "--min-cells", "2"], "runs/c/stats.csv"),
         ("evaluate", ["runs/a/emb.h5ad", "--label-key", "state", "--k", "2"], "runs/d/eval"),

@@ -128,7 +128,9 @@ def embed(
     s = mdl.settings  # precision auto resolved
     if emb_mode == "gene":
         run = GeneRun(summary_stat, rows, layer, gene_key, chunk_cells, workers)
-        return _embed_genes(src, out, mdl, voc, run, overwrite)
+        _embed_genes(src, out, mdl, voc, run, overwrite)
+        save_run_config(out, current_params(), command="embed")
+        return
     res = embed_file(
         src,
         out,
