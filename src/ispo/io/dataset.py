@@ -23,7 +23,7 @@ import pyarrow as pa
 from anndata.io import write_elem
 
 from ispo.errors import IspoError
-from ispo.io.read import Source
+from ispo.io.source import Source
 
 TOKENS, LENGTH = "input_ids", "length"
 CELL_ID = "cell_id"  # an attribute that names the cells, when the dataset has one
