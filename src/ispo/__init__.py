@@ -21,21 +21,25 @@ from ispo.perturbation.options import CellStates
 from ispo.perturbation.stats import perturb_stats
 from ispo.settings import RunSettings
 from ispo.tokens import TokenizedCells, tokenize
+from ispo.training import DataOptions, TrainSettings, finetune
 
 __all__ = [
     "PRESETS",
     "CellStates",
+    "DataOptions",
     "GeneformerConfig",
     "GeneformerModel",
     "IspoError",
     "RunSettings",
     "TokenizedCells",
+    "TrainSettings",
     "Vocab",
     "demo_adata",
     "demo_vocab",
     "embed",
     "embed_cells",
     "evaluate",
+    "finetune",
     "load_model",
     "load_vocab",
     "perturb",
