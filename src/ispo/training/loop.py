@@ -146,7 +146,7 @@ class Trainer:
                     logits = clf(t.padded(pad), None if t.uniform else t.lengths)
                 loss = F.cross_entropy(logits.float(), y[torch.from_numpy(idx).to(self.device)])
                 self._step(loss)
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{total / seen:.4f}")
