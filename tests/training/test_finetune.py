@@ -64,6 +64,7 @@ def test_saved_folder_loads_in_transformers_with_ispos_probabilities(trained, ft
 def test_metrics_split_and_figures(trained, ft_data):
     out, metrics = trained
     on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["epochs"] == metrics["epochs"]
     assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
     keys = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"}
     assert all(keys <= set(e) for e in on_disk["epochs"])
@@ -86,7 +87,7 @@ def test_metrics_split_and_figures(trained, ft_data):
     assert not out.with_name(out.name + ".train").exists(), "checkpoint folder left behind"
 
 
-def test_same_seed_same_split_other_seed_other_split(ft_ckpt, ft_data, tmp_path):
+def test_same_seed_same_split_other_seed_other_split():
     from ispo.training.data import split_cells
 
     y = np.repeat([0, 1, 2], 16)

@@ -64,6 +64,7 @@ def test_crash_after_an_epoch_then_resume(ft_ckpt, ft_data, tmp_path, uninterrup
     assert not (tmp_path / "clf.train").exists()
 
 
+@pytest.mark.slow  # two child processes; the in-process crash above runs by default
 def test_kill_9_between_epochs_then_resume(ft_ckpt, ft_data, tmp_path, uninterrupted):
     out = tmp_path / "clf"
     args = ["finetune", str(ft_data), "--label-key", "state", "--model", str(ft_ckpt)]
