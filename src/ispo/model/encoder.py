@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ispo.model.dropout_attention import dropout_attention
 from ispo.model.presets import GeneformerConfig
 
 _MKLDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -146,6 +147,8 @@ class Attention(nn.Module):
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
         p = self.p_attn if self.training else 0.0
+        if p > 0 and q.device.type == "cpu":  # SDPA's CPU dropout is its slow math path
+            return dropout_attention(q, k, v, mask, p)
         if self.sdpa_backends is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         from torch.nn.attention import sdpa_kernel

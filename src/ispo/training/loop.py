@@ -124,7 +124,7 @@ class Trainer:
     def epoch(self, epoch: int) -> EpochMetrics:
         """Train one epoch (``epoch`` counts from 1), then score the validation cells."""
         t0 = time.perf_counter()
-        loss = self._train(epoch)
+        loss = self.train_epoch(epoch)
         seconds = time.perf_counter() - t0
         val = self.evaluate(self.val_cells)
         cells_per_s = len(self.train_cells) / seconds
@@ -132,7 +132,7 @@ class Trainer:
             epoch, loss, val.loss, val.accuracy, val.macro_f1, cells_per_s, time.perf_counter() - t0
         )
 
-    def _train(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> float:
         """One pass over the training cells; the mean loss per cell."""
         clf, cells, pad = self.clf, self.train_cells, self.clf.encoder.cfg.pad_id
         clf.train()
