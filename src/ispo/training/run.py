@@ -185,6 +185,7 @@ def _metrics(
         "validation": {"loss": val.loss, "accuracy": val.accuracy, "macro_f1": val.macro_f1},
         "confusion_matrix": confusion(trainer.val_cells.y, val.predicted, n),
         "test": None,
+        "batch_tokens": trainer.batch_tokens,
     }
     if len(test):
         t = trainer.evaluate(test)
