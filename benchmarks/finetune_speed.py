@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/cpu-finetune-kang-gf-6L")
     args = p.parse_args(argv)
-    load0 = os.getloadavg()[0]
+    load0, commit = os.getloadavg()[0], git_commit()  # the code that runs
     res = run(args)
     load1 = os.getloadavg()[0]
     meta = {
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": device_name("cpu"), "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_average": [load0, load1],
         "busy": max(load0, load1) > (os.cpu_count() or 1),
-        "versions": versions(), "commit": git_commit(),
+        "versions": versions(), "commit": commit,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     out = {"summary": summary(res), **res, "meta": meta}
