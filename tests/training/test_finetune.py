@@ -18,18 +18,31 @@ from transformers import AutoModelForSequenceClassification
 
 import ispo
 from ispo.model.head import class_names
+from ispo.tracking import Tracker
 from ispo.training import CellClassifier, DataOptions, TrainSettings
 
 FAST = TrainSettings(epochs=2, lr=2e-3, precision="fp32", val_size=0.25, test_size=0.25)
 
 
+class Recorder(Tracker):
+    """A tracker that keeps what it is sent (the interface wandb and MLflow sit behind)."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int | None, dict]] = []
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        self.logged.append((step, metrics))
+
+
 @pytest.fixture(scope="module")
 def trained(ft_ckpt, ft_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "clf"
+    tracker = Recorder()
     metrics = ispo.finetune(
-        ft_data, ft_ckpt, out, DataOptions("state", "demo"), FAST, device="cpu", progress=False
-    )
-    return out, metrics
+        ft_data, ft_ckpt, out, DataOptions("state", "demo"), FAST, device="cpu", progress=False,
+        tracker=tracker,
+    )  # fmt: skip
+    return out, metrics, tracker
 
 
 def _hf_probabilities(folder, token_lists: list[list[int]]) -> np.ndarray:
@@ -44,7 +57,7 @@ def _hf_probabilities(folder, token_lists: list[list[int]]) -> np.ndarray:
 
 
 def test_saved_folder_loads_in_transformers_with_ispos_probabilities(trained, ft_data):
-    out, metrics = trained
+    out, metrics, _ = trained
     hf, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert type(hf).__name__ == "BertForSequenceClassification"
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -62,7 +75,7 @@ def test_saved_folder_loads_in_transformers_with_ispos_probabilities(trained, ft
 
 
 def test_metrics_split_and_figures(trained, ft_data):
-    out, metrics = trained
+    out, metrics, tracker = trained
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["epochs"] == metrics["epochs"]
     assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
@@ -85,6 +98,8 @@ def test_metrics_split_and_figures(trained, ft_data):
     for png in ("confusion_matrix.png", "training_curve.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not out.with_name(out.name + ".train").exists(), "checkpoint folder left behind"
+    assert [step for step, _ in tracker.logged] == [1, 2]
+    assert tracker.logged[-1][1]["finetune/val_macro_f1"] == metrics["epochs"][-1]["val_macro_f1"]
 
 
 def test_same_seed_same_split_other_seed_other_split():
