@@ -3,16 +3,18 @@
     python benchmarks/finetune_speed.py [--cells 360] [--val-cells 120] [--epochs 2] [--out DIR]
 
 The usual way is what Geneformer's ``Classifier`` runs through transformers' Trainer (its
-defaults for cell classifiers): ``BertForSequenceClassification``, padded batches of 12 cells in
-input order, fp32, fused AdamW (the Trainer's default optimizer; weight decay 0.001, none on
-biases and LayerNorms), lr 5e-5 with a linear schedule, gradient clipping at 1.0, dropout as the
-config says. The Trainer itself needs ``accelerate``, which is not installed here, so the
-baseline is that loop written out (forward with labels, backward, clip, step, schedule). ispo's
-loop is :class:`ispo.training.loop.Trainer`: length-bucket token-budget batches (no padding
-waste), fused q/k/v, SDPA, the last layer run for the first token alone. Both start from the
-same weights (a seeded random gf-6L preset and head, saved by ispo, loaded by transformers), use
-the same schedule shape (warm-up: 10% of each loop's steps; Geneformer's 500 warm-up steps assume
-far more cells) and are scored on the same validation cells.
+defaults for cell classifiers): ``BertForSequenceClassification``, padded batches of 12 cells in a
+new random order each epoch (the Trainer's ``RandomSampler``; the Kang file lists all ctrl cells,
+then all stim, so batches in file order would hold one class), fp32, fused AdamW (the Trainer's
+default optimizer; weight decay 0.001, none on biases and LayerNorms), lr 5e-5 with a linear
+schedule, gradient clipping at 1.0, dropout as the config says. The Trainer itself needs
+``accelerate``, which is not installed here, so the baseline is that loop written out (forward
+with labels, backward, clip, step, schedule). ispo's loop is
+:class:`ispo.training.loop.Trainer`: length-bucket token-budget batches (little padding), fused
+q/k/v, the last layer run for the first token alone, CPU attention with dropout in fewer passes.
+Both start from the same weights (a seeded random gf-6L preset and head, saved by ispo, loaded
+by transformers), use the same schedule shape (warm-up: 10% of each loop's steps; Geneformer's
+500 warm-up steps assume far more cells) and are scored on the same validation cells.
 
 Epochs alternate (baseline epoch 1, ispo epoch 1, baseline epoch 2, ...) so a change in the
 machine's load hits both. Reported: training cells/s by wall clock and by this process's CPU
@@ -66,15 +68,20 @@ def kang_cells(n_train: int, n_val: int, seed: int) -> tuple[LabelledCells, Labe
 
 
 class HFBaseline:
-    """The Trainer's loop on transformers' model, written out: batches of 12 in input order."""
+    """The Trainer's loop on transformers' model, written out: batches of 12, shuffled."""
 
     def __init__(self, folder: Path, train: LabelledCells, s: TrainSettings) -> None:
         from transformers import BertForSequenceClassification, get_scheduler
 
         self.model = BertForSequenceClassification.from_pretrained(folder)
         self.train_cells, self.s = train, s
-        self.batches = fixed_batches(len(train), GENEFORMER_BATCH)
-        steps = len(self.batches) * s.epochs
+        self.plan = [  # the Trainer's RandomSampler: a new order every epoch
+            [p[b] for b in fixed_batches(len(train), GENEFORMER_BATCH)]
+            for p in (
+                np.random.default_rng([s.seed, e]).permutation(len(train)) for e in range(s.epochs)
+            )
+        ]
+        steps = sum(map(len, self.plan))
         decay = [p for n, p in self.model.named_parameters() if not _no_decay(n)]
         rest = [p for n, p in self.model.named_parameters() if _no_decay(n)]
         groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": rest}]
@@ -88,10 +95,10 @@ class HFBaseline:
         mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
         return ids, mask
 
-    def epoch(self) -> float:
+    def epoch(self, epoch: int) -> float:
         self.model.train()
         y, total = torch.from_numpy(self.train_cells.y), 0.0
-        for idx in self.batches:
+        for idx in self.plan[epoch - 1]:
             ids, mask = self._batch(self.train_cells, idx)
             out = self.model(input_ids=ids, attention_mask=mask, labels=y[idx])
             out.loss.backward()
@@ -141,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
     ours = Trainer(clf, train, val, s, batch_tokens=args.batch_tokens, progress=False)
     rows: dict[str, list[dict]] = {"transformers": [], "ispo": []}
     for epoch in range(1, args.epochs + 1):
-        loss, wall, cpu = _timed(hf.epoch)
+        loss, wall, cpu = _timed(lambda e=epoch: hf.epoch(e))
         rows["transformers"].append(_row(epoch, loss, wall, cpu, score(hf.logits(val), val.y, 2)))
         loss, wall, cpu = _timed(lambda e=epoch: ours.train_epoch(e))
         rows["ispo"].append(_row(epoch, loss, wall, cpu, ours.evaluate(val)))
@@ -151,10 +158,10 @@ def run(args: argparse.Namespace) -> dict:
         "n_train": len(train),
         "n_val": len(val),
         "padding": {
-            "transformers": padding(train, hf.batches),
+            "transformers": float(np.mean([padding(train, p) for p in hf.plan])),
             "ispo": float(np.mean([padding(train, p) for p in ours.plan])),
         },
-        "steps_per_epoch": {"transformers": len(hf.batches), "ispo": len(ours.plan[0])},
+        "steps_per_epoch": {"transformers": len(hf.plan[0]), "ispo": len(ours.plan[0])},
         "hf_attention": hf.model.config._attn_implementation,
         "mean_tokens": float(train.cells.lengths.mean()),
     }
@@ -196,7 +203,7 @@ def markdown(res: dict, meta: dict) -> str:
         "macro-F1 |",
         "|---|---|---|---|---|---|",
     ]
-    how = {"transformers": "12 cells, input order", "ispo": f"{meta['batch_tokens']:,} tokens"}
+    how = {"transformers": "12 cells, shuffled", "ispo": f"{meta['batch_tokens']:,} tokens"}
     for name in ("transformers", "ispo"):
         r = sm[name]
         lines.append(
