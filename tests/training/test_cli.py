@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import torch
 import yaml
 
 from ispo.cli.main import main
+from ispo.model.variants import auto_precision
 
 
 def test_config_file_drives_the_run_and_is_saved(ft_ckpt, ft_data, tmp_path, capsys):
@@ -17,7 +19,7 @@ def test_config_file_drives_the_run_and_is_saved(ft_ckpt, ft_data, tmp_path, cap
             {
                 "label-key": "state", "model": str(ft_ckpt), "vocab": "demo", "device": "cpu",
                 "finetune": {"epochs": 3, "lr": 0.002, "val-size": 0.25, "test-size": 0.0,
-                             "precision": "fp32", "schedule": "cosine", "warmup": 1},
+                             "schedule": "cosine", "warmup": 1},
             }
         )
     )  # fmt: skip
@@ -31,5 +33,7 @@ def test_config_file_drives_the_run_and_is_saved(ft_ckpt, ft_data, tmp_path, cap
         1, 0.002, "cosine", 1, 0.0
     )  # fmt: skip
     assert metrics["test"] is None and metrics["label_key"] == "state"
+    # --precision auto (the default) is resolved for the device and recorded
+    assert s["precision"] == str(auto_precision(torch.device("cpu"))[0])
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["schedule"] == "cosine"
