@@ -29,6 +29,19 @@ from pathlib import Path
 N_GENES = 2_000
 
 
+def _provenance() -> dict:
+    """CPU, versions, commit and the load when the run ended (memory barely depends on load,
+    the wall time does)."""
+    from ispo.provenance import cpu_info, git_commit, versions
+
+    return {
+        "cpu": cpu_info("nominal"),
+        "load_average_1min": os.getloadavg()[0],
+        "versions": versions(),
+        "commit": git_commit(),
+    }
+
+
 def make_input(path: Path, n_cells: int, per_cell: int, seed: int = 0) -> None:
     """The synthetic file (gene 0 expressed in every cell). Run in a child process: a process
     started by a big parent inherits the parent's peak as its own ``ru_maxrss`` (Linux keeps
@@ -111,6 +124,7 @@ def main() -> None:
         "tokens_bytes_if_held": 4 * args.n_cells * args.genes_per_cell,
         "wall_s": time.perf_counter() - t0,
         "peak_rss_gib": usage.ru_maxrss / 2**20,
+        **_provenance(),
     }
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

@@ -16,13 +16,13 @@ names), written once to an ``.h5ad`` (CSR, float32) in ``--workdir`` and reused.
 ``X`` is not copied into the output (``--copy-x`` to include it: an HDF5 copy of the counts).
 
 Writes ``results.json`` (``{"rows": [{"workers", "cells", "cells_per_s", "tokens_per_s",
-"seconds", "cpu_s_main", "cpu_s_workers", "idle_cells_per_s_estimate", "load_average"}],
-"meta": {...}}``, meta from :mod:`ispo.provenance`, with the one-thread tokenizer speed
-(:func:`tokenizer_speed`)) and ``results.md`` in ``--out``. Workers 0
-is the in-process background thread (the path before ``--workers``). On a shared, loaded
-machine the wall-clock cells/s says little; the CPU seconds each side needed do, and
-``idle_cells_per_s_estimate`` turns them into what the host would reach idle (the slowest of:
-the main process alone, the workers in parallel, all CPU work over the cores).
+"seconds", "cpu_s_main", "cpu_s_main_thread", "cpu_s_workers", "idle_cells_per_s_bound",
+"load_average"}], "meta": {...}}``, meta from :mod:`ispo.provenance` (CPU, versions, commit,
+load before and after), with the one-thread tokenizer speed (:func:`tokenizer_speed`)) and
+``results.md`` in ``--out``. Workers 0 is the in-process background thread (the path before
+``--workers``). On a shared, loaded machine the wall-clock cells/s says little; the CPU seconds
+each part needed say more, and ``idle_cells_per_s_bound`` turns them into the most the host
+could reach idle (:func:`idle_bound`).
 """
 
 from __future__ import annotations
@@ -125,17 +125,20 @@ def tokenizer_speed(shared: Path, repeats: int = 5) -> dict[str, dict[str, float
 
 
 def run_once(path: Path, out: Path, vocab, workers: int, copy_x: bool) -> dict[str, float]:
-    """Wall seconds, and CPU seconds of this process (with its threads) and of the workers."""
+    """Wall seconds, and CPU seconds of this process (all its threads), of its main thread
+    alone, and of the workers."""
     from ispo.embedding.stream import embed_file
 
     if out.exists():
         out.unlink()
     model = shapes_model(vocab)
     kids0, cpu0, t0 = _children_cpu(), time.process_time(), time.perf_counter()
+    thread0 = time.thread_time()
     embed_file(path, out, model, vocab=vocab, workers=workers, copy_x=copy_x, encode=host_only)
     return {
         "seconds": time.perf_counter() - t0,
         "cpu_s_main": time.process_time() - cpu0,
+        "cpu_s_main_thread": time.thread_time() - thread0,
         "cpu_s_workers": _children_cpu() - kids0,
     }
 
@@ -145,12 +148,21 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def idle_estimate(n: int, workers: int, cores: int, t: dict[str, float]) -> float:
-    """Cells/s this host would reach idle, from the CPU seconds each side needed: the main
-    process, the workers (``workers`` of them in parallel) and all of it over ``cores``."""
+def idle_bound(n: int, workers: int, cores: int, t: dict[str, float]) -> float:
+    """The most cells/s this host could reach idle, from the CPU seconds each part needed.
+
+    Each of these runs its own share one CPU second per second at most: the main thread
+    (batches, parts, the output), the process's other threads together (with 0 workers the
+    background thread that reads and tokenizes; torch runs one thread here), each worker
+    (``workers`` share their CPU seconds), and all of it over ``cores``. The slowest of them
+    bounds the rate. An upper bound: the two threads of the main process share Python's GIL,
+    so parts of them may not overlap (the main process is not one thread: with 0 workers its
+    CPU seconds exceed its wall seconds).
+    """
+    other = t["cpu_s_main"] - t["cpu_s_main_thread"]
     total = t["cpu_s_main"] + t["cpu_s_workers"]
-    bound = max(t["cpu_s_main"], t["cpu_s_workers"] / max(workers, 1), total / cores)
-    return n / bound
+    parts = (t["cpu_s_main_thread"], other, t["cpu_s_workers"] / max(workers, 1), total / cores)
+    return n / max(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cpu-pipeline")
     args = p.parse_args(argv)
     import ispo
-    from ispo.provenance import git_commit, versions
+    from ispo.provenance import cpu_info, git_commit, versions
 
     torch.set_num_threads(1)
     tokenizer = tokenizer_speed(args.shared)
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                 "cells_per_s": args.n_cells / t["seconds"],
                 "tokens_per_s": tokens / t["seconds"],
                 **t,
-                "idle_cells_per_s_estimate": idle_estimate(args.n_cells, w, cores, t),
+                "idle_cells_per_s_bound": idle_bound(args.n_cells, w, cores, t),
                 "load_average": os.getloadavg()[0],
             }
         )
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokens": tokens,
         "copy_x": args.copy_x,
         "tokenizer_one_thread": tokenizer,
-        "cpu": _cpu(),
+        "cpu": cpu_info("nominal"),
         "cores": cores,
         "load_average_before_after": [LOAD0, os.getloadavg()],
         "versions": versions(),
@@ -208,37 +220,36 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
+    (args.out / "results.md").write_text(_markdown(rows, meta))
+    shutil.rmtree(args.workdir / "out.h5ad.parts", ignore_errors=True)
+
+
+def _markdown(rows: list[dict], meta: dict) -> str:
+    """``results.md``: the rows, the CPU, load and commit, and the tokenizer alone."""
     lines = [
-        "| workers | cells | cells/s | tokens/s | s | CPU s main | CPU s workers "
-        "| idle est. cells/s |",
+        "| workers | cells | cells/s | tokens/s | s | CPU s main (main thread) "
+        "| CPU s workers | idle bound cells/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['workers']} | {r['cells']:,} | {r['cells_per_s']:,.0f} | "
-        f"{r['tokens_per_s']:,.0f} | {r['seconds']:.1f} | {r['cpu_s_main']:.1f} | "
-        f"{r['cpu_s_workers']:.1f} | {r['idle_cells_per_s_estimate']:,.0f} |"
+        f"{r['tokens_per_s']:,.0f} | {r['seconds']:.1f} | {r['cpu_s_main']:.1f} "
+        f"({r['cpu_s_main_thread']:.1f}) | {r['cpu_s_workers']:.1f} | "
+        f"{r['idle_cells_per_s_bound']:,.0f} |"
         for r in rows
     ]
-    lines += ["", f"Load average before/after: {meta['load_average_before_after']}.", ""]
+    lines += [
+        "",
+        f"CPU: {meta['cpu']['model']}, {meta['cores']} cores; load average (1, 5, 15 min) "
+        f"before and after: {meta['load_average_before_after']}; commit {meta['commit']}.",
+        "",
+    ]
     lines += [
         f"Tokenizer, one thread, best of 5, {k}: {v['cells_per_s_wall']:,.0f} cells/s wall, "
         f"{v['cells_per_s_cpu']:,.0f} cells/s of CPU time ({v['mean_tokens']:.0f} tokens/cell)."
-        for k, v in tokenizer.items()
+        for k, v in meta["tokenizer_one_thread"].items()
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    shutil.rmtree(args.workdir / "out.h5ad.parts", ignore_errors=True)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
+    return "\n".join(lines) + "\n"
 
 
 LOAD0 = os.getloadavg()

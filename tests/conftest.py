@@ -6,12 +6,30 @@ seconds on a laptop CPU. Real data under ``../shared/data`` is used only when pr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ispo.io.vocab import Vocab
 from support import make_adata, make_vocab, save_tiny_checkpoint
+
+# No test touches the network: Hugging Face names resolve from a local cache only
+# (tests/io/test_hub.py builds one), and child processes inherit this too.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_dir(tmp_path_factory):
+    """The session's own ispo cache (the measured CPU peak): tests never read or write the
+    user's, and every session measures afresh where a benchmark asks for it."""
+    before = os.environ.get("ISPO_CACHE_DIR")
+    os.environ["ISPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("ispo-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ISPO_CACHE_DIR", None)
+    else:
+        os.environ["ISPO_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

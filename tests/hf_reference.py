@@ -111,3 +111,30 @@ def perturbed_row(
     )
     cell = F.cosine_similarity(orig_h.mean(0), new_h.mean(0), dim=0)
     return {"cos_sim": float(cos.mean()), "cell_cos_sim": float(cell), **extra}
+
+
+def load_encoder_reference(ckpt: Path, layout: str):
+    """A fine-tuned checkpoint's encoder as ``transformers`` loads it (fp32, eval), with its
+    ``.bert`` and ``.config`` as :func:`hidden_at` wants: ``BertForSequenceClassification``,
+    ``BertForTokenClassification``, or ``BertModel`` for Geneformer's multi-task layout (its
+    ``bert.*`` keys load as the base model's)."""
+    from types import SimpleNamespace
+
+    from transformers import BertForSequenceClassification, BertForTokenClassification, BertModel
+
+    if layout == "multitask":
+        bert = BertModel.from_pretrained(str(ckpt)).float().eval()
+        return SimpleNamespace(bert=bert, config=bert.config)
+    cls = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}[layout]
+    return cls.from_pretrained(str(ckpt)).float().eval()
+
+
+def class_probs(ckpt: Path, token_lists: list[list[int]]) -> torch.Tensor:
+    """(n, classes) softmax of ``BertForSequenceClassification.from_pretrained`` logits, one
+    forward per sequence (no padding at all)."""
+    from transformers import BertForSequenceClassification
+
+    hf = BertForSequenceClassification.from_pretrained(str(ckpt)).float().eval()
+    with torch.no_grad():
+        logits = [hf(input_ids=torch.tensor([x])).logits[0] for x in token_lists]
+    return torch.softmax(torch.stack(logits), dim=-1)

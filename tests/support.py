@@ -165,3 +165,78 @@ def save_tiny_checkpoint(
         model.config.save_pretrained(path)
         torch.save(model.state_dict(), Path(path) / "pytorch_model.bin")
     return path
+
+
+#: class names of the tiny fine-tuned checkpoints (id order)
+CLASSES = ("ctrl", "stim", "other")
+#: the fine-tuned layouts ``ispo`` loads: transformers' two classifiers and Geneformer's
+#: multi-task model (``bert.*`` + ``classification_heads.<i>.*`` in ``pytorch_model.bin``)
+FINETUNED = ("sequence", "token", "multitask")
+
+
+def save_finetuned_checkpoint(
+    path: Path,
+    vocab_size: int,
+    layout: str,
+    *,
+    n_layers: int = 3,
+    hidden: int = 32,
+    max_len: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """A seeded random fine-tuned checkpoint of ``layout`` (:data:`FINETUNED`), saved as its
+    trainer saves it: ``save_pretrained`` of ``BertForSequenceClassification`` /
+    ``BertForTokenClassification`` with ``CLASSES`` in ``id2label``, or, for Geneformer's
+    multi-task model, its module's ``state_dict()`` in ``pytorch_model.bin`` beside the config."""
+    import torch
+    from torch import nn
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        BertModel,
+    )
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_len,
+        hidden_act="relu",
+        pad_token_id=0,
+        initializer_range=0.2,
+        id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)},
+    )
+    torch.manual_seed(seed)
+    if layout == "sequence":
+        BertForSequenceClassification(config).eval().save_pretrained(path)
+    elif layout == "token":
+        BertForTokenClassification(config).eval().save_pretrained(path)
+    elif layout == "multitask":  # GeneformerMultiTask's module names, two tasks
+
+        class MultiTask(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bert = BertModel(config)
+                heads = [nn.Linear(hidden, 3), nn.Linear(hidden, 5)]
+                self.classification_heads = nn.ModuleList(heads)
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(path)
+        torch.save(MultiTask().state_dict(), Path(path) / "pytorch_model.bin")
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return path
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this machine's ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16: the expected
+    answer of ``precision="auto"`` on CPU, read here without ispo (False off Linux)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(words & {"amx_bf16", "avx512_bf16"})

@@ -165,3 +165,17 @@ def test_save_run_config_places_and_round_trips(tmp_path):
     assert defaults == {k: (str(v) if k == "out" else v) for k, v in params.items()}
     with pytest.raises(ValueError, match="outside a running"):
         save_run_config(folder)
+
+
+def test_settings_of_another_commands_section_are_named_when_unused(tmp_path, caplog):
+    """A best.yaml tuned for embed only (no perturb section) gives perturb nothing: say so."""
+    cfg = write(tmp_path / "best.yaml", "embed:\n  precision: bf16\n  batch-tokens: 4096\n")
+    with caplog.at_level("WARNING", logger="ispo.config"):
+        _, defaults = apply_config(["perturb", "demo:4", "--config", str(cfg)], GROUP)
+    assert defaults == {"perturb": {}}
+    assert "batch-tokens, precision set only in other commands' sections" in caplog.text
+    assert "`ispo perturb` does not use them" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ispo.config"):
+        apply_config(["embed", "demo:4", "--config", str(cfg)], GROUP)
+    assert caplog.text == ""

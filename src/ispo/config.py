@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ import yaml
 
 from ispo.errors import IspoError
 from ispo.settings import RunSettings
+
+log = logging.getLogger(__name__)
 
 #: Name of the saved config inside a result folder.
 CONFIG_NAME = "config.yaml"
@@ -126,6 +129,8 @@ def command_defaults(
     section = next((v for k, v in config.items() if _key(k) == _key(name)), None)
     if section is not None and not isinstance(section, dict):
         raise IspoError(f"{source}: section {name!r} must be a mapping of option: value")
+    if section is None:
+        _warn_unused_sections(config, known, name, source, flat)
     out: dict[str, Any] = {}
     entries = [(k, v, False) for k, v in flat.items()]
     entries += [(k, v, True) for k, v in (section or {}).items()]
@@ -143,6 +148,32 @@ def command_defaults(
             value = [value]  # `batch-tokens: 4096` for a repeatable option
         out[param] = value
     return out
+
+
+def _warn_unused_sections(
+    config: Mapping[str, Any], known: Mapping[str, str], name: str, source: str, flat: Mapping
+) -> None:
+    """Say so when another command's section sets options this command also has: a
+    ``best.yaml`` tuned for ``embed`` only gives ``perturb`` nothing, which should not pass
+    for "the tuned settings were used"."""
+    unused = sorted(
+        {
+            str(k)
+            for sec_name, sec in config.items()
+            if isinstance(sec, dict) and sec_name not in flat
+            for k in sec
+            if _key(k) in known and _key(k) not in {_key(f) for f in flat}
+        }
+    )
+    if unused:
+        log.warning(
+            "%s: %s set only in other commands' sections; `ispo %s` does not use them "
+            "(add a `%s:` section to apply them here)",
+            source,
+            ", ".join(unused),
+            name,
+            name,
+        )
 
 
 def load_settings(path: str | Path, command: str = "embed") -> RunSettings:

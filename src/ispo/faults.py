@@ -27,19 +27,29 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
     Tokenize at most N cells per chunk (the chunk boundaries of the streaming passes).
 ``no_int8:1``
     Quantizing to int8 fails as on a torch build without an int8 backend.
+``kill_trial_above_tokens:N``
+    An ``ispo tune`` trial whose token budget is over N kills its own process (SIGKILL) as it
+    starts, as the host's out-of-memory killer would: a setting that dies on every attempt.
 
 Counts are per process and restart whenever the variable changes or :func:`reset` is called;
 :func:`count` says how often a site was reached while the variable was set. Unset (always, in
 normal use), every check is one environment lookup.
+
+A variable left set in a shell would change a production run without a word, so every command
+checks it first (:func:`announce`, before any model loads): a malformed value is refused in one
+line, a valid one is announced with a warning, and every output's metadata records it
+(:func:`describe`, through :meth:`ispo.model.load.GeneformerModel.metadata`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from ispo.errors import IspoError
 
+log = logging.getLogger(__name__)
 ENV = "ISPO_FAULT"
 NAMES = (
     "crash_after_shard",
@@ -51,8 +61,9 @@ NAMES = (
     "batch_error",
     "tokenize_chunk",
     "no_int8",
+    "kill_trial_above_tokens",
 )
-_state: dict = {"raw": "", "spec": {}, "counts": {}}
+_state: dict = {"raw": "", "spec": {}, "counts": {}, "announced": ""}
 
 
 class InjectedFault(RuntimeError):
@@ -78,6 +89,26 @@ def _spec() -> dict[str, int]:
     if raw != _state["raw"]:
         _state.update(raw=raw, spec=parse(raw), counts={})
     return _state["spec"]
+
+
+def describe() -> str | None:
+    """The ``ISPO_FAULT`` entries in force (``"crash_after_shard:2"``), or None when unset:
+    what an output's metadata records. IspoError when the value is malformed."""
+    return ",".join(f"{name}:{n}" for name, n in _spec().items()) or None
+
+
+def announce() -> None:
+    """Check ``ISPO_FAULT`` at the start of a run: IspoError (one line) when it is malformed, a
+    warning naming it when it is set (once per value and process), nothing when unset."""
+    spec = describe()
+    if spec is not None and _state["announced"] != _state["raw"]:
+        _state["announced"] = _state["raw"]
+        log.warning(
+            "%s=%s is set: faults will be injected into this run on purpose; unset it for a "
+            "real run",
+            ENV,
+            spec,
+        )
 
 
 def _hit(site: str) -> int:
@@ -156,3 +187,12 @@ def active(name: str) -> bool:
 def chunk_cap(default: int) -> int:
     """Cells per tokenizer chunk: ``default``, or less under ``tokenize_chunk:N``."""
     return min(default, _spec().get("tokenize_chunk") or default)
+
+
+def trial_started(batch_tokens: int) -> None:
+    """Called as an ``ispo tune`` trial with a budget of ``batch_tokens`` starts measuring."""
+    limit = _spec().get("kill_trial_above_tokens")
+    if limit is not None and batch_tokens > limit:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,10 +1,11 @@
-"""What CPU this is: model, cores, the ISA torch dispatches to, bf16/fp16/int8 units, peak FLOP/s.
+"""What CPU this is: model, cores (logical and physical), its clock and where that clock was
+read, the ISA torch dispatches to, and its bf16/fp16/int8 units.
 
 Speed figures differ between CPUs more than between methods (a CPU with AMX runs bf16 matrix
-products 10x faster than one without), so every result records :func:`cpu_info` and the
-benchmark shows MFU on CPUs from :func:`cpu_peak_flops`.
+products 10x faster than one without), so every result records the CPU, and the benchmark
+shows MFU against its peak (:mod:`ispo.peak`).
 
-Everything is read from ``/proc/cpuinfo`` (Linux) and torch; elsewhere the fields are
+Everything is read from ``/proc/cpuinfo``, cpufreq (Linux) and torch; elsewhere the fields are
 ``None`` (unknown), never guessed.
 """
 
@@ -12,16 +13,26 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
 CPUINFO = Path("/proc/cpuinfo")
+CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
 # the /proc/cpuinfo flags that decide which low-precision arithmetic is native
 MATRIX_FLAGS = ("amx_bf16", "amx_int8", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512_vnni")
+# where the clock was read, best first, and what that clock is
+CLOCK_SOURCES = {
+    "cpufreq": "cpufreq cpuinfo_max_freq, the highest boost clock (all-core clocks are lower: "
+    "a peak from it is an upper bound)",
+    "model name": "the base clock in the model name (all-core boost clocks are often higher: "
+    "a peak from it may be low)",
+    "cpu MHz": "/proc/cpuinfo cpu MHz (in a VM the host's nominal clock, on bare metal the "
+    "clock at that instant: boost clocks may be higher)",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class CpuInfo:
         ``cpu family`` (AMD: 25 = Zen 3/Zen 4, 26 = Zen 5).
     cores
         Logical CPUs this process may use (``os.sched_getaffinity``).
+    physical_cores
+        Physical cores among them (distinct ``physical id``/``core id`` pairs): two
+        hyper-threads share one core's vector units. ``cores`` where cpuinfo does not say.
     threads
         torch's intra-op threads (``torch.get_num_threads``).
     capability
@@ -46,62 +60,101 @@ class CpuInfo:
     flags
         Which of :data:`MATRIX_FLAGS` the CPU has.
     mhz
-        Clock from ``/proc/cpuinfo`` (``cpu MHz``: the current or, in a VM, the nominal clock).
+        The clock, from the best of :data:`CLOCK_SOURCES` this machine has.
+    clock_source
+        Which one (a key of :data:`CLOCK_SOURCES`); None with no clock.
     """
 
     model: str | None
     vendor: str | None
     family: int | None
     cores: int
+    physical_cores: int
     threads: int
     capability: str
     flags: dict[str, bool]
     mhz: float | None
+    clock_source: str | None = None
 
     def has(self, flag: str) -> bool:
         return bool(self.flags.get(flag))
 
 
-def _parse_cpuinfo(text: str) -> dict[str, str]:
-    """The first processor's ``key: value`` fields (all processors of a host share them)."""
+def _processors(text: str) -> list[dict[str, str]]:
+    """Each processor's ``key: value`` fields, in order."""
+    blocks: list[dict[str, str]] = []
     fields: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in [*text.splitlines(), ""]:
         if not line.strip():
             if fields:
-                break
+                blocks.append(fields)
+                fields = {}
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    return fields
+    return blocks
 
 
-def read_cpu_info(cpuinfo_text: str | None = None) -> CpuInfo:
-    """Build :class:`CpuInfo` from ``cpuinfo_text`` (default: this machine's ``/proc/cpuinfo``)."""
+def _usable() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return set(range(os.cpu_count() or 1))
+
+
+def _physical(procs: list[dict[str, str]], usable: set[int]) -> int:
+    """Distinct (package, core) pairs among the usable processors; their count where unknown."""
+    pairs = {
+        (p.get("physical id"), p["core id"])
+        for p in procs
+        if "core id" in p and p.get("processor", "").isdigit() and int(p["processor"]) in usable
+    }
+    return len(pairs) or len(usable)
+
+
+def _clock(first: dict[str, str], cpufreq: Path | None) -> tuple[float | None, str | None]:
+    """The clock in MHz and its source (:data:`CLOCK_SOURCES`, best first)."""
+    try:
+        khz = float((cpufreq / "cpuinfo_max_freq").read_text()) if cpufreq else None
+    except (OSError, ValueError):
+        khz = None
+    if khz:
+        return khz / 1000, "cpufreq"
+    base = re.search(r"@\s*([\d.]+)\s*GHz", first.get("model name", ""))
+    if base:
+        return float(base.group(1)) * 1000, "model name"
+    try:
+        return float(first["cpu MHz"]), "cpu MHz"
+    except (KeyError, ValueError):
+        return None, None
+
+
+def read_cpu_info(cpuinfo_text: str | None = None, cpufreq: Path | None = None) -> CpuInfo:
+    """Build :class:`CpuInfo` from ``cpuinfo_text`` and the ``cpufreq`` folder (default: this
+    machine's ``/proc/cpuinfo``, and its cpufreq only when reading this machine's cpuinfo)."""
     if cpuinfo_text is None:
+        cpufreq = CPUFREQ if cpufreq is None else cpufreq
         try:
             cpuinfo_text = CPUINFO.read_text()
         except OSError:  # not Linux
             cpuinfo_text = ""
-    fields = _parse_cpuinfo(cpuinfo_text)
-    flags = set(fields.get("flags", "").split())
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        cores = os.cpu_count() or 1
-    try:
-        mhz = float(fields["cpu MHz"])
-    except (KeyError, ValueError):
-        mhz = None
-    family = fields.get("cpu family", "")
+    procs = _processors(cpuinfo_text)
+    first = procs[0] if procs else {}
+    flags = set(first.get("flags", "").split())
+    usable = _usable()
+    mhz, source = _clock(first, cpufreq)
+    family = first.get("cpu family", "")
     return CpuInfo(
-        model=fields.get("model name") or platform.processor() or None,
-        vendor=fields.get("vendor_id"),
+        model=first.get("model name") or platform.processor() or None,
+        vendor=first.get("vendor_id"),
         family=int(family) if family.isdigit() else None,
-        cores=cores,
+        cores=len(usable),
+        physical_cores=_physical(procs, usable),
         threads=torch.get_num_threads(),
         capability=torch.backends.cpu.get_cpu_capability(),
         flags={f: f in flags for f in MATRIX_FLAGS},
         mhz=mhz,
+        clock_source=source,
     )
 
 
@@ -109,6 +162,15 @@ def read_cpu_info(cpuinfo_text: str | None = None) -> CpuInfo:
 def this_cpu() -> CpuInfo:
     """This machine's :class:`CpuInfo` (read once per process)."""
     return read_cpu_info()
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none): above the CPU count,
+    other processes competed for the cores and speed figures read low."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
 
 
 def bf16_matrix_flags(cpu: CpuInfo | None = None) -> list[str]:
@@ -130,89 +192,15 @@ def has_bf16_matrix_units(cpu: CpuInfo | None = None) -> bool:
     return bool(bf16_matrix_flags(cpu))
 
 
-def _fma_bits(cpu: CpuInfo) -> int | None:
-    """Bits per FMA pipe: 512 with AVX-512 (Intel, AMD Zen 5), 256 on AMD Zen 4 (AVX-512
-    instructions run as two 256-bit halves), 256 with AVX2; None for other ISAs (unknown)."""
-    if cpu.capability.startswith("AVX512"):
-        if cpu.vendor == "AuthenticAMD" and cpu.family is not None and cpu.family < 26:
-            return 256
-        return 512
-    if cpu.capability.startswith("AVX2"):
-        return 256
-    return None
-
-
-def cpu_peak_flops(dtype: torch.dtype, cpu: CpuInfo | None = None) -> float | None:
-    """Estimated dense peak FLOP/s of this CPU's usable cores for matrix products in ``dtype``.
-
-    ``peak = cores x clock x FLOP per cycle per core``, where FLOP per cycle per core is
-    ``2 FMA pipes x (FMA bits / 32) fp32 lanes x 2 FLOP per fused multiply-add`` for fp32
-    (Intel and AMD optimisation manuals: two FMA pipes per core on every AVX2/AVX-512 core since
-    Haswell and Zen 2; 256-bit pipes on Zen 4, 512-bit on Intel AVX-512 servers and Zen 5).
-    bf16 with AVX512-BF16 (``vdpbf16ps``) and int8 with AVX512-VNNI (``vpdpbusd``) do 2 and 4
-    products per fp32 lane, so 2x and 4x that; AMX, where present, 1,024 bf16 FLOP and 2,048
-    int8 operations per cycle per core (Intel's Sapphire Rapids figures). fp16 counts only with
-    AVX512-FP16 or AMX-FP16 (2x fp32); without them torch emulates it, so its peak is the fp32
-    one. None when a factor is unknown (clock not reported, ISA other than AVX2/AVX-512):
-    MFU is then shown as unknown rather than against a guessed peak.
-
-    The clock is ``/proc/cpuinfo``'s, not the all-core turbo: a peak a little low makes MFU a
-    little high. ``ISPO_CPU_PEAK_FLOPS`` (see :func:`ispo.bench.flops.peak_flops`) overrides.
-    """
-    cpu = cpu or this_cpu()
-    bits = _fma_bits(cpu)
-    if bits is None or not cpu.mhz:
-        return None
-    fp32_per_cycle = 2 * (bits // 32) * 2
-    if dtype == torch.bfloat16:
-        if cpu.has("amx_bf16"):
-            per_cycle = 1024
-        elif cpu.has("avx512_bf16"):
-            per_cycle = 2 * fp32_per_cycle
-        else:
-            per_cycle = fp32_per_cycle
-    elif dtype == torch.float16:
-        if cpu.has("amx_fp16"):
-            per_cycle = 1024
-        else:
-            per_cycle = 2 * fp32_per_cycle if cpu.has("avx512_fp16") else fp32_per_cycle
-    elif dtype == torch.int8:
-        if cpu.has("amx_int8"):
-            per_cycle = 2048
-        else:
-            per_cycle = 4 * fp32_per_cycle if cpu.has("avx512_vnni") else fp32_per_cycle
-    elif dtype == torch.float32:
-        per_cycle = fp32_per_cycle
-    else:
-        return None
-    return cpu.cores * cpu.mhz * 1e6 * per_cycle
-
-
-def cpu_info() -> dict[str, Any]:
-    """This CPU as a JSON-ready dict for results' metadata, with peaks in TFLOP/s per dtype."""
-    cpu = this_cpu()
-    peaks = {
-        key: cpu_peak_flops(dt, cpu)
-        for key, dt in (
-            ("fp32", torch.float32),
-            ("bf16", torch.bfloat16),
-            ("fp16", torch.float16),
-            ("int8", torch.int8),
-        )
-    }
-    return {
-        **asdict(cpu),
-        "bf16_matrix_units": has_bf16_matrix_units(cpu),
-        "peak_tflops": {k: None if v is None else v / 1e12 for k, v in peaks.items()},
-    }
-
-
 def cpu_summary(cpu: CpuInfo | None = None) -> str:
     """One line naming the CPU for headers: ``AMD EPYC, 2 cores, torch ISA AVX512, ...``."""
     cpu = cpu or this_cpu()
     flags = [f for f in MATRIX_FLAGS if cpu.has(f)]
-    parts = [cpu.model or "unknown CPU", f"{cpu.cores} cores", f"torch ISA {cpu.capability}"]
+    cores = f"{cpu.cores} cores"
+    if cpu.physical_cores != cpu.cores:
+        cores = f"{cpu.cores} logical CPUs on {cpu.physical_cores} cores"
+    parts = [cpu.model or "unknown CPU", cores, f"torch ISA {cpu.capability}"]
     if cpu.mhz:
-        parts.append(f"{cpu.mhz / 1000:.2f} GHz")
+        parts.append(f"{cpu.mhz / 1000:.2f} GHz ({cpu.clock_source})")
     parts.append(", ".join(flags) if flags else "no bf16/fp16/int8 matrix units")
     return ", ".join(parts)

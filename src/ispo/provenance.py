@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ispo.hardware import cpu_info, cpu_summary
+from ispo.hardware import cpu_summary, has_bf16_matrix_units, this_cpu
+from ispo.peak import PeakMode, cpu_peaks
 
 __all__ = ["cpu_info", "device_name", "git_commit", "h5ad_safe", "versions"]
 
@@ -27,6 +30,20 @@ def versions() -> dict[str, str]:
         "ispo": _version("ispo"),
         "python": platform.python_version(),
         **{p: _version(p) for p in ("torch", "transformers", "anndata", "numpy")},
+    }
+
+
+def cpu_info(peak: PeakMode | str = PeakMode.AUTO) -> dict[str, Any]:
+    """This CPU as a JSON-ready dict for results' metadata, with the peak of each dtype that
+    MFU would use (``peak``: see :class:`ispo.peak.PeakMode`; never measured here): its TFLOP/s
+    (``peak_tflops``) and what it is (``peaks``: source and how)."""
+    cpu = this_cpu()
+    peaks = cpu_peaks(peak)
+    return {
+        **asdict(cpu),
+        "bf16_matrix_units": has_bf16_matrix_units(cpu),
+        "peak_tflops": {k: None if p.flops is None else p.flops / 1e12 for k, p in peaks.items()},
+        "peaks": {k: p.to_dict() for k, p in peaks.items()},
     }
 
 

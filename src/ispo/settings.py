@@ -28,8 +28,9 @@ class Choice(StrEnum):
 
 
 class Precision(Choice):
-    """Weights and activations of the encoder; ``auto`` is bf16 where the hardware has bf16
-    matrix units (CUDA, CPUs with AMX or AVX-512 bf16) and fp32 elsewhere."""
+    """Weights and activations of the encoder; ``auto`` is bf16 where the hardware computes
+    bf16 natively (GPUs of compute capability 8.0+, CPUs with AMX or AVX-512 bf16) and fp32
+    elsewhere."""
 
     AUTO = "auto"
     FP32 = "fp32"

@@ -25,6 +25,7 @@ from ispo import faults
 from ispo.errors import IspoError
 from ispo.io.genes import GeneMap, build_gene_map
 from ispo.io.read import Source, iter_count_chunks, obs_column, open_input
+from ispo.io.select import passes
 from ispo.io.validate import check_counts
 from ispo.io.vocab import Vocab, load_vocab
 
@@ -244,15 +245,6 @@ def _wrap(genes: np.ndarray, gene_lens: np.ndarray, special: tuple[int, int]) ->
     return out
 
 
-def _passes(flags: np.ndarray) -> np.ndarray:
-    """``filter_pass`` as booleans, whether stored as 0/1, bools or strings ("0", "False")."""
-    if flags.dtype.kind in "biuf":
-        return flags.astype(bool)
-    return (
-        ~pd.Series(flags).astype(str).str.strip().str.lower().isin(["0", "false", "0.0"]).to_numpy()
-    )
-
-
 @dataclass(frozen=True)
 class Tokenizer:
     """What ranking needs that does not depend on the cells, built once per input.
@@ -313,7 +305,7 @@ class Tokenizer:
                 n_counts = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
             rows = np.arange(chunk.shape[0])
             if filter_pass is not None:
-                passing = _passes(filter_pass[a:b])
+                passing = passes(filter_pass[a:b])
                 if not passing.all():  # a CSR row selection copies the chunk: only when needed
                     rows = rows[passing]
                     chunk, n_counts = chunk[rows], n_counts[rows]
@@ -334,6 +326,99 @@ class Tokenizer:
             yield TokenizedCells(tokens, offsets, obs_index, self.special is not None)
 
 
+@dataclass(frozen=True)
+class GivenTokens:
+    """Cells that come tokenized (a dataset from Geneformer's ``TranscriptomeTokenizer``):
+    their tokens are used as given, never re-ranked, after checks against the run's vocabulary
+    and model (one line per problem). Reads rows like :class:`Tokenizer`, and is as picklable.
+    """
+
+    special: tuple[int, int] | None  # (cls, eos) of V2 vocabularies
+    vocab_size: int
+    max_input: int
+
+    @classmethod
+    def build(cls, vocab: Vocab, max_input: int | None = None) -> GivenTokens:
+        special = (vocab.cls_id, vocab.eos_id) if vocab.version == 2 else None
+        return cls(special, vocab.size, max_input or vocab.max_input)
+
+    def rows(
+        self,
+        src: Source,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        chunk_size: int = MAX_CHUNK,
+        warn_empty: bool = True,
+    ) -> Iterator[TokenizedCells]:
+        """Tokens of rows ``[start, stop)``, ``chunk_size`` rows at a time (empty cells
+        skipped, with a warning unless ``warn_empty=False``)."""
+        stop = src.n_obs if stop is None else stop
+        for a in range(start, stop, chunk_size):
+            tokens, lens = src.token_rows(a, min(a + chunk_size, stop))
+            self._check(tokens, lens, a, src.name)
+            empty = lens == 0
+            if empty.any() and warn_empty:
+                log.warning("skipping %d cell(s) with no token", int(empty.sum()))
+            offsets = np.zeros(int((~empty).sum()) + 1, dtype=np.int64)
+            np.cumsum(lens[~empty], out=offsets[1:])
+            obs_index = (a + np.flatnonzero(~empty)).astype(np.int64)
+            yield TokenizedCells(tokens, offsets, obs_index, self.special is not None)
+
+    def _check(self, tokens: np.ndarray, lens: np.ndarray, first: int, name: str) -> None:
+        if len(tokens) and (tokens.min() < 1 or tokens.max() >= self.vocab_size):
+            bad = int(tokens[(tokens < 1) | (tokens >= self.vocab_size)][0])
+            raise IspoError(
+                f"{name} holds token {bad}, not a gene of the vocabulary ({self.vocab_size:,} "
+                "tokens; 0 is padding): tokenize with the dictionaries of this model"
+            )
+        if len(lens) and lens.max() > self.max_input:
+            i = first + int(np.argmax(lens))
+            raise IspoError(
+                f"cell {i} of {name} has {int(lens.max()):,} tokens but the model takes "
+                f"{self.max_input:,}: tokenize with model_input_size={self.max_input}"
+            )
+        ends = np.cumsum(lens)[lens > 0]
+        if not len(ends):
+            return
+        heads, tails = tokens[ends - lens[lens > 0]], tokens[ends - 1]
+        if self.special is not None and not (
+            (heads == self.special[0]).all() and (tails == self.special[1]).all()
+        ):
+            raise IspoError(
+                f"cells of {name} do not all start with <cls> and end with <eos> (tokenized "
+                "for a V1 model?): use the V1 dictionaries and model, or tokenize for V2"
+            )
+        if self.special is None and (heads == 2).all() and (tails == 3).all():
+            raise IspoError(
+                f"every cell of {name} starts with token 2 and ends with 3 (<cls> ... <eos>: "
+                "tokenized for a V2 model?): use the V2 dictionaries and model"
+            )
+
+
+def cell_reader(
+    src: Source,
+    vocab: Vocab | str,
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    max_input: int | None = None,
+) -> Tokenizer | GivenTokens:
+    """How the cells of ``src`` become tokens: ranked from counts (:class:`Tokenizer`), or read
+    as given from a tokenized dataset (:class:`GivenTokens`); every check that can fail before
+    any row is read is done here."""
+    vocab = load_vocab(vocab)
+    if src.tokenized:
+        if layer is not None or gene_key is not None:
+            raise IspoError(
+                f"--layer and --gene-key apply to count inputs: {src.name} is already tokenized"
+            )
+        return GivenTokens.build(vocab, max_input)
+    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
+    src.matrix(layer)  # no X / no such layer: fail now
+    return tok
+
+
 def iter_tokenize(
     adata: ad.AnnData | Source,
     vocab: Vocab | str,
@@ -345,13 +430,14 @@ def iter_tokenize(
     warn_empty: bool = True,
 ) -> Iterator[TokenizedCells]:
     """Tokenize ``adata`` (an AnnData, backed or not, or a :class:`~ispo.io.read.Source`)
-    chunk by chunk, streaming; see :meth:`Tokenizer.rows`.
+    chunk by chunk, streaming; see :meth:`Tokenizer.rows` (a tokenized dataset's tokens are
+    read as given: :class:`GivenTokens`).
 
     ``n_counts`` comes from ``obs["n_counts"]`` or, when absent, from all genes of the raw
     counts (before any is dropped), as Geneformer does.
     """
     src = open_input(adata)
-    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
+    tok = cell_reader(src, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
     yield from tok.rows(src, chunk_size=chunk_size, warn_empty=warn_empty)
 
 

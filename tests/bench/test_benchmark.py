@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 
 import ispo
 from hf_reference import embed_reference, half_error, load_reference
-from ispo.bench import runner
-from ispo.bench.flops import peak_flops
+from ispo.bench import guards
+from ispo.bench.config import BenchConfig
+from ispo.bench.measure import run_method
 from ispo.bench.methods import REGISTRY, prepare, resolve_methods
-from ispo.bench.runner import ROW_KEYS, BenchConfig, run_benchmark, run_method
+from ispo.bench.rows import ROW_KEYS
+from ispo.bench.runner import run_benchmark
 from ispo.bench.tables import read_results, to_markdown, write_results
 from ispo.cli.main import app
 from ispo.errors import IspoError
@@ -132,11 +134,15 @@ def test_every_method_gives_a_complete_row(result) -> None:
         ):
             assert r[key] is not None, (r["method"], key)
         assert r["gpu_util_avg"] is None and r["gpu_mem_peak_mib"] is None  # CPU: not faked
-        peak = peak_flops("cpu", REGISTRY.get(r["method"], REGISTRY["baseline"]).compute_dtype)
-        if peak is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
+        if r["peak_tflops"] is None:  # a CPU whose peak is unknown: no MFU, never a guessed one
             assert r["mfu"] is None
-        else:  # MFU against the CPU's estimated peak (ispo.hardware)
-            assert r["mfu"] == pytest.approx(r["achieved_tflops"] * 1e12 / peak)
+        else:  # MFU against the peak the row names
+            assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
+        # a benchmark measures the CPU's peak first (ispo.peak) and every row says which it used
+        dtype = "int8" if "int8" in r["method"] else r["precision"]
+        expected = "nominal" if dtype == "int8" else "measured"
+        assert r["peak_source"] == expected == result.meta["mfu_peaks"][dtype]["source"]
+        assert r["peak_tflops"] * 1e12 == result.meta["mfu_peaks"][dtype]["flops"]
         assert 0.0 <= r["pad_fraction"] < 1.0
         assert result.embeddings[r["method"]].shape == (N_CELLS, 16)
     assert result.row("baseline")["speedup"] == pytest.approx(1.0)
@@ -255,7 +261,7 @@ def test_memory_guard_skips_with_the_estimate(tiny_model, small_adata) -> None:
 def test_time_guard_skips_slow_methods_but_never_the_baseline(
     tiny_model, small_adata, monkeypatch
 ) -> None:
-    monkeypatch.setattr(runner, "GUARD_FLOOR_S", 0.0)
+    monkeypatch.setattr(guards, "GUARD_FLOOR_S", 0.0)
     config = BenchConfig(methods="bf16,fast", repeats=1, max_slowdown=1e-9)
     res = run_benchmark(small_adata[:3], tiny_model, ispo.demo_vocab(), config)
     assert res.row("baseline")["status"] == "ok"
@@ -467,7 +473,7 @@ def test_compile_row_on_cpu(tiny_model, small_adata) -> None:
 def test_slow_method_is_timed_on_fewer_cells_not_skipped(
     tiny_model, small_adata, monkeypatch
 ) -> None:
-    monkeypatch.setattr(runner, "ROW_BUDGET_BASELINE_PASSES", 0.0)  # the budget alone decides
+    monkeypatch.setattr(guards, "ROW_BUDGET_BASELINE_PASSES", 0.0)  # the budget alone decides
     config = BenchConfig(
         methods="bf16,fast", repeats=1, row_budget_s=1e-9, max_slowdown=None, warmup_cells=2
     )

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ispo.bench.flops import encoder_flops, mfu, mlm_head_flops, peak_flops
-from ispo.errors import IspoError
-from ispo.hardware import cpu_peak_flops
+from ispo.bench.flops import device_peak, encoder_flops, mfu, mlm_head_flops
+from ispo.peak import Peak, cpu_peak
 
 SMALL = {"n_layers": 6, "hidden": 256, "intermediate": 512}
 LARGE = {"n_layers": 12, "hidden": 512, "intermediate": 1024}
@@ -47,14 +46,15 @@ def test_mfu() -> None:
         mfu(1e12, 0.0, 1e12)
 
 
-def test_cpu_peak_estimated_unless_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_peak_is_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the device's peak is :func:`ispo.peak.cpu_peak` (tested in tests/test_peak.py)."""
     monkeypatch.delenv("ISPO_CPU_PEAK_FLOPS", raising=False)
-    assert peak_flops("cpu", torch.float32) == cpu_peak_flops(torch.float32)
+    assert device_peak("cpu", torch.float32, "nominal") == cpu_peak(torch.float32, "nominal")
     monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "1.5e12")
-    assert peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e12
-    monkeypatch.setenv("ISPO_CPU_PEAK_FLOPS", "fast")
-    with pytest.raises(IspoError, match=r"=.fast. is not a positive .*; fix or unset it"):
-        peak_flops("cpu", torch.float32)
+    assert device_peak(torch.device("cpu"), torch.bfloat16).flops == 1.5e12
+    assert device_peak("mps", torch.float32) == Peak(
+        "fp32", None, "unknown", "no peak known for device type 'mps'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,8 @@ def test_cuda_peak_table(
     before = torch.backends.cuda.matmul.allow_tf32  # a computed flag: monkeypatch cannot undo it
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        assert peak_flops("cuda", dtype) == peak
+        got = device_peak("cuda", dtype)
+        assert (got.flops, got.source) == (peak, "datasheet")
+        assert got.how.startswith(name)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import ispo
 from _scaleout import small_adata, tiny_checkpoint
-from ispo.bench.flops import encoder_flops, peak_flops
+from ispo.bench.flops import encoder_flops
 from ispo.bench.isp import isp_speed
 from ispo.cli.main import main
+from ispo.hardware import this_cpu
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,8 @@ def test_isp_speed_rows(ckpt, monkeypatch):
     for r in (ours, orig):
         assert r["model_tflop"] == pytest.approx(need / 1e12)
         assert r["mfu"] == pytest.approx(need / r["seconds"] / 1e12)
+        assert (r["peak_tflops"], r["peak_source"]) == (1.0, "ISPO_CPU_PEAK_FLOPS")
+    assert res["mfu_peaks"]["fp32"]["how"] == "set by the user (ISPO_CPU_PEAK_FLOPS=1e12)"
     assert orig["speedup_vs_original"] == 1.0
 
 
@@ -63,7 +65,11 @@ def test_bench_isp_cli_files(ckpt, tmp_path, capsys):
     )
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["rows"]][-1].startswith("original loop")
-    # MFU only against a known peak (the CPU's estimated one, ispo.hardware)
-    assert (res["rows"][0]["mfu"] is None) == (peak_flops("cpu", torch.float32) is None)
+    # bench-isp measures this CPU's fp32 peak first, and says so
+    ours = res["rows"][0]
+    assert ours["peak_source"] == res["mfu_peaks"]["fp32"]["source"] == "measured"
+    assert ours["mfu"] == pytest.approx(ours["tflop_per_s"] / ours["peak_tflops"])
+    assert res["load_average"]["start"] is not None and res["cpu"]["model"] == this_cpu().model
     table = (out / "results.md").read_text()
     assert "| MFU |" in table and "perturbations/s" in capsys.readouterr().out
+    assert "MFU against: fp32 " in table and ", measured (best of " in table

@@ -116,7 +116,7 @@ CASES = [
     ("empty-cells", _empty_cells, [], "no cell has counts"),
     ("no-cells", _no_cells, [], "no cell"),
     ("duplicate-cell-names", _duplicate_names, [], "duplicate cell name"),
-    ("truncated-h5ad", _truncated, [], "complete"),
+    ("truncated-h5ad", _truncated, [], "copy or write it again"),
     ("missing-input", lambda tmp: tmp / "nowhere.h5ad", [], "does not exist"),
     ("wrong-vocab-size", _good, ["--model", "{small_ckpt}"], "expects 100"),
     ("corrupt-vocab-pickle", _good, ["--vocab", "{vocab}"], "gene_median_dictionary.pkl"),

@@ -10,7 +10,7 @@ import pytest
 
 from _scaleout import tiny_checkpoint, write_small
 from ispo.cli.main import main
-from ispo.hardware import bf16_matrix_flags
+from support import cpu_has_bf16_units
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def files(tmp_path_factory):
 
 
 def expected() -> str:
-    return "bf16" if bf16_matrix_flags() else "fp32"
+    return "bf16" if cpu_has_bf16_units() else "fp32"
 
 
 def test_embed_precision_auto_is_printed_and_recorded(files, tmp_path, capsys):

@@ -4,8 +4,9 @@ A real ``python -m ispo`` child is killed with SIGKILL once it has recorded ``HA
 (one cell per shard, so many remain): ``ISPO_FAULT=hang_after_shard:N`` (:mod:`ispo.faults`)
 holds it there, so the kill lands mid-run however loaded the machine is. Before resuming, debris
 of a half-written shard is planted in the parts folder (a temporary file and a garbage part that
-no manifest lists): the resumed run must not take it for done. The uninterrupted references run
-in this process.
+no manifest lists): the resumed run must not take it for done. One recorded part is then
+damaged: the resumed run finds it by its recorded size and computes it again. The
+uninterrupted references run in this process.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_perturb_resumes_after_kill_9(files, tmp_path):
     assert not parts.exists()
 
 
-def test_embed_resumes_after_kill_9(files, tmp_path):
+def test_embed_resumes_after_kill_9(files, tmp_path, caplog):
     n_cells = 24
     args = [
         str(files["data"]),
@@ -125,7 +126,11 @@ def test_embed_resumes_after_kill_9(files, tmp_path):
     done = _start_and_kill(ispo_cmd("-q", "embed", *args, "--out", str(out)), parts, out)
     assert len(done) == HANG_AFTER
     _plant_debris(parts, "emb", done, n_cells)
-    main(["-q", "embed", *args, "--out", str(out), "--resume"])
+    damaged = parts / f"emb-{int(min(done, key=int)):06d}.parquet"  # a recorded part, truncated
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    with caplog.at_level("WARNING", logger="ispo.io.shards"):
+        main(["-q", "embed", *args, "--out", str(out), "--resume"])
+    assert f"shard {min(done, key=int)}: part {damaged.name} is damaged" in caplog.text
     ref = tmp_path / "ref.h5ad"
     main(["-q", "embed", *args, "--out", str(ref)])
     a, b = ad.read_h5ad(out), ad.read_h5ad(ref)
@@ -133,7 +138,7 @@ def test_embed_resumes_after_kill_9(files, tmp_path):
     pd.testing.assert_frame_equal(a.obs, b.obs)
     assert (a.X != b.X).nnz == 0
     stream = a.uns["geneformer"]["stream"]
-    assert stream["resumed"] and stream["n_cells_this_run"] == n_cells - len(done)
+    assert stream["resumed"] and stream["n_cells_this_run"] == n_cells - len(done) + 1
     assert not parts.exists()
 
 

@@ -139,8 +139,13 @@ def test_evaluate_cli_on_an_embedded_file(embedded_files, tiny_model_dir, tmp_pa
     assert r["embedding"]["model"] == str(tiny_model_dir)
     assert r["consistency"]["cosine_mean"] > 0.99  # bf16 vs fp32 on the same cells
     assert r["consistency"]["reference"] == str(embedded_files["bf16"])
+    assert [row["label"] for row in r["per_label"]] == r["classification"]["classes"]
+    shown = {x["metric"]: (x["n_cells"], x["of"]) for x in r["subsamples"]}
+    assert shown["embedding.png"] == shown["knn_overlap"] == shown["silhouette"] == (20, 20)
     md = (out / "metrics.md").read_text()
     assert "| accuracy |" in md and "Consistency with the reference" in md
+    assert "## Per label" in md and "| control |" in md.split("## Per label")[1]
+    assert "## Subsamples" in md and "| embedding.png | 20 | 20 | 50,000 | 0 |" in md
     assert "ARI_cluster/label" in md and "![embedding coloured by label](embedding.png)" in md
     for png in ("embedding.png", "confusion.png"):
         assert_real_png(out / png)
@@ -213,21 +218,17 @@ def test_evaluate_on_kang_embeddings(tiny_model_dir, tmp_path):
     model = ispo.load_model(str(tiny_model_dir), vocab=str(V1_VOCAB), device="cpu")
     ispo.embed(adata, model)
     r = ispo.evaluate(adata, label_key="condition", control_label="ctrl", out=tmp_path / "kang")
-    assert r["n_cells"] == 300 and r["classification"]["classes"] == ["ctrl", "stim"]
-    assert r["classification"]["n_test"] == 60
-    # oracle: the documented linear probe written out with scikit-learn (stratified split,
-    # standardised on the training cells, ridge classifier)
-    from sklearn.linear_model import RidgeClassifier
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = adata.obsm["X_geneformer"], adata.obs["condition"].astype(str).to_numpy()
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=60, stratify=y, random_state=0)
-    scaler = StandardScaler().fit(X_tr)
-    pred = RidgeClassifier().fit(scaler.transform(X_tr), y_tr).predict(scaler.transform(X_te))
-    assert r["classification"]["accuracy"] == pytest.approx(float((pred == y_te).mean()))
-    # interferon reshapes the gene ranking: even random weights read it above chance
-    assert r["classification"]["accuracy"] > 0.6
+    c = r["classification"]
+    assert r["n_cells"] == 300 and c["classes"] == ["ctrl", "stim"]
+    assert c["n_test_per_label"] == [30, 30] and c["n_test"] == 60  # 20 % of 150 each
+    # the scores follow from the confusion matrix by the textbook formulas
+    cm = np.array(c["confusion_matrix"])
+    assert cm.sum() == 60 and cm.sum(axis=1).tolist() == [30, 30]
+    assert c["accuracy"] == pytest.approx(np.trace(cm) / 60)
+    tp = np.diag(cm)
+    f1 = 2 * tp / (cm.sum(axis=0) + cm.sum(axis=1))  # 2TP / (2TP + FP + FN)
+    assert c["f1_per_label"] == pytest.approx(f1) and c["f1_macro"] == pytest.approx(f1.mean())
+    assert [row["f1"] for row in r["per_label"]] == c["f1_per_label"]
     assert r["geometry"]["control_separation"] is not None
     assert_real_png(tmp_path / "kang" / "embedding.png")
 

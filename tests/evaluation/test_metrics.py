@@ -14,6 +14,7 @@ from ispo.evaluation import (
     plot_confusion,
     plot_embedding,
 )
+from ispo.evaluation.metrics import nearest_others
 
 REPO = Path(__file__).resolve().parents[2]
 KANG = REPO.parent / "shared" / "data" / "kang2018_pbmc_ifnb_2000.h5ad"
@@ -132,6 +133,7 @@ def test_consistency_of_embedding_with_itself_is_perfect():
         "cosine_p50",
         "max_abs_diff",
         "knn_overlap",
+        "subsamples",
     }
     assert r["cosine_min"] == pytest.approx(1.0) and r["cosine_p01"] == pytest.approx(1.0)
     assert r["max_abs_diff"] == 0.0
@@ -191,3 +193,89 @@ def test_kang_ifnb_condition_is_linearly_decodable():
     assert r["classification"]["accuracy"] > 0.8
     assert r["geometry"]["knn_label_consistency"] > 0.8
     assert r["geometry"]["control_separation"] > 1.0
+
+
+def test_a_rare_label_missing_from_a_random_split_still_gets_test_cells():
+    """98 'a' + 2 'b', perfectly separable. Each label holds out round(20 %) of its cells, at
+    least one: a 20, b 1. Every test cell is right, so both labels have F1 1 and so has the
+    macro mean (a split without a 'b' test cell scored it F1 0: macro 0.5)."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(98, 4)), 50.0 + rng.normal(size=(2, 4))])
+    labels = ["a"] * 98 + ["b"] * 2
+    c = evaluate_embedding(X, labels, k=1)["classification"]
+    assert c["n_test_per_label"] == [20, 1] and (c["n_train"], c["n_test"]) == (79, 21)
+    assert c["accuracy"] == 1.0 and c["f1_per_label"] == [1.0, 1.0] and c["f1_macro"] == 1.0
+
+
+def test_a_large_test_share_leaves_every_label_a_training_cell():
+    """10 labels x 2 cells with test_size 0.6: one test and one training cell per label (a
+    stratified split of 12 test cells could not be made: sklearn raised its own ValueError)."""
+    X, labels = blobs(n_per=2, n_labels=10)
+    c = evaluate_embedding(X, labels, test_size=0.6, k=1)["classification"]
+    assert c["n_test_per_label"] == [1] * 10 and (c["n_train"], c["n_test"]) == (10, 10)
+
+
+def gamed(seed: int = 0):
+    """1,800 cells of 'a' collapsed far away + 200 cells of 'b' and 'c' drawn from one cloud."""
+    rng = np.random.default_rng(seed)
+    a = np.array([100.0] + [0.0] * 7) + 0.01 * rng.normal(size=(1800, 8))
+    X = np.concatenate([a, rng.normal(size=(200, 8))])
+    labels = np.array(["a"] * 1800 + list(rng.permutation(["b"] * 100 + ["c"] * 100)))
+    return X, labels
+
+
+def test_per_label_metrics_show_labels_the_pooled_ones_hide():
+    from sklearn.metrics import silhouette_samples
+    from sklearn.neighbors import NearestNeighbors
+
+    X, labels = gamed()
+    r = evaluate_embedding(X, labels, k=10)
+    g, rows = r["geometry"], {row["label"]: row for row in r["per_label"]}
+    assert g["knn_label_consistency"] > 0.9 and g["silhouette"] > 0.8  # pooled: looks great
+    # references: sklearn called directly (all 2,000 cells are under every cap)
+    sil = silhouette_samples(X, labels)
+    nn = NearestNeighbors(n_neighbors=11).fit(X).kneighbors(X, return_distance=False)[:, 1:]
+    knn = (labels[nn] == labels[:, None]).mean(axis=1)
+    for label in "abc":
+        mine = labels == label
+        assert rows[label]["silhouette"] == pytest.approx(sil[mine].mean(), abs=1e-9)
+        assert rows[label]["knn_label_consistency"] == pytest.approx(knn[mine].mean(), abs=1e-9)
+        assert rows[label]["n_cells"] == int(mine.sum())
+    for label in "bc":  # mixed: about half the neighbours share the label, silhouette ~0
+        assert abs(rows[label]["knn_label_consistency"] - 0.5) < 0.1
+        assert abs(rows[label]["silhouette"]) < 0.1
+    assert rows["a"]["f1"] == 1.0 and max(rows["b"]["f1"], rows["c"]["f1"]) < 0.8
+
+
+def test_large_inputs_are_subsampled_and_say_so():
+    """6,000 cells: silhouette (cap 5,000), separation (2,000), kNN queries (5,000) and the
+    control separation (1,000 + 1,000) run on seeded subsets, each recorded; k-means (cap
+    20,000) uses all cells."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import NearestNeighbors
+
+    X, labels = blobs(n_per=2000, n_labels=3, spread=3.0)
+    r = evaluate_embedding(X, labels, control_label="a", seed=7, k=5)
+    used = {s["metric"]: (s["n_cells"], s["of"], s["cap"], s["seed"]) for s in r["subsamples"]}
+    assert used == {
+        "silhouette": (5000, 6000, 5000, 7),
+        "separation_ratio": (2000, 6000, 2000, 7),
+        "knn_label_consistency": (5000, 6000, 5000, 7),
+        "ari, nmi (k-means)": (6000, 6000, 20000, 7),
+        "control_separation (controls)": (1000, 2000, 1000, 7),
+        "control_separation (others)": (1000, 4000, 1000, 7),
+    }
+    # the documented rule: sorted numpy.random.default_rng(seed).choice(n, cap, replace=False)
+    pick = np.sort(np.random.default_rng(7).choice(6000, 5000, replace=False))
+    assert r["geometry"]["silhouette"] == pytest.approx(
+        silhouette_score(X[pick], labels[pick]), abs=1e-9
+    )
+    nn = NearestNeighbors(n_neighbors=6).fit(X).kneighbors(X[pick], return_distance=False)
+    same = labels[nn[:, 1:]] == labels[pick][:, None]
+    assert r["geometry"]["knn_label_consistency"] == pytest.approx(same.mean(), abs=1e-12)
+
+
+def test_nearest_others_skip_the_cell_itself_among_duplicates():
+    X = np.array([[0.0], [0.0], [5.0], [7.0], [0.5]])  # cells 0 and 1 coincide
+    assert nearest_others(X, np.array([0, 1]), 1).ravel().tolist() == [1, 0]
+    assert nearest_others(X, np.array([2]), 2).tolist() == [[3, 4]]  # distances 2, 4.5

@@ -157,7 +157,7 @@ def reference(
     than the model input loses its tail and the original is cut by the same amount.
     """
     layer = layer_index(s, emb_layer)
-    cls = emb_mode == "cls"
+    cls = emb_mode.startswith("cls")  # cls and cls_and_gene: the <cls> value and shifts
     id_of = s.vocab.id_of_token()
     labels = (
         s.adata.obs[states["state_key"]].astype(str).to_numpy()[s.cells.obs_index]
@@ -532,6 +532,45 @@ def test_cls_mode_v2(setup_v2, kind):
     )
 
 
+@pytest.mark.parametrize("kind", ["delete", "overexpress"])
+def test_cls_and_gene_v2(setup_v2, kind):
+    """Geneformer's cls_and_gene: the <cls> cosine as the cell value (as ``cls``) and the gene
+    tokens' cosines (never <cls>/<eos>) in the gene table (as ``cell_and_gene``)."""
+    s = setup_v2
+    exp, exp_genes = reference(
+        s, kind, surgery=lambda g: surgery_all(g, kind, 1), emb_mode="cls_and_gene"
+    )
+    run_all_settings(
+        s, exp, ["cos_sim", "cell_cos_sim"], exp_genes, perturb_type=kind, emb_mode="cls_and_gene"
+    )
+
+
+def test_cls_and_gene_v2_gene_list_states(setup_v2):
+    s = setup_v2
+    a, b = _pair_some_cells(s)
+    targets = [s.token(a), s.token(b)]
+    exp, exp_genes = reference(
+        s,
+        "overexpress",
+        surgery=lambda g: surgery_list(g, "overexpress", targets),
+        emb_mode="cls_and_gene",
+        states=STATES,
+    )
+    df = perturb(
+        s.adata,
+        s.model,
+        genes=[gid(a), gid(b)],
+        perturb_type="overexpress",
+        emb_mode="cls_and_gene",
+        cell_states=STATES,
+    )
+    assert_table(df, exp, ["cos_sim", "cell_cos_sim", "shift_b", "shift_c"])
+    gt = df.attrs["gene_table"]
+    assert_table(
+        gt, exp_genes, ["cos_sim"], ["cell_id", "obs_index", "perturbed_ids", "affected_id"]
+    )
+
+
 def test_cls_mode_v2_states(setup_v2):
     s = setup_v2
     exp, _ = reference(
@@ -604,7 +643,10 @@ def test_cell_filter_and_range(setup):
     df = perturb(
         setup.adata, setup.model, perturb_type="delete", cell_filter={"batch": ["y"]}, max_ncells=2
     )
-    assert df["obs_index"].unique().tolist() == [setup.cells.obs_index[i] for i in y_cells[:2]]
+    # Geneformer's draw: Dataset.shuffle(seed=42) of the filtered cells, the first two kept
+    drawn = sorted(np.random.default_rng(42).permutation(len(y_cells))[:2])
+    assert drawn != [0, 1]  # the draw differs from taking the first cells
+    assert df["obs_index"].unique().tolist() == [setup.cells.obs_index[y_cells[i]] for i in drawn]
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -653,7 +695,9 @@ BAD_OPTIONS = {
         perturb_type="inhibit", rank_shift=0, match="rank_shift must be 1, 2 or 3"
     ),
     "unknown_type": dict(perturb_type="knockout", match="perturb_type must be one of .*'knockout'"),
-    "unknown_emb_mode": dict(emb_mode="gene", match="emb_mode must be cell, cell_and_gene or cls"),
+    "unknown_emb_mode": dict(
+        emb_mode="gene", match="emb_mode must be one of cell, cell_and_gene, cls, cls_and_gene"
+    ),
     "emb_layer_5": dict(emb_layer=5, match=r"emb_layer must be -1 \(penultimate\) or 0 \(last\)"),
     "gene_twice": dict(genes=[gid(0), "G0"], match=r"names a gene twice .*: list each once"),
     "empty_list": dict(genes=[], match="no gene to perturb: give 'all' or a list of genes"),
@@ -687,9 +731,12 @@ def test_bad_input(setup_v1, case):
     _expect_error(setup_v1, match, **kw)
 
 
-def test_cls_needs_v2(setup_v1):
+@pytest.mark.parametrize("mode,fallback", [("cls", "cell"), ("cls_and_gene", "cell_and_gene")])
+def test_cls_needs_v2(setup_v1, mode, fallback):
     _expect_error(
-        setup_v1, r"emb_mode 'cls' needs a V2 vocabulary .*use 'cell' for V1", emb_mode="cls"
+        setup_v1,
+        rf"emb_mode '{mode}' needs a V2 vocabulary .*use '{fallback}' for V1",
+        emb_mode=mode,
     )
 
 

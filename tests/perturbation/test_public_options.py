@@ -105,7 +105,7 @@ def test_perturb_stats_command(setup_v1, plain, tmp_path, capsys):
     # goal-state statistics read the run's states from its metadata; only known modes pass
     shift = tmp_path / "shift.parquet"
     main(["perturb-stats", str(results), "--out", str(shift), "--mode", "goal_state_shift"])
-    paired = {"shift_to_goal", "goal_effect", "goal_toward_fdr", "goal_away_fdr", "tested"}
+    paired = {"shift_to_goal", "shift_to_goal_vs_cell_genes", "goal_call_fdr", "tested"}
     assert paired <= set(pd.read_parquet(shift).columns)
     gf = tmp_path / "gf.parquet"
     main(["perturb-stats", str(results), "--out", str(gf), "--mode", "goal_state_shift",

@@ -103,6 +103,8 @@ def test_resume_after_kill(setup_v1, full_run, tmp_path, monkeypatch, n_done):
     pd.testing.assert_frame_equal(df.attrs["gene_table"], full_run[0].attrs["gene_table"])
     assert not df.duplicated(["obs_index", "perturbed_ids"]).any()
     files = files_of(out)
+    # the counting run is a drill (ISPO_FAULT set, never firing): its metadata says so
+    assert files["meta"].pop("ispo_fault") == "crash_after_shard:1000000000"
     assert_same_files(files, full_run[1])
     assert json.loads(out.with_suffix(".json").read_text())["n_cells_this_run"] == 2 * (
         N_SHARDS - n_done
@@ -231,3 +233,52 @@ def test_writing_gives_no_warning(setup_v1, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         perturb(setup_v1.adata, setup_v1.model, out=tmp_path / "r.parquet", **OPTS)
+
+
+def test_resume_recomputes_damaged_and_missing_parts(
+    setup_v1, full_run, tmp_path, monkeypatch, caplog
+):
+    """Parts damaged after they were recorded (truncated, a flipped byte, deleted) are found by
+    their recorded size and checksum on --resume, named, and computed again."""
+    out = tmp_path / "r.parquet"
+    parts = tmp_path / "r.parquet.parts"
+    kill_after(monkeypatch, 4)
+    with pytest.raises(InjectedFault, match=KILLED):
+        perturb(setup_v1.adata, setup_v1.model, out=out, **OPTS)
+    truncated = parts / "cells-000001.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    flipped = parts / "genes-000002.parquet"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    flipped.write_bytes(bytes(data))
+    (parts / "cells-000003.parquet").unlink()
+
+    count_shards(monkeypatch)
+    with caplog.at_level("WARNING", logger="ispo.io.shards"):
+        df = perturb(setup_v1.adata, setup_v1.model, out=out, resume=True, **OPTS)
+    assert faults.count("shard") == N_SHARDS - 4 + 3  # the two never done, and the three
+    said = [r.getMessage() for r in caplog.records]
+    truncated_said = "shard 1: part cells-000001.parquet is damaged (100 bytes"
+    assert any(m.startswith(truncated_said) for m in said)
+    assert "shard 2: part genes-000002.parquet is damaged (its checksum" in " ".join(said)
+    assert "shard 3: part cells-000003.parquet is missing: recomputing it" in said
+    assert len(said) == 3
+    pd.testing.assert_frame_equal(df, full_run[0])
+    files = files_of(out)
+    assert files["meta"].pop("ispo_fault") == "crash_after_shard:1000000000"  # the counting drill
+    assert_same_files(files, full_run[1])
+
+
+def test_manifest_records_size_and_checksum(setup_v1, tmp_path, monkeypatch):
+    import hashlib
+
+    kill_after(monkeypatch, 2)
+    with pytest.raises(InjectedFault, match=KILLED):
+        perturb(setup_v1.adata, setup_v1.model, out=tmp_path / "r.parquet", **OPTS)
+    parts = tmp_path / "r.parquet.parts"
+    done = json.loads((parts / "manifest.json").read_text())["done"]
+    for entries in done.values():
+        for entry in entries.values():
+            data = (parts / entry["file"]).read_bytes()
+            assert entry["bytes"] == len(data)
+            assert entry["sha256"] == hashlib.sha256(data).hexdigest()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import anndata as ad
@@ -14,7 +16,7 @@ import pytest
 import ispo
 from ispo.cli.main import main
 from ispo.errors import IspoError
-from ispo.reporting.document import Document, fmt
+from ispo.reporting.render import fmt, markdown_to_html, render_markdown
 from ispo.reporting.report import build_report, detect
 
 PNG = (
@@ -278,7 +280,7 @@ def test_report_renders_every_kind(folders, tmp_path, capsys):
     # perturb: top hit first, with the goal-state statistics
     hits = md.split("Top hits")[1]
     assert hits.index("GENE3") < hits.index("GENE0")
-    assert "goal_toward_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
+    assert "goal_call_fdr" in md and "shift_to_goal" in md and "-volcano.png" in md
     # random weights are flagged at the top and in each affected section
     assert md.split("## ")[0].count("random weights") == 1
     assert md.count("RANDOM WEIGHTS") == 3  # benchmark, evaluate, perturb (tune: trained-free)
@@ -314,19 +316,29 @@ def test_report_errors_are_one_line(folders, tmp_path, capsys):
     assert not (tmp_path / "r2").exists()  # nothing half-written
 
 
-def test_document_renders_markdown_and_html():
-    doc = (
-        Document()
-        .heading("T")
-        .note("careful")
-        .paragraph("a < b")
-        .table(["x", "y|z"], [[1, 0.5], [1234567, None]])
-        .code("k: v", "yaml")
+def test_blocks_render_markdown_and_html(tmp_path):
+    """The building blocks as Markdown, and that Markdown as HTML: escaped, tables, notes,
+    code, images embedded; numbers formatted for reading."""
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(PNG)
+    md = render_markdown(
+        "finetune.md.j2",
+        label="ft*1",
+        notes=["careful"],
+        model=None,
+        epochs=[{}],
+        best=None,
+        epoch_rows=[[1, 0.5, None, 1234567, "a|b"]],
+        extra=[],
+        confusion=None,
+        images=[{"path": "figures/a.png", "alt": "a < b"}],
     )
-    md = doc.to_markdown()
-    assert "> **careful**" in md and "| x | y\\|z |" in md and "| 1,234,567 | - |" in md
-    html = doc.to_html()
-    assert "a &lt; b" in html and '<div class="note">careful</div>' in html
+    assert md.startswith("## Fine-tuning: ft\\*1\n") and "> **careful**" in md
+    assert "| 1 | 0.5 | - | 1,234,567 | a\\|b |" in md
+    html = markdown_to_html(md, base_dir=tmp_path, title="T <1>")
+    assert "<title>T &lt;1&gt;</title>" in html and "<h2>Fine-tuning: ft*1</h2>" in html
+    assert "<blockquote>" in html and "<td>a|b</td>" in html
+    assert 'src="data:image/png;base64,' in html and 'alt="a &lt; b"' in html
     assert fmt(0.000012345) == "1.23e-05" and fmt(True) == "yes" and fmt(float("nan")) == "-"
 
 
@@ -340,3 +352,119 @@ def test_git_commit_names_the_checkout(monkeypatch) -> None:
     monkeypatch.delenv("ISPO_GIT_COMMIT")
     got = git_commit()
     assert got == "unknown" or re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", got), got
+
+
+def _goal_stats(folders, path: Path, min_cells: int) -> pd.DataFrame:
+    """A perturb-stats goal-state table of the perturb fixture, written as perturb-stats does."""
+    from ispo.perturbation.stats import perturb_stats, write_stats
+
+    results = folders["perturb"] / "isp.parquet"
+    df = perturb_stats(results, mode="goal_state_shift", goal_state="stim", min_cells=min_cells)
+    write_stats(df, path)
+    return df
+
+
+def test_stats_table_is_shown_as_computed(folders, tmp_path):
+    """A perturb-stats table made with --min-cells 11 (no gene of the 10 cells tested) is shown
+    with its own parameters and rows, not recomputed with the default --min-cells 10."""
+    from ispo.config import save_run_config
+
+    csv = tmp_path / "stats.csv"
+    _goal_stats(folders, csv, min_cells=11)
+    params = {"results": "isp.parquet", "mode": "goal_state_shift", "method": "paired"}
+    save_run_config(csv, {**params, "min_cells": 11, "fdr_alpha": 0.05}, command="perturb-stats")
+    assert [r.kind for r in detect(tmp_path)] == ["stats"]
+    build_report([csv], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Perturbation statistics: stats.csv" in md
+    assert "mode goal_state_shift, method paired, min cells 11, fdr alpha 0.05" in md
+    assert "from stats.csv.config.yaml), not recomputed" in md
+    table = pd.read_csv(csv)  # what the report must show: the file's own figures
+    assert int(table["tested"].sum()) == 0
+    assert "the 0 genes seen in at least 11 cells (6 seen in fewer: listed, not tested)" in md
+    assert f"{int(table['toward_goal'].sum())} genes move cells toward the goal" in md
+    first = table.iloc[0]
+    assert f"| {first['perturbed_symbols']} | {first['perturbed_ids']} |" in md
+
+
+def test_stats_parameters_from_a_parquet_table_or_none(folders, tmp_path):
+    _goal_stats(folders, tmp_path / "s.parquet", min_cells=3)
+    _goal_stats(folders, tmp_path / "bare.csv", min_cells=3)  # no config beside it
+    build_report([tmp_path / "s.parquet", tmp_path / "bare.csv"], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "min cells 3, fdr alpha 0.05" in md and "from s.parquet's metadata" in md
+    assert "its parameters were not saved with it (no bare.csv.config.yaml beside it)" in md
+    assert "of 6 genes tested" in md  # bare.csv: the count from its own `tested` column
+
+
+def test_finetune_section(tmp_path):
+    """A fine-tuning folder (hand-made here, in the shape ispo finetune writes): per-epoch
+    figures, the best epoch by validation macro-F1, the confusion matrix and its own PNGs."""
+    d = tmp_path / "ft"
+    d.mkdir()
+    epochs = [
+        {"epoch": 1, "train_loss": 0.9, "val_loss": 0.7, "val_accuracy": 0.6, "val_macro_f1": 0.55},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.8, "val_macro_f1": 0.78},
+        {"epoch": 3, "train_loss": 0.3, "val_loss": 0.5, "val_accuracy": 0.75, "val_macro_f1": 0.7},
+    ]
+    metrics = {"epochs": epochs, "confusion_matrix": [[8, 2], [1, 9]], "classes": ["ctrl", "stim"]}
+    (d / "metrics.json").write_text(json.dumps({**metrics, "random_init": True}))
+    (d / "confusion_matrix.png").write_bytes(PNG)
+    (d / "training_curve.png").write_bytes(PNG)
+    assert [r.kind for r in detect(d)] == ["finetune"]
+    assert [r.kind for r in detect(d / "metrics.json")] == ["finetune"]
+    build_report([d], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Fine-tuning: ft" in md and "RANDOM WEIGHTS: this fine-tuning" in md
+    assert "3 epochs; best validation macro-F1 0.78 at epoch 2 (accuracy 0.8" in md
+    assert "| 2 | 0.5 | 0.4 | 0.8 | 0.78 |" in md
+    assert "| true \\\\ predicted | ctrl | stim |" in md and "| stim | 1 | 9 |" in md
+    assert "![training curve](figures/ft-training_curve.png)" in md
+    assert (tmp_path / "r" / "figures" / "ft-confusion_matrix.png").is_file()
+
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+
+
+def screenshot(html: Path, png: Path, width: int = 1280, height: int = 4000) -> Path:
+    """``html`` as headless Chromium draws it (no network: the report is self-contained)."""
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={png.parent / 'chromium-profile'}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            html.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return png
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (apt install chromium)"
+)
+def test_report_looks_right_in_headless_chromium(folders, tmp_path):
+    """The HTML report drawn by a real browser: its style applies (the red border of the
+    random-weights notes, the grey table headers) and its embedded figures are drawn (the blue
+    bars of the hits chart)."""
+    from PIL import Image
+
+    out = tmp_path / "report"
+    build_report(list(folders.values()), out, title="Run 7")
+    png = screenshot(out / "report.html", tmp_path / "shot.png")
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1280, 4000)
+    colours = {c for _, c in image.getcolors(maxcolors=1 << 20)}
+    assert (217, 83, 79) in colours  # .note border, #d9534f
+    assert (243, 243, 243) in colours  # table header, #f3f3f3
+    assert (44, 127, 184) in colours  # bars of the embedded hits and speedup charts, #2c7fb8
+    assert len(colours) > 200  # text, tables and figures, not a blank or error page

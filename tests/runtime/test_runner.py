@@ -81,7 +81,7 @@ def test_uniform_blocks_run_without_mask(setups):
     model, enc, cells = setups[1]
     rows = torch.from_numpy(cells.cell(0).astype(np.int64))
     block = torch.stack([rows.roll(k) for k in range(4)])  # 4 rows of one length
-    tokens = Tokens.from_blocks([block[:1], block[1:]])
+    tokens = Tokens.from_blocks([block[:1], block[1:]], cells=[0, 0])
     assert tokens.uniform and tokens.width == len(rows)
     with torch.inference_mode():
         ref = enc(block)
@@ -94,7 +94,7 @@ def test_uniform_blocks_run_without_mask(setups):
 def test_ragged_blocks_pad_with_the_pad_id(setups):
     model, _, cells = setups[2]
     a = torch.from_numpy(cells.cell(0).astype(np.int64))
-    tokens = Tokens.from_blocks([a[None], a[None, :3]])
+    tokens = Tokens.from_blocks([a[None], a[None, :3]], cells=[0, 0])
     assert not tokens.uniform and tokens.lengths.tolist() == [len(a), 3]
     ids = tokens.padded(model.config.pad_id)
     assert ids[1, :3].tolist() == a[:3].tolist()

@@ -9,12 +9,14 @@ import anndata as ad
 import numpy as np
 import pytest
 import yaml
+from tune_helpers import study_trials
 
 import ispo
 from ispo.cli.main import main
 from ispo.errors import IspoError
 from ispo.settings import RunSettings
 from ispo.tuning import SearchSpace, tune
+from ispo.tuning import measure as measure_module
 from ispo.tuning import search as search_module
 
 optuna = pytest.importorskip("optuna")
@@ -28,19 +30,8 @@ SMALL = SearchSpace(
 )
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return ispo.load_model(str(tiny_model_dir), vocab=ispo.demo_vocab(), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def cells(model):
-    return ispo.tokenize(ispo.demo_adata(4), model.vocab)
-
-
 def trials(out: Path) -> list:
-    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
-    return study.trials
+    return study_trials(out)
 
 
 def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_path):
@@ -73,14 +64,16 @@ def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_pa
     # a second call with more trials continues the same study
     res2 = tune(cells, model, out=out, n_trials=4, space=SMALL, repeats=1, data_source="demo:4")
     again = trials(out)
-    assert [t.number for t in again] == [0, 1, 2, 3]
+    measured = [t for t in again if "copied_from" not in t.user_attrs]
+    assert len(measured) == 4 and again[:3] == trials(out)[:3]
+    assert res2.summary["n_measured"] == 4
+    assert res2.summary["n_trials"] == len(again) == 4 + res2.summary["n_copies"]
     assert (
         optuna.load_study(
             study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}"
         ).user_attrs["created"]
         == created
     )
-    assert res2.summary["n_trials"] == 4
 
     # the best setting is a --config that ispo embed accepts
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -100,35 +93,15 @@ def test_tune_runs_three_trials_then_resumes_the_same_study(cells, model, tmp_pa
         )
 
 
-def test_interrupted_trial_is_run_again(cells, model, tmp_path):
-    out = tmp_path / "tune"
-    tune(cells, model, out=out, n_trials=1, space=SMALL, repeats=1)
-    study = optuna.load_study(study_name="ispo-tune", storage=f"sqlite:///{out / 'study.db'}")
-    stopped = study.ask()  # a trial left RUNNING, as by a killed process
-    for name, choices in (
-        ("int8", [False]),
-        ("precision", ["fp32", "bf16"]),
-        ("batch_tokens", [4096, 8192]),
-        ("attention", ["default", "math"]),
-        ("compile", [False]),
-    ):
-        stopped.suggest_categorical(name, choices)
-    params = dict(stopped.params)
-    tune(cells, model, out=out, n_trials=2, space=SMALL, repeats=1)
-    ts = trials(out)
-    assert ts[1].state == optuna.trial.TrialState.FAIL
-    assert ts[2].state == optuna.trial.TrialState.COMPLETE and ts[2].params == params
-
-
 def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monkeypatch):
-    real = search_module.embed_cells
+    real = measure_module.embed_cells
 
     def embed_cells(c, m, *, batch_tokens=None, **kw):
         if batch_tokens == 8192:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(c, m, batch_tokens=batch_tokens, **kw)
 
-    monkeypatch.setattr(search_module, "embed_cells", embed_cells)
+    monkeypatch.setattr(measure_module, "embed_cells", embed_cells)
     space = SearchSpace(
         batch_tokens=[4096, 8192],
         precision=["fp32"],
@@ -141,6 +114,43 @@ def test_out_of_memory_trials_are_pruned_not_fatal(cells, model, tmp_path, monke
     assert states[8192]["state"] == "pruned"
     assert states[8192]["reason"].startswith("out of memory")
     assert res.best is not None and res.best.batch_tokens == 4096
+
+
+def _oom_at(monkeypatch, tokens: int | None) -> None:
+    """Make every measurement with a token budget of ``tokens`` run out of memory (None: none)."""
+    from ispo.embedding.embed import embed_cells as real
+
+    def embed_cells(c, m, *, batch_tokens=None, **kw):
+        if tokens is not None and batch_tokens == tokens:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(c, m, batch_tokens=batch_tokens, **kw)
+
+    monkeypatch.setattr(measure_module, "embed_cells", embed_cells)
+
+
+@pytest.mark.parametrize("oom_again", [False, True])
+def test_out_of_memory_is_tried_once_more_on_resume(cells, model, tmp_path, monkeypatch, oom_again):
+    """Running out of memory may be the machine's passing state: a resume measures the setting
+    once more; a second out-of-memory settles it (never tried a third time)."""
+    space = SearchSpace(
+        batch_tokens=[4096, 8192],
+        precision=["fp32"],
+        attention=["default"],
+        compile=[False],
+        int8=[False],
+    )
+    out = tmp_path / "tune"
+    _oom_at(monkeypatch, 8192)
+    tune(cells, model, out=out, n_trials=2, space=space, repeats=1)
+    _oom_at(monkeypatch, 8192 if oom_again else None)
+    res = tune(cells, model, out=out, n_trials=4, space=space, repeats=1)
+    runs = [t for t in res.summary["trials"] if t["settings"]["batch_tokens"] == 8192]
+    measured = [t for t in runs if t.get("copied_from") is None]
+    assert [t["state"] for t in measured] == ["pruned", "pruned" if oom_again else "complete"]
+    if oom_again:  # settled after two: a third call measures nothing new
+        res = tune(cells, model, out=out, n_trials=6, space=space, repeats=1)
+        again = [t for t in res.summary["trials"] if t["settings"]["batch_tokens"] == 8192]
+        assert sum(t.get("copied_from") is None for t in again) == 2
 
 
 def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_path, monkeypatch):
@@ -156,8 +166,10 @@ def test_consistency_and_memory_constraints_decide_the_best(cells, model, tmp_pa
             "time_s_passes": [1.0],
             "warmup_s": 0.0,
             "cos_mean": 0.99 if fast else 1.0,
-            "cos_min": 0.9,
+            "cos_min": 0.99 if fast else 1.0,
             "max_abs_diff": 0.1,
+            "isp_max_shift_diff": None,
+            "nonfinite": None,
             "mem_peak_mib": 50.0 * settings.batch_tokens / 4096,
             "memory_kind": "rss",
             "backend": "fake",
@@ -195,7 +207,7 @@ def test_the_best_setting_loads_as_run_settings(tiny_model_dir, cells, model, tm
     from ispo.config import load_settings
 
     res = tune(cells, model, out=tmp_path / "t", n_trials=1, space=SMALL, repeats=1)
-    settings = load_settings(tmp_path / "t" / "best.yaml", command="perturb")
+    settings = load_settings(tmp_path / "t" / "best.yaml", command="embed")
     assert settings == res.best
     loaded = ispo.load_model(str(tiny_model_dir), vocab=model.vocab, settings=settings)
     assert loaded.settings == settings
@@ -224,9 +236,13 @@ def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, c
             "off",
             "--repeats",
             "1",
+            "--min-cosine-cell",
+            "0.99",
         ]
     )
     assert "1 trial (1 complete" in capsys.readouterr().out
+    constraints = json.loads((out / "summary.json").read_text())["constraints"]
+    assert constraints["min_cosine_cell"] == 0.99 and constraints["isp_cells"] == 0
     assert (out / "config.yaml").is_file() and (out / "best.yaml").is_file()
     emb = tmp_path / "emb.h5ad"
     main(
@@ -256,6 +272,7 @@ def test_tune_cli_writes_a_config_that_embed_accepts(tiny_model_dir, tmp_path, c
         (["--precision", "fp8"], "unknown precision 'fp8'"),
         (["--compile", "maybe"], "--compile must be auto, search, on or off"),
         (["--attention", "fastest"], "unknown attention backend 'fastest'"),
+        (["--isp-cells", "-1"], "--isp-cells must be 0 (off) or more"),
     ],
 )
 def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
@@ -275,3 +292,73 @@ def test_tune_cli_bad_options_are_one_line(tiny_model_dir, tmp_path, capsys, arg
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def fake_measure(by_precision: dict[str, tuple[float, float, float]]):
+    """A stand-in for ``measure``: (cells/s, mean cosine, worst-cell cosine) by precision."""
+
+    def measure(cells, model, settings, **kw):
+        speed, cos_mean, cos_min = by_precision[str(settings.precision)]
+        return {
+            "cells_per_s": speed + settings.batch_tokens / 4096,
+            "cos_mean": cos_mean,
+            "cos_min": cos_min,
+            "isp_max_shift_diff": None,
+            "nonfinite": None,
+            "mem_peak_mib": 50.0,
+        }
+
+    return measure
+
+
+def test_the_worst_cell_fails_a_setting_whose_mean_passes(cells, model, tmp_path, monkeypatch):
+    """bf16 is 10x faster and its mean cosine 0.9999 passes 0.999, but one cell at 0.98 is under
+    the worst-cell limit (0.995): fp32 is the best."""
+    monkeypatch.setattr(
+        search_module,
+        "measure",
+        fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (100.0, 0.9999, 0.98)}),
+    )
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    s = tune(cells, model, out=tmp_path / "t", n_trials=2, space=two).summary
+    rows = {t["settings"]["precision"]: t for t in s["trials"]}
+    assert rows["bf16"]["reason"] == "worst cell cosine 0.980000 < 0.995"
+    assert s["best"]["settings"]["precision"] == "fp32"
+    assert "worst cell >= 0.995" in (tmp_path / "t" / "best.yaml").read_text()
+
+
+def test_repeated_proposals_do_not_use_the_budget(cells, model, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        search_module, "measure", fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (20.0, 1, 1)})
+    )
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    s = tune(cells, model, out=tmp_path / "two", n_trials=8, space=two).summary
+    # both settings measured once; the search stops there instead of copying them 6 times
+    assert (s["n_trials"], s["n_measured"], s["n_copies"]) == (2, 2, 0)
+    # half of an 8-setting space: every counted trial measures a setting not measured before
+    s = tune(cells, model, out=tmp_path / "half", n_trials=4, space=SMALL).summary
+    measured = [json.dumps(t["settings"]) for t in s["trials"] if t["copied_from"] is None]
+    assert len(measured) == len(set(measured)) == s["n_measured"] == 4
+    assert s["n_trials"] == 4 + s["n_copies"]
+
+
+def test_a_trial_stopped_with_ctrl_c_is_queued_again_and_not_counted(
+    cells, model, tmp_path, monkeypatch
+):
+    measured = fake_measure({"fp32": (10.0, 1.0, 1.0), "bf16": (20.0, 1.0, 1.0)})
+
+    def interrupted(cells, model, settings, **kw):
+        if settings.precision == "bf16":
+            raise KeyboardInterrupt
+        return measured(cells, model, settings, **kw)
+
+    two = SearchSpace([4096], ["fp32", "bf16"], ["default"], [False], [False])
+    monkeypatch.setattr(search_module, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt, match=r"^$"):
+        tune(cells, model, out=tmp_path / "t", n_trials=2, space=two)
+    monkeypatch.setattr(search_module, "measure", measured)
+    s = tune(cells, model, out=tmp_path / "t", n_trials=2, space=two).summary
+    states = [(t["state"], t["settings"]["precision"]) for t in s["trials"]]
+    assert states == [("complete", "fp32"), ("failed", "bf16"), ("complete", "bf16")]
+    assert s["trials"][1]["reason"] == "interrupted (Ctrl-C); queued again"
+    assert (s["n_measured"], s["n_failed"], s["n_interrupted"]) == (2, 0, 1)

@@ -15,8 +15,8 @@ _EXPORTS = {
     "MethodSpec": "ispo.bench.methods",
     "register": "ispo.bench.methods",
     "resolve_methods": "ispo.bench.methods",
-    "BenchConfig": "ispo.bench.runner",
-    "BenchResult": "ispo.bench.runner",
+    "BenchConfig": "ispo.bench.config",
+    "BenchResult": "ispo.bench.rows",
     "run_benchmark": "ispo.bench.runner",
     "write_results": "ispo.bench.tables",
 }

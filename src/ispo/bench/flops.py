@@ -12,17 +12,13 @@ norms, softmax and activations are left out; they are a few percent at most.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ispo.errors import IspoError
-from ispo.hardware import cpu_peak_flops
-
-CPU_PEAK_ENV = "ISPO_CPU_PEAK_FLOPS"
+from ispo.peak import DTYPE_KEYS, Peak, PeakMode, cpu_peak
 
 # Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets. A row applies when all its name tokens
 # appear in torch.cuda.get_device_name(); rows are tried in order, most specific first, so
@@ -51,13 +47,6 @@ _PEAKS: list[tuple[tuple[str, ...], dict[str, float]]] = [
     (("V100", "PCIE"), {"fp16": 112e12, "fp32": 14e12}),
     (("T4",), {"fp16": 65e12, "fp32": 8.1e12, "int8": 130e12}),
 ]
-
-_DTYPE_KEYS = {
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-    torch.float32: "fp32",
-    torch.int8: "int8",
-}
 
 
 def _lengths(lengths: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -106,48 +95,40 @@ def mlm_head_flops(lengths: np.ndarray | Sequence[int], *, hidden: int, vocab_si
     return float((2.0 * n * (h * h + h * float(vocab_size))).sum())
 
 
-def peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
-    """Dense peak FLOP/s of ``device`` for ``dtype``, or None where it is not known.
+def device_peak(
+    device: str | torch.device, dtype: torch.dtype, mode: PeakMode | str = PeakMode.AUTO
+) -> Peak:
+    """Dense peak FLOP/s of ``device`` for ``dtype`` and where it comes from (:class:`Peak`;
+    ``flops`` None where it is not known).
 
-    MFU is reported only where a peak is known: a guessed peak would make a guessed MFU. On CUDA
-    the peak comes from a datasheet table matched on :func:`torch.cuda.get_device_name`; float32
-    uses the TF32 tensor-core peak when ``torch.backends.cuda.matmul.allow_tf32`` is on. On CPU
-    the environment variable ``ISPO_CPU_PEAK_FLOPS`` (FLOP/s, e.g. ``1.5e12``, one figure for
-    every dtype) wins when set; otherwise the peak is estimated from the cores, clock and vector
-    units (:func:`ispo.hardware.cpu_peak_flops`, None where one of them is unknown).
+    MFU is reported only where a peak is known: a guessed peak would make a guessed MFU. On CPU
+    see :func:`ispo.peak.cpu_peak` (``ISPO_CPU_PEAK_FLOPS``, else this machine's measured peak
+    unless ``mode`` is ``nominal``, else the formula). On CUDA the peak comes from a datasheet
+    table matched on :func:`torch.cuda.get_device_name`; float32 uses the TF32 tensor-core peak
+    when ``torch.backends.cuda.matmul.allow_tf32`` is on.
     """
     device = torch.device(device)
+    key = DTYPE_KEYS.get(dtype, str(dtype))
     if device.type == "cpu":
-        raw = os.environ.get(CPU_PEAK_ENV)
-        if raw is None:
-            return cpu_peak_flops(dtype)
-        try:
-            value = float(raw)
-        except ValueError:
-            value = 0.0
-        if not value > 0:
-            raise IspoError(
-                f"{CPU_PEAK_ENV}={raw!r} is not a positive number of FLOP/s; fix or unset it"
-            )
-        return value
+        return cpu_peak(dtype, mode)
     if device.type != "cuda":
-        return None
-    key = _DTYPE_KEYS.get(dtype)
-    if key is None:
-        return None
-    tokens = set(re.split(r"[^A-Z0-9]+", torch.cuda.get_device_name(device).upper()))
+        return Peak(key, None, "unknown", f"no peak known for device type {device.type!r}")
+    name = torch.cuda.get_device_name(device)
+    tokens = set(re.split(r"[^A-Z0-9]+", name.upper()))
     for required, peaks in _PEAKS:
         if tokens.issuperset(required):
             if key == "fp32" and torch.backends.cuda.matmul.allow_tf32 and "tf32" in peaks:
-                key = "tf32"
-            return peaks.get(key)
-    return None
+                return Peak(key, peaks["tf32"], "datasheet", f"{name}, dense TF32 (allow_tf32)")
+            if key not in peaks:
+                return Peak(key, None, "datasheet", f"{name}: no {key} figure tabulated")
+            return Peak(key, peaks[key], "datasheet", f"{name}, dense {key}")
+    return Peak(key, None, "datasheet", f"{name} is not in ispo's datasheet table")
 
 
 def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over ``peak``, as a fraction (0.4 = 40 %).
 
-    None when the peak is unknown (see :func:`peak_flops`).
+    None when the peak is unknown (see :func:`device_peak`).
     """
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ispo.bench.flops import encoder_flops, mfu, peak_flops
+from ispo.bench.flops import device_peak, encoder_flops, mfu
 from ispo.model.load import DTYPES, GeneformerModel
+from ispo.peak import PeakMode, prepare_cpu_peaks
 from ispo.perturbation.engine import perturb
 from ispo.runtime.profiler import synchronize
 from ispo.runtime.runner import encoder_clock
@@ -134,6 +135,26 @@ def _time_ispo(
     return row, df["cos_sim"].to_numpy()
 
 
+def _time_original(cells: TokenizedCells, model: GeneformerModel) -> tuple[dict, np.ndarray]:
+    """One timed run of Geneformer's loop over ``cells`` in input order: its row (with each
+    value's cell, ``obs_index``) and its values."""
+    in_order = cells.subset(np.argsort(cells.obs_index))
+    model.hf_model()  # built (and transformers imported) before the clock starts
+    with _stopwatch(model) as took:
+        orig = original_delete_all(in_order, model)
+    n_pert = sum(len(v) for v in orig)
+    row = {
+        "method": "original loop (fp32, MLM, batch 100)",
+        "precision": "fp32",
+        **took,
+        "cells_per_s": len(cells) / took["seconds"],
+        "perturbations_per_s": n_pert / took["seconds"],
+        "n_perturbations": n_pert,
+        "obs_index": np.repeat(in_order.obs_index, [len(v) for v in orig]),
+    }
+    return row, np.concatenate(orig)
+
+
 def isp_speed(
     adata: ad.AnnData,
     model: GeneformerModel,
@@ -142,20 +163,26 @@ def isp_speed(
     precisions=("fp32",),
     batch_tokens: int | None = None,
     with_original: bool = True,
+    peak: PeakMode | str = PeakMode.AUTO,
 ) -> dict:
     """Cells/s and perturbations/s of delete-all ISP, ispo vs the original loop, same cells,
     each with its MFU: the encoder FLOPs the result needs (every original once, every
     perturbed sequence, one token shorter, once; the run layers only, no MLM head) per second,
-    over the device's peak for the precision. ispo's rows also give the wall time spent inside
-    the encoder (:func:`ispo.runtime.runner.encoder_clock`) and the share of the run outside
-    it (building perturbed batches, gathers, pooling, cosines, tables)."""
+    over the device's peak for the precision (``peak``: which CPU peak, see
+    :class:`ispo.peak.PeakMode`; each row names the one it used). ispo's rows also give the
+    wall time spent inside the encoder (:func:`ispo.runtime.runner.encoder_clock`) and the
+    share of the run outside it (building perturbed batches, gathers, pooling, cosines,
+    tables)."""
     from ispo.tokens import tokenize
 
+    if model.device.type == "cpu":  # before any clock starts: the products load the CPU
+        prepare_cpu_peaks(peak)
     vocab = model.vocab
     cells = tokenize(adata, vocab).subset(np.arange(min(n_cells, adata.n_obs)))
     sub = adata[np.sort(cells.obs_index)].copy()
     rows: list[dict] = []
     values: dict[str, np.ndarray] = {}
+    peaks: dict[str, dict] = {}  # the peak of each precision, what MFU is against
     cfg = model.config
     shape = dict(n_layers=model.layers_for(-1), hidden=cfg.hidden, intermediate=cfg.intermediate)
     length_of = dict(zip(cells.obs_index.tolist(), cells.lengths.tolist()))
@@ -166,37 +193,27 @@ def isp_speed(
         return encoder_flops(cells.lengths, **shape) + encoder_flops(pert, **shape)
 
     def rates(row: dict, flops: float, precision: str) -> dict:
-        peak = peak_flops(model.device, DTYPES[precision])
+        used = device_peak(model.device, DTYPES[precision], peak)
+        peaks[used.dtype] = used.to_dict()
         return {
             **row,
             "model_tflop": flops / 1e12,
             "tflop_per_s": flops / row["seconds"] / 1e12,
-            "mfu": mfu(flops, row["seconds"], peak),
+            "mfu": mfu(flops, row["seconds"], used.flops),
+            "peak_tflops": None if used.flops is None else used.flops / 1e12,
+            "peak_source": used.source,
         }
 
     for precision in precisions:
         row, values[f"ispo-{precision}"] = _time_ispo(sub, cells, model, precision, batch_tokens)
         rows.append(rates(row, work(row.pop("obs_index")), precision))
     if with_original:
-        in_order = cells.subset(np.argsort(cells.obs_index))
-        model.hf_model()  # built (and transformers imported) before the clock starts
-        with _stopwatch(model) as took:
-            orig = original_delete_all(in_order, model)
-        n_pert = sum(len(v) for v in orig)
-        values["original"] = np.concatenate(orig)
-        obs = np.repeat(in_order.obs_index, [len(v) for v in orig])
-        row = {
-            "method": "original loop (fp32, MLM, batch 100)",
-            "precision": "fp32",
-            **took,
-            "cells_per_s": len(cells) / took["seconds"],
-            "perturbations_per_s": n_pert / took["seconds"],
-            "n_perturbations": n_pert,
-        }
-        rows.append(rates(row, work(obs), "fp32"))
+        row, values["original"] = _time_original(cells, model)
+        rows.append(rates(row, work(row.pop("obs_index")), "fp32"))
     _compare(rows, values)
     return {
         "n_cells": len(cells),
         "genes_per_cell_median": float(np.median(cells.lengths)),
         "rows": rows,
+        "mfu_peaks": peaks,
     }

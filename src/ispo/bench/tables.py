@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ispo.bench.runner import ROW_KEYS, BenchResult
+from ispo.bench.rows import ROW_KEYS, BenchResult
 from ispo.io.write import atomic_write
+from ispo.peak import Peak
 from ispo.provenance import machine_was_busy
 
 # (header, row key or callable, format) of the summary table shared by terminal and Markdown.
@@ -166,15 +167,32 @@ def _cpu_text(meta: dict) -> str:
     if not cpu:  # results written before the CPU was recorded
         return "- **CPU**: not recorded"
     flags = [k for k, v in cpu["flags"].items() if v]
+    physical = cpu.get("physical_cores")
+    clock = ""
+    if cpu["mhz"]:
+        source = cpu.get("clock_source")
+        clock = f"{cpu['mhz'] / 1000:.2f} GHz" + (f" ({source})" if source else "") + ", "
+    text = (
+        f"- **CPU**: {cpu['model'] or 'unknown model'}, {cpu['cores']} cores"
+        + (f" ({physical} physical)" if physical not in (None, cpu["cores"]) else "")
+        + f", {cpu['threads']} torch threads, torch ISA {cpu['capability']}, "
+        + clock
+        + (", ".join(flags) if flags else "no bf16/fp16/int8 matrix units")
+    )
+    if "mfu_peaks" in meta:  # the peaks are their own line
+        return text
+    # results written before the peaks said where they come from: the formula's estimate
     peaks = cpu["peak_tflops"]
     peak = ", ".join(f"{k} {v * 1e3:,.0f}" for k, v in peaks.items() if v is not None)
-    return (
-        f"- **CPU**: {cpu['model'] or 'unknown model'}, {cpu['cores']} cores, "
-        f"{cpu['threads']} torch threads, torch ISA {cpu['capability']}, "
-        + (f"{cpu['mhz'] / 1000:.2f} GHz, " if cpu["mhz"] else "")
-        + (", ".join(flags) if flags else "no bf16/fp16/int8 matrix units")
-        + (f"; estimated peak GFLOP/s {peak}" if peak else "; peak unknown")
-    )
+    return text + (f"; estimated peak GFLOP/s {peak}" if peak else "; peak unknown")
+
+
+def _peaks_text(meta: dict) -> list[str]:
+    """The line naming each peak MFU is measured against: value, source and how."""
+    peaks = meta.get("mfu_peaks")
+    if not peaks:
+        return []
+    return ["- **MFU against**: " + "; ".join(Peak(**p).text() for p in peaks.values())]
 
 
 def read_results(out: str | Path) -> BenchResult:
@@ -194,6 +212,7 @@ def _header_lines(m: dict) -> list[str]:
         "",
         f"- **device**: {m['device']}; {m['cpu_count']} CPUs" + _load_text(m),
         _cpu_text(m),
+        *_peaks_text(m),
         f"- **model**: `{m['model']['model']}` — {arch['n_layers']} layers, hidden "
         f"{arch['hidden']}, intermediate {arch['intermediate']}, vocab {arch['vocab_size']:,}"
         + (
@@ -201,7 +220,12 @@ def _header_lines(m: dict) -> list[str]:
             if m["model"]["random_init"]
             else ""
         )
-        + f"; embeddings from layer {m['layers_run']} of {arch['n_layers']}",
+        + f"; embeddings from layer {m['layers_run']} of {arch['n_layers']}"
+        + (
+            f" — **ISPO_FAULT={m['model']['ispo_fault']} was set: faults injected**"
+            if m["model"].get("ispo_fault")
+            else ""
+        ),
         f"- **data**: {data['source']}"
         + (
             " (SYNTHETIC)"

@@ -31,12 +31,16 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
 ) -> None:
-    """Logging for every command: INFO to stderr, or warnings only with --quiet."""
+    """Logging for every command: INFO to stderr, or warnings only with --quiet; then
+    ``ISPO_FAULT`` is checked (refused if malformed, announced if set) before any work."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from ispo import faults
+
+    faults.announce()
 
 
 def main(argv: list[str] | None = None) -> None:

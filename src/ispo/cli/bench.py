@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ispo.cli.options import PeakOpt
 from ispo.errors import IspoError
 
 log = logging.getLogger("ispo")
@@ -229,6 +230,7 @@ class BenchRequest:
     wandb_project: str = "ispo"
     wandb_run_name: str | None = None
     tags: list[str] = field(default_factory=lambda: ["benchmark"])
+    peak: str = "auto"
 
 
 def _bench_config(req: BenchRequest, cpu: bool) -> tuple[Any, int]:
@@ -236,8 +238,9 @@ def _bench_config(req: BenchRequest, cpu: bool) -> tuple[Any, int]:
 
     Unknown method names fail here, before any data or model is loaded.
     """
+    from ispo.bench.config import BenchConfig
     from ispo.bench.methods import resolve_methods
-    from ispo.bench.runner import BenchConfig
+    from ispo.peak import PeakMode
 
     n = (
         req.n_cells
@@ -262,6 +265,7 @@ def _bench_config(req: BenchRequest, cpu: bool) -> tuple[Any, int]:
         repeats=req.repeats,
         max_slowdown=req.max_slowdown if req.max_slowdown > 0 else None,
         row_budget_s=row_budget if row_budget > 0 else None,
+        peak=str(PeakMode.parse(req.peak, "--peak")),
         **({"warmup_cells": CPU_WARMUP_CELLS} if cpu else {}),
     )
     specs = resolve_methods(
@@ -402,6 +406,7 @@ def benchmark(
     wandb: WandbOpt = False,
     wandb_project: WandbProjectOpt = "ispo",
     wandb_run_name: WandbRunOpt = None,
+    peak: PeakOpt = "auto",
 ) -> None:
     """Methods table: speed, MFU, CPU/GPU %, memory and consistency of every method.
 

@@ -92,12 +92,15 @@ def _summary(r: dict) -> dict[str, float]:
 
 
 def _echo_evaluate(r: dict, out: Path) -> None:
-    """The one-line outcome of ``ispo evaluate``, and a note when the weights were random."""
+    """The one-line outcome of ``ispo evaluate`` (with the label that scores worst, which the
+    pooled figures can hide), and a note when the weights were random."""
     c, g = r["classification"], r["geometry"]
+    worst = min(r["per_label"], key=lambda row: row["f1"])
+    sil = "n/a" if g["silhouette"] is None else f"{g['silhouette']:.3f}"
     typer.echo(
         f"{r['n_cells']:,} cells, {r['n_labels']} labels: accuracy {c['accuracy']:.3f}, "
-        f"F1 macro {c['f1_macro']:.3f}, silhouette {g['silhouette']:.3f}, kNN label "
-        f"consistency {g['knn_label_consistency']:.3f}"
+        f"F1 macro {c['f1_macro']:.3f} (lowest: {worst['label']} {worst['f1']:.3f}), "
+        f"silhouette {sil}, kNN label consistency {g['knn_label_consistency']:.3f}"
         + (
             f", cosine to reference {r['consistency']['cosine_mean']:.6f}"
             if r["consistency"]

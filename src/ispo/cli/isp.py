@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from ispo.cli.app import app
-from ispo.cli.options import DeviceOpt, ModelOpt, OverwriteOpt, RandomOpt, SeedOpt, VocabOpt
+from ispo.cli.options import (
+    DeviceOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PeakOpt,
+    RandomOpt,
+    SeedOpt,
+    VocabOpt,
+)
 
 
 @app.command("bench-isp")
@@ -26,19 +34,25 @@ def bench_isp(
     device: DeviceOpt = "auto",
     skip_original: Annotated[bool, typer.Option(help="time ispo only")] = False,
     overwrite: OverwriteOpt = False,
+    peak: PeakOpt = "auto",
 ) -> None:
     """Delete-all ISP speed: ispo vs Geneformer's original loop on the same cells."""
     import json
+    import os
 
     import ispo
     from ispo.bench.isp import isp_speed
+    from ispo.hardware import load_average
     from ispo.io.read import input_vocab, read_input
     from ispo.io.write import atomic_output
-    from ispo.provenance import device_name, git_commit, versions
+    from ispo.peak import PeakMode
+    from ispo.provenance import cpu_info, device_name, git_commit, versions
 
+    peak = str(PeakMode.parse(peak, "--peak"))
     voc = input_vocab(data, vocab)
     adata = read_input(data, backed=False)
     mdl = ispo.load_model(model, vocab=voc, device=device, random_init=random_init, seed=seed)
+    load_start = load_average()
     res = isp_speed(
         adata,
         mdl,
@@ -46,12 +60,17 @@ def bench_isp(
         precisions=tuple(precisions.split(",")),
         batch_tokens=batch_tokens,
         with_original=not skip_original,
+        peak=peak,
     )
     res.update(
         model=mdl.name,
         random_init=mdl.random_init,
+        model_metadata=mdl.metadata(),
         data=data,
         device=device_name(mdl.device),
+        cpu=cpu_info(peak),
+        cpu_count=os.cpu_count(),
+        load_average={"start": load_start, "end": load_average()},
         versions=versions(),
         commit=git_commit(),
     )
@@ -73,6 +92,8 @@ def _table(res: dict, model: str, random_init: bool, data: str) -> list[str]:
     """The Markdown of ``results.md`` (also printed): one line per method, with the CPU-time
     speedup beside the wall one (a busy machine slows wall time, not CPU time) and the share
     of ispo's run spent outside the encoder (what batching and tables cost)."""
+    from ispo.peak import Peak
+
     return [
         f"# ISP delete-all speed ({res['device']})",
         "",
@@ -82,7 +103,31 @@ def _table(res: dict, model: str, random_init: bool, data: str) -> list[str]:
         _HEADER,
         "|" + "---|" * _HEADER.count(" | ") + "---|",
         *(_row(r) for r in res["rows"]),
+        "",
+        "MFU against: "
+        + ("; ".join(Peak(**p).text() for p in res["mfu_peaks"].values()) or "no peak known")
+        + ".",
+        _load_line(res),
     ]
+
+
+def _load_line(res: dict) -> str:
+    """The machine's load during the run: on a shared machine wall times are pessimistic."""
+    from ispo.provenance import machine_was_busy
+
+    load = res["load_average"]
+    if load["start"] is None:
+        return "Load average: not available on this platform."
+    return (
+        f"1-minute load average {load['start']:.1f} at start, {load['end']:.1f} at end, on "
+        f"{res['cpu_count']} CPUs"
+        + (
+            " (busy: wall times pessimistic, CPU-time speedups hold better)"
+            if machine_was_busy(res)
+            else ""
+        )
+        + "."
+    )
 
 
 def _row(r: dict) -> str:

@@ -13,11 +13,21 @@ from ispo.settings import RunSettings
 if TYPE_CHECKING:
     from ispo.model.load import GeneformerModel
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="checkpoint directory or preset")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="checkpoint directory, Hugging Face hub folder (OWNER/NAME/FOLDER[@REVISION], "
+        "e.g. ctheodoris/Geneformer/Geneformer-V1-10M) or preset",
+    ),
+]
 VocabOpt = Annotated[
     str | None,
     typer.Option(
-        "--vocab", help="Geneformer dictionary directory, or 'demo' (default for demo data)"
+        "--vocab",
+        help="Geneformer dictionary directory, geneformer-v1 / geneformer-v2 (from the Hugging "
+        "Face hub), or 'demo' (default for demo data)",
     ),
 ]
 RandomOpt = Annotated[
@@ -55,6 +65,14 @@ NoXOpt = Annotated[
     bool,
     typer.Option("--no-x", help="leave X and layers out of the output (obs, var, obsm, uns only)"),
 ]
+NoProbsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-probs",
+        help="a fine-tuned cell classifier's model: leave out its class probabilities "
+        "(runs stop at the pooled layer)",
+    ),
+]
 PerturbTypeOpt = Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate")]
 FilterOpt = Annotated[
     list[str] | None,
@@ -85,6 +103,14 @@ CompileSearchOpt = Annotated[
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="stop starting trials after this many seconds")
 ]
+PeakOpt = Annotated[
+    str,
+    typer.Option(
+        help="CPU peak for MFU: auto (dense products measured once per machine, about 1 s "
+        "per native dtype, then cached), measure (measure again now), nominal (cores x "
+        "clock x FLOP per cycle)"
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue a stopped run")]
 WorkersOpt = Annotated[
     int | None,
@@ -104,6 +130,19 @@ WandbOpt = Annotated[
     ),
 ]
 WandbProjectOpt_ = Annotated[str, typer.Option("--wandb-project", help="tracking project")]
+
+
+def parse_filters(items: list[str] | None) -> dict[str, list[str]]:
+    """Repeated ``--filter KEY=v1,v2`` as ``{KEY: [v1, v2]}`` (embed and perturb)."""
+    from ispo.errors import IspoError
+
+    cell_filter = {}
+    for item in items or []:
+        if "=" not in item:
+            raise IspoError(f"--filter {item!r} is not KEY=v1,v2")
+        key, values = item.split("=", 1)
+        cell_filter[key] = values.split(",")
+    return cell_filter
 
 
 def run_settings(

@@ -19,6 +19,7 @@ from ispo.cli.options import (
     Int8Opt,
     LayerOpt,
     ModelOpt,
+    NoProbsOpt,
     OverwriteOpt,
     PerturbTypeOpt,
     PrecisionOpt,
@@ -27,6 +28,7 @@ from ispo.cli.options import (
     SeedOpt,
     VocabOpt,
     load_for_run,
+    parse_filters,
     run_settings,
 )
 from ispo.errors import IspoError
@@ -47,7 +49,13 @@ def perturb(
     start_state: Annotated[str | None, typer.Option(help="state of the cells to perturb")] = None,
     goal_state: Annotated[str | None, typer.Option(help="state to shift toward")] = None,
     alt_states: Annotated[str | None, typer.Option(help="other states, comma-separated")] = None,
-    emb_mode: Annotated[str, typer.Option(help="cell, cell_and_gene, or cls (V2)")] = "cell",
+    state_embs: Annotated[
+        Path | None,
+        typer.Option(help="state vectors from ispo embed --states-out (else computed here)"),
+    ] = None,
+    emb_mode: Annotated[
+        str, typer.Option(help="cell, cell_and_gene, or cls / cls_and_gene (V2)")
+    ] = "cell",
     filter: FilterOpt = None,
     max_ncells: Annotated[int | None, typer.Option(help="perturb at most N cells")] = None,
     cell_range: Annotated[str | None, typer.Option(help="START:STOP of the selected cells")] = None,
@@ -65,21 +73,30 @@ def perturb(
     gene_key: GeneKeyOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    workers: Annotated[
+        int, typer.Option(help="processes that tokenize ahead of the device (0: a thread)")
+    ] = 0,
+    no_probs: NoProbsOpt = False,
 ) -> None:
-    """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation)."""
+    """Perturb genes in silico; writes OUT.parquet (one row per cell and perturbation).
+
+    A fine-tuned cell classifier's model adds prob_<class>, delta_prob_<class>, pred_class and
+    orig_pred_class to every row.
+    """
     from ispo.io.read import open_with_vocab
     from ispo.io.validate import check_unique_names
     from ispo.perturbation.engine import perturb as run
     from ispo.runtime import dist
 
     states = _cell_states(state_key, start_state, goal_state, alt_states)
-    cell_filter = _cell_filter(filter or [])
+    cell_filter = parse_filters(filter)
     rng = _cell_range(cell_range)
     settings = run_settings(precision, batch_tokens, attention, compile, int8, emb_layer)
     adata, voc = open_with_vocab(input, vocab)  # obs, var in memory; counts read by rows
     check_unique_names(adata.obs_names)  # results are keyed by cell id
     device = dist.init(device)  # under torchrun: join the group; shards are dealt to ranks
     mdl = load_for_run(model, voc, device, random_init, seed, settings)
+    mdl = mdl.without_classifier() if no_probs else mdl
     df = run(
         adata,
         mdl,  # carries the run settings: precision, batch tokens, encoder variant, layer
@@ -101,6 +118,8 @@ def perturb(
         overwrite=overwrite,
         progress=dist.is_main(),
         load_result=False,
+        state_embs=state_embs,
+        workers=workers,
     )
     if dist.is_main():
         _echo_perturb(df.attrs["metadata"], out, dist.info())
@@ -131,17 +150,6 @@ def _cell_states(
         "goal_state": goal,
         "alt_states": [s for s in (alt or "").split(",") if s],
     }
-
-
-def _cell_filter(items: list[str]) -> dict[str, list[str]]:
-    """Repeated ``--filter KEY=v1,v2`` as ``{KEY: [v1, v2]}``."""
-    cell_filter = {}
-    for item in items:
-        if "=" not in item:
-            raise IspoError(f"--filter {item!r} is not KEY=v1,v2")
-        key, values = item.split("=", 1)
-        cell_filter[key] = values.split(",")
-    return cell_filter
 
 
 def _cell_range(text: str | None) -> tuple[int, int | None] | None:

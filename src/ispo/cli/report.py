@@ -16,7 +16,8 @@ def report(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="result folders (benchmark, evaluate, tune, perturb) or perturb .parquet files"
+            help="result folders (benchmark, evaluate, finetune, tune, perturb), perturb "
+            ".parquet files or perturb-stats tables (.csv, .tsv, .parquet)"
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder to create")],

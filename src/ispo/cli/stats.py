@@ -14,8 +14,9 @@ from ispo.errors import IspoError
 StatsMethodOpt = Annotated[
     str,
     typer.Option(
-        help="goal_state_shift test: paired (within-cell, one-sided toward/away) or "
-        "geneformer (InSilicoPerturberStats, to reproduce Geneformer analyses)"
+        help="goal_state_shift test: paired (mean shift above zero and more than the cell's "
+        "other genes; one FDR over toward and away calls) or geneformer "
+        "(InSilicoPerturberStats, to reproduce Geneformer analyses)"
     ),
 ]
 MinCellsOpt = Annotated[
@@ -25,7 +26,8 @@ ColumnsOpt = Annotated[
     str, typer.Option(help="column names: ispo, or geneformer (InSilicoPerturberStats names)")
 ]
 VolcanoOpt = Annotated[
-    bool, typer.Option(help="goal_state_shift: also write OUT.volcano.png beside OUT")
+    bool,
+    typer.Option(help="goal_state_shift, class_prob: also write OUT.volcano.png beside OUT"),
 ]
 
 
@@ -36,7 +38,8 @@ def perturb_stats_cmd(
     mode: Annotated[
         str,
         typer.Option(
-            help="aggregate, goal_state_shift, vs_null, mixture_model or aggregate_gene_shifts"
+            help="aggregate, goal_state_shift, vs_null, mixture_model, aggregate_gene_shifts or "
+            "class_prob (a classifier checkpoint's class probabilities)"
         ),
     ] = "aggregate",
     method: StatsMethodOpt = "paired",
@@ -46,7 +49,10 @@ def perturb_stats_cmd(
         Path | None, typer.Option("--null", help="vs_null: results .parquet of a null run")
     ] = None,
     goal_state: Annotated[
-        str | None, typer.Option("--goal-state", help="default: the run's goal state")
+        str | None,
+        typer.Option(
+            "--goal-state", help="default: the run's goal state (class_prob: the goal class)"
+        ),
     ] = None,
     alt_states: Annotated[
         str | None,
@@ -70,12 +76,12 @@ def perturb_stats_cmd(
 ) -> None:
     """Per-gene statistics of a perturbation run (Geneformer's InSilicoPerturberStats modes)."""
     from ispo.io.write import check_output
-    from ispo.perturbation.plots import volcano_png
+    from ispo.perturbation.plots import volcano_empty, volcano_png
     from ispo.perturbation.stats import perturb_stats, write_stats
 
     check_output(out, overwrite)
     png = out.with_name(f"{out.stem}.volcano.png")
-    volcano = plot and mode == "goal_state_shift"
+    volcano = plot and mode in ("goal_state_shift", "class_prob")
     if volcano:
         check_output(png, overwrite)
     if not results.exists():
@@ -102,7 +108,8 @@ def perturb_stats_cmd(
     extra = _stats_summary(df, fdr_alpha)
     typer.echo(f"{info.get('mode', mode)}{what}{how}: {len(df):,} rows{extra} -> {out}")
     if volcano:
-        typer.echo(f"volcano plot -> {volcano_png(df, png)}")
+        empty = " (no gene tested: the plot says so)" if volcano_empty(df) else ""
+        typer.echo(f"volcano plot -> {volcano_png(df, png)}{empty}")
 
 
 def _stats_summary(df, fdr_alpha: float) -> str:

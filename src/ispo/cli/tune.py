@@ -45,6 +45,19 @@ def tune(
     n_trials: Annotated[int, typer.Option(help="total trials (a resumed study continues)")] = 20,
     n_cells: NCellsOpt = None,
     min_cosine: Annotated[float, typer.Option(help="least mean cosine to the fp32 result")] = 0.999,
+    min_cosine_cell: Annotated[
+        float, typer.Option(help="least cosine to fp32 of the worst cell")
+    ] = 0.995,
+    isp_cells: Annotated[
+        int,
+        typer.Option(
+            help="tune for ispo perturb too: compare delete-all ISP on this many of the "
+            "shortest cells with fp32 (0: embeddings only; best.yaml then has no perturb section)"
+        ),
+    ] = 0,
+    isp_tolerance: Annotated[
+        float, typer.Option(help="largest |shift difference| to fp32 of the ISP check")
+    ] = 1e-4,
     memory_cap: MemoryCapOpt = None,
     batch_tokens: BatchTokensListOpt = None,
     precision: PrecisionListOpt = None,
@@ -74,6 +87,9 @@ def tune(
     opts = TuneOptions(
         n_trials=n_trials,
         min_cosine=min_cosine,
+        min_cosine_cell=min_cosine_cell,
+        isp_cells=isp_cells,
+        isp_tolerance=isp_tolerance,
         memory_cap_mib=None if memory_cap is None else memory_cap * 1024.0,
         repeats=repeats,
         seed=search_seed,
@@ -106,7 +122,7 @@ def tune(
             tracker=tracker,
         )
         tracker.log_artifact(out / "best.yaml", name="best-config", type="config")
-    _echo_tune(res, min_cosine)
+    _echo_tune(res)
 
 
 def _subset(adata, n_cells: int | None, seed: int):
@@ -123,24 +139,24 @@ def _subset(adata, n_cells: int | None, seed: int):
     return adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
 
 
-def _echo_tune(res, min_cosine: float) -> None:
+def _echo_tune(res) -> None:
     """The one-paragraph outcome of ``ispo tune``."""
     s, out = res.summary, res.out
+    copies = s["n_copies"]
     typer.echo(
-        f"{s['n_trials']} trial{'s' * (s['n_trials'] != 1)} ({s['n_complete']} "
-        f"complete, {s['n_pruned']} pruned, "
-        f"{s['n_feasible']} feasible) in {out}/study.db"
+        f"{s['n_measured']} trial{'s' * (s['n_measured'] != 1)} ({s['n_complete']} complete, "
+        f"{s['n_pruned']} pruned, {s['n_failed']} failed; {s['n_feasible']} feasible)"
+        + (f", {s['n_interrupted']} interrupted" if s["n_interrupted"] else "")
+        + (f" and {copies} repeated proposal{'s' * (copies != 1)}" if copies else "")
+        + f" in {out}/study.db"
     )
     if res.best is None:
-        typer.echo(
-            f"no setting met mean cosine >= {min_cosine} within the memory cap; see "
-            f"{out}/summary.json"
-        )
+        typer.echo(f"no setting met the constraints; see {out}/summary.json")
         return
     b = s["best"]
     speed = s["speedup_vs_default"]
     typer.echo(
         f"best: {b['settings']} -> {b['cells_per_s']:.1f} cells/s"
         + (f" ({speed:.2f}x default)" if speed else "")
-        + f", cosine {b['cos_mean']:.6f}; config: {out}/best.yaml"
+        + f", cosine {b['cos_mean']:.6f} (worst cell {b['cos_min']:.6f}); config: {out}/best.yaml"
     )

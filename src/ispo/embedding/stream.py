@@ -12,7 +12,8 @@ Results do not depend on ``chunk_cells`` beyond float rounding (cells are batche
 within a unit), nor at all on the number of processes or workers. At the end the output
 ``.h5ad`` is assembled unit by unit: the input's elements copied as they are (``X`` and layers
 chunk-wise at the HDF5 level, or left out with ``copy_x=False``), plus ``obsm[key]`` (NaN rows
-for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``. Peak host
+for cells not embedded), ``obs["geneformer_embedded"]`` and ``uns["geneformer"]``; a model with
+a cell classifier adds ``obs["pred_class"]`` and ``obs["prob_<class>"]``. Peak host
 memory is set by the unit size and the number of workers, not by the number of cells.
 
 A run stopped at any point (even ``kill -9``) continues with ``resume=True``: recorded units are
@@ -24,12 +25,13 @@ so the output is the same, bit for bit, however many made it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,23 @@ import anndata as ad
 import h5py
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from anndata.io import write_elem
 from tqdm.auto import tqdm
 
-from ispo.embedding.embed import Method, checked_vocab, embed_cells, embedding_metadata
+from ispo.embedding.embed import (
+    Method,
+    checked_vocab,
+    embed_cells,
+    embedding_metadata,
+    probs_buffer,
+)
 from ispo.errors import IspoError
 from ispo.io.read import MemorySource, Source, open_input, open_with_vocab  # noqa: F401
+from ispo.io.shards import part_footer, read_part
 from ispo.io.validate import check_unique_names
 from ispo.io.vocab import Vocab
 from ispo.io.write import atomic_output
+from ispo.model.finetuned import Classifier
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.provenance import h5ad_safe
 from ispo.runtime import dist
@@ -55,7 +64,7 @@ from ispo.runtime.feed import OrderedMap, default_workers
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.profiler import Profiler
 from ispo.settings import Pool, Precision
-from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, Tokenizer
+from ispo.tokens import MAX_CHUNK, NO_CELLS, GivenTokens, TokenizedCells, Tokenizer, cell_reader
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_CELLS = MAX_CHUNK  # 4096 rows per unit
@@ -66,18 +75,21 @@ TOKENIZE_ROWS = 1024  # rows ranked at a time: the ranking's temporaries scale w
 def _write_h5ad(
     path: Path,
     src: Source,
-    blocks: Iterator[tuple[int, np.ndarray, np.ndarray]],
+    blocks: Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]],
     hidden: int,
     key: str,
     meta: dict,
     copy_x: bool,
+    classifier: Classifier | None = None,
 ) -> int:
-    """Assemble the output ``.h5ad``; ``blocks`` yields (first row, obs indices, embeddings).
+    """Assemble the output ``.h5ad``; ``blocks`` yields (first row, obs indices, embeddings,
+    class probabilities or None).
 
     Returns the number of cells embedded.
     """
     n = src.n_obs
     embedded = np.zeros(n, dtype=bool)
+    probs_all = probs_buffer(classifier, n)
     with h5py.File(path, "w") as h5:
         h5.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         for name in (
@@ -104,7 +116,7 @@ def _write_h5ad(
             chunks=(max(1, min(n, 16384 // max(hidden, 1))), hidden),
         )
         ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        for start, obs_index, emb in blocks:
+        for start, obs_index, emb, probs in blocks:
             if not len(obs_index):
                 continue
             stop = int(obs_index.max()) + 1
@@ -112,8 +124,13 @@ def _write_h5ad(
             block[obs_index - start] = emb
             ds[start:stop] = block
             embedded[obs_index] = True
+            if probs_all is not None:
+                probs_all[obs_index] = probs
         obs = src.obs.copy()
         obs["geneformer_embedded"] = embedded
+        if classifier is not None:
+            for col, values in classifier.cell_columns(probs_all).items():
+                obs[col] = values
         write_elem(h5, "obs", obs)
         if "geneformer" in h5["uns"]:
             del h5["uns"]["geneformer"]
@@ -134,20 +151,28 @@ class UnitReader:
     embeddings: what makes any number of processes and workers agree bit for bit.
     """
 
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | GivenTokens
     chunk: int
     n_obs: int
     spec: str | None  # a file input: reopened by path in each process that reads it
     src: Source | None = None  # the open input (dropped when a file input crosses processes)
     read_rows: int = TOKENIZE_ROWS
+    keep: np.ndarray | None = None  # the input rows to use (--filter, --max-ncells); None: all
+    warn_empty: bool = True  # warn about cells with no vocabulary gene (the first pass only)
 
     def __call__(self, u: int) -> tuple[int, TokenizedCells]:
+        a, b = u * self.chunk, min((u + 1) * self.chunk, self.n_obs)
+        has_cls = self.tokenizer.special is not None
+        if self.keep is not None and not self.keep[a:b].any():
+            return u, TokenizedCells.concat([], has_cls)  # nothing chosen here: nothing read
         if self.src is None:
             self.src = open_input(self.spec)
-        a, b = u * self.chunk, min((u + 1) * self.chunk, self.n_obs)
         rows = min(self.chunk, self.read_rows)
-        parts = list(self.tokenizer.rows(self.src, a, b, chunk_size=rows))
-        return u, TokenizedCells.concat(parts, self.tokenizer.special is not None)
+        parts = self.tokenizer.rows(self.src, a, b, chunk_size=rows, warn_empty=self.warn_empty)
+        cells = TokenizedCells.concat(list(parts), has_cls)
+        if self.keep is not None:
+            cells = cells.subset(np.flatnonzero(self.keep[cells.obs_index]))
+        return u, cells
 
     def detached(self) -> UnitReader:
         """A copy for worker processes: open HDF5 handles do not cross processes."""
@@ -192,21 +217,30 @@ class _HeapTrimmer:
             self.trim(0)
 
 
-def _part_table(cells: TokenizedCells, emb: np.ndarray) -> pa.Table:
-    """A unit's part: ``obs_index`` and one float32 column per dimension, built in Arrow from
-    the transposed block (pandas' per-column frame cost ~10 us per cell at h = 256)."""
-    cols = np.ascontiguousarray(emb.T)
+def _part_table(cells: TokenizedCells, emb: np.ndarray, probs: np.ndarray | None) -> pa.Table:
+    """A unit's part: ``obs_index``, one float32 column per dimension (``e<j>``) and per class
+    probability (``p<j>``), built in Arrow from the transposed blocks (pandas' per-column
+    frame cost ~10 us per cell at h = 256)."""
     table = {"obs_index": pa.array(cells.obs_index.astype(np.int64))}
-    table.update({f"e{j}": pa.array(col) for j, col in enumerate(cols)})
+    table.update({f"e{j}": pa.array(col) for j, col in enumerate(np.ascontiguousarray(emb.T))})
+    if probs is not None:
+        table.update({f"p{j}": pa.array(col) for j, col in enumerate(probs.T.copy())})
     return pa.table(table)
 
 
-def _read_part(path: Path, hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    t = pq.read_table(path)
-    emb = np.empty((t.num_rows, hidden), dtype=np.float32)
-    for j in range(hidden):
-        emb[:, j] = t.column(f"e{j}").to_numpy()
-    return t.column("obs_index").to_numpy().astype(np.int64), emb
+def _read_part(
+    path: Path, hidden: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    t = read_part(path)
+
+    def stacked(prefix: str, n: int) -> np.ndarray:
+        out = np.empty((t.num_rows, n), dtype=np.float32)
+        for j in range(n):
+            out[:, j] = t.column(f"{prefix}{j}").to_numpy()
+        return out
+
+    probs = stacked("p", n_classes) if n_classes else None
+    return t.column("obs_index").to_numpy().astype(np.int64), stacked("e", hidden), probs
 
 
 def embed_file(
@@ -232,6 +266,7 @@ def embed_file(
     extra_uns: dict[str, Any] | None = None,
     workers: int | None = None,
     encode: Callable[..., np.ndarray] = embed_cells,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """Embed every cell of ``source`` (a Source, ``.h5ad``/``.zarr`` path, ``demo[:N]`` or
     AnnData) into ``out`` (an ``.h5ad``), streaming and resumable, as the module docstring says.
@@ -239,21 +274,26 @@ def embed_file(
     ``chunk_cells`` rows make a unit; ``workers`` processes tokenize ahead (None: the cores left
     on this node; 0: a thread); ``encode`` embeds a unit's cells (default
     :func:`~ispo.embedding.embed.embed_cells`; ``benchmarks/pipeline.py`` passes a host-only
-    stand-in). Returns a summary of this run on rank 0, None on the others.
+    stand-in). ``rows`` (a boolean mask over the input rows, from
+    :func:`ispo.io.select.choose_rows`) limits the run to those cells; the others get NaN rows.
+    Returns a summary of this run on rank 0, None on the others.
     """
     src = open_input(source)
     vocab = checked_vocab(model, vocab if vocab is not None else model.vocab, pool_mode)
     opts = dict(method=method, precision=precision, emb_layer=emb_layer, pool_mode=pool_mode)
     opts.update(batch_tokens=batch_tokens, batch_size=batch_size)
     reader = _reader(src, vocab, model, chunk_cells, layer, gene_key, emb_layer)
+    reader.keep = rows
     fingerprint = _fingerprint(src, vocab, model, opts | dict(layer=layer, gene_key=gene_key))
+    if rows is not None:
+        fingerprint["rows"] = hashlib.sha1(np.packbits(rows).tobytes()).hexdigest()
     fingerprint.update(chunk_cells=chunk_cells, settings=extra_uns or {})
     writer = dist.shard_writer(out, fingerprint, resume=resume, overwrite=overwrite)
     n_units, todo = _todo(writer, -(-src.n_obs // chunk_cells), resume)
     me = dist.info()
     workers = default_workers(me.local_world) if workers is None else workers
     t0 = time.perf_counter()
-    with _cleaned_on_bad_input(writer, resume):  # embed and write this rank's units
+    with dist.discarded_on_bad_input(writer, resume):  # embed and write this rank's units
         n_cells, profile = _embed_units(
             reader, todo, writer, model, encode, opts, workers, progress
         )
@@ -274,23 +314,12 @@ def embed_file(
     return summary | {"cells_per_s": n_all / t_all if t_all else None, "processes": me.world}
 
 
-@contextmanager
-def _cleaned_on_bad_input(writer, resume: bool) -> Iterator[None]:
-    """Bad input found mid-run: a fresh single-process run that finished nothing leaves
-    nothing behind (a resumed or multi-process run keeps its parts folder)."""
-    try:
-        yield
-    except IspoError:
-        if not dist.info().active and not resume and not writer.manifest["done"]:
-            shutil.rmtree(writer.parts, ignore_errors=True)
-        raise
-
-
 def _fingerprint(
     src: Source, vocab: Vocab, model: GeneformerModel, opts: dict[str, Any]
 ) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (input, model, options)."""
-    return {
+    classes = {} if model.classifier is None else {"classes": list(model.classifier.classes)}
+    return classes | {
         "what": "embed",
         "data": src.fingerprint(),
         "n_vars": int(src.var.shape[0]),
@@ -345,8 +374,7 @@ def _reader(
         raise IspoError(f"{src.name} has no cells")
     check_unique_names(src.obs.index)
     max_input = model.max_input(vocab)
-    tok = Tokenizer.build(src.var, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
-    src.matrix(layer)  # no X / no such layer: fail now
+    tok = cell_reader(src, vocab, layer=layer, gene_key=gene_key, max_input=max_input)
     model.layers_for(emb_layer)  # a bad emb_layer fails before any work
     return UnitReader(tok, chunk_cells, src.n_obs, src.spec, src)
 
@@ -381,8 +409,10 @@ def _embed_units(
         tqdm(total=sum(map(rows_of, todo)), unit="cell", disable=not progress, desc=desc) as bar,
     ):
         for u, cells in units:
-            emb = encode(cells, model, oom=oom, on_batch=trim, **opts)
-            table = _part_table(cells, emb)
+            probs = probs_buffer(model.classifier, len(cells))
+            got = {} if probs is None else {"probs_out": probs}  # read in the same pass
+            emb = encode(cells, model, oom=oom, on_batch=trim, **opts, **got)
+            table = _part_table(cells, emb, probs)
             if in_flight is not None:
                 in_flight.result()  # one write in flight: memory stays bounded
             in_flight = pool_.submit(writer.write, u, {"emb": table})
@@ -414,20 +444,21 @@ def _assemble(
             f"units {missing[:5]} of {writer.parts} were not written (a process "
             "stopped?): rerun with --resume"
         )
-    done = writer.manifest["done"]
-    parts = [writer.parts / done[str(u)]["emb"] for u in range(n_units)]
-    if sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 0:
+    parts = [writer.part(u, "emb") for u in range(n_units)]
+    if sum(part_footer(p).num_rows for p in parts) == 0:
         shutil.rmtree(writer.parts, ignore_errors=True)  # finished, with nothing to write
         raise IspoError(NO_CELLS)
     chunk, hidden = meta["stream"]["chunk_cells"], model.config.hidden
+    clf = model.classifier
+    n_classes = 0 if clf is None else len(clf.classes)
 
-    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
         for u, path in enumerate(parts):
-            idx, emb = _read_part(path, hidden)
-            yield u * chunk, idx, emb
+            idx, emb, probs = _read_part(path, hidden, n_classes)
+            yield u * chunk, idx, emb, probs
 
     with atomic_output(out, overwrite) as tmp:
-        n_embedded = _write_h5ad(tmp, src, blocks(), hidden, key_added, meta, copy_x)
+        n_embedded = _write_h5ad(tmp, src, blocks(), hidden, key_added, meta, copy_x, clf)
     shutil.rmtree(writer.parts, ignore_errors=True)
     if model.random_init:
         log.warning(RANDOM_WARNING.format(name=model.name, seed=model.seed))

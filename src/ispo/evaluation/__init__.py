@@ -4,7 +4,7 @@
   ``embedding_consistency``);
 - :mod:`ispo.evaluation.plots`: PNG figures (``plot_embedding``, ``plot_confusion``);
 - :mod:`ispo.evaluation.run`: the AnnData-level ``evaluate`` (exported as ``ispo.evaluate``) and
-  its result folder; :mod:`ispo.reporting.summary`: its tables.
+  its result folder; :mod:`ispo.reporting.sections.evaluate`: its tables (``metrics.md``).
 
 Names are imported on first use, so ``import ispo`` does not pay for scikit-learn and
 matplotlib. (``ispo.evaluate`` is the function; reach the modules with
@@ -23,7 +23,7 @@ _EXPORTS = {
     "plot_embedding": "ispo.evaluation.plots",
     "evaluate": "ispo.evaluation.run",
     "write_evaluation": "ispo.evaluation.run",
-    "evaluation_document": "ispo.reporting.summary",
+    "evaluation_markdown": "ispo.reporting.sections.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,9 +30,8 @@ from sklearn.metrics import (
     f1_score,
     normalized_mutual_info_score,
     pairwise_distances,
-    silhouette_score,
+    silhouette_samples,
 )
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
@@ -42,6 +42,13 @@ from ispo.runtime.pool import rowwise_cosine
 SILHOUETTE_MAX_CELLS = 5000
 #: Mean pairwise distances are O(n^2) in memory; they use at most this many cells.
 PAIRWISE_MAX_CELLS = 2000
+#: Control separation: at most this many control cells and this many other cells.
+CONTROL_MAX_CELLS = 1000
+#: kNN metrics find the exact neighbours (among all cells) of at most this many query cells:
+#: O(queries x n x dim) instead of O(n^2 x dim).
+KNN_MAX_QUERIES = 5000
+#: k-means (ARI, NMI) runs on at most this many cells.
+KMEANS_MAX_CELLS = 20000
 
 
 def evaluate_embedding(
@@ -73,7 +80,8 @@ def evaluate_embedding(
     k
         Neighbours per cell for ``knn_label_consistency`` (lowered to ``n_cells - 1`` if needed).
     test_size
-        Fraction of cells held out for the linear probe (stratified by label).
+        Fraction of each label's cells held out for the linear probe (rounded; at least one
+        test and one training cell per label, so every label is scored).
     seed
         Seeds the train/test split, KMeans and every subsample, so repeated calls are identical.
 
@@ -83,10 +91,11 @@ def evaluate_embedding(
         ``n_cells`` (after dropping), ``n_dropped_nan``, ``n_labels``, ``embedding_dim``, and:
 
         ``classification``
-            Ridge classifier on standardised features, trained on the stratified split:
-            ``accuracy``, ``f1_weighted``, ``f1_macro``, ``classes`` (sorted label strings),
-            ``n_train``, ``n_test``, ``confusion_matrix`` (rows = true label, columns =
-            predicted, both in ``classes`` order).
+            Ridge classifier on standardised features, trained on the split: ``accuracy``,
+            ``f1_weighted``, ``f1_macro`` (every label has test cells, so each counts),
+            ``classes`` (sorted label strings), ``n_train``, ``n_test``,
+            ``confusion_matrix`` (rows = true label, columns = predicted, both in ``classes``
+            order).
         ``geometry``
             ``silhouette`` (scib ``ASW_label`` before its (x+1)/2 rescaling; in [-1, 1]),
             ``separation_ratio`` (mean distance between cells of different labels / mean
@@ -97,7 +106,15 @@ def evaluate_embedding(
             (lower is better), ``calinski_harabasz`` (higher is better), and
             ``control_separation`` (mean control-to-other distance / mean control-to-control
             distance; ``None`` without ``control_label``). Ratios that would divide by zero are
-            ``None`` so the dict stays strict JSON.
+            ``None`` so the dict stays strict JSON. These pool cells: a large label dominates.
+        ``per_label``
+            One row per label (``classes`` order): ``label``, ``n_cells``, ``n_test``, ``f1``,
+            ``silhouette`` (mean over the label's cells in the silhouette sample; None if none
+            was drawn) and ``knn_label_consistency`` (over the label's query cells): a label
+            that does not separate shows here even when the pooled figures look good.
+        ``subsamples``
+            Every metric that runs on a seeded subsample: ``metric``, ``n_cells`` used, ``of``
+            (cells available), ``cap`` and ``seed`` (``numpy.random.default_rng(seed)``).
 
     Raises
     ------
@@ -107,16 +124,49 @@ def evaluate_embedding(
         label, or ``k`` / ``test_size`` is out of range.
     """
     X, y, classes, n_dropped = _checked(X, labels, control_label, k, test_size)
-
-    rng = np.random.default_rng(seed)
+    samples = Subsamples(seed)
+    classification = _classification(X, y, classes, test_size=test_size, seed=seed)
+    geometry, per_label = _geometry(
+        X, y, classes, control_label=control_label, k=k, samples=samples
+    )
     return {
         "n_cells": int(X.shape[0]),
         "n_dropped_nan": n_dropped,
         "n_labels": len(classes),
         "embedding_dim": int(X.shape[1]),
-        "classification": _classification(X, y, classes, test_size=test_size, seed=seed),
-        "geometry": _geometry(X, y, classes, control_label=control_label, k=k, seed=seed, rng=rng),
+        "classification": classification,
+        "geometry": geometry,
+        "per_label": [
+            {
+                "label": str(c),
+                "n_cells": int((y == c).sum()),
+                "n_test": classification["n_test_per_label"][i],
+                "f1": classification["f1_per_label"][i],
+                **per_label[i],
+            }
+            for i, c in enumerate(classes)
+        ],
+        "subsamples": samples.records,
     }
+
+
+@dataclass
+class Subsamples:
+    """Seeded random subsets of cells, each recorded (metric, cells used, of, cap, seed) so that
+    results say what they were computed on."""
+
+    seed: int
+    records: list[dict] = field(default_factory=list)
+
+    def take(self, metric: str, n: int, cap: int) -> np.ndarray:
+        """Sorted indices of ``min(n, cap)`` of ``range(n)`` (all of them when ``n <= cap``)."""
+        idx = np.arange(n)
+        if n > cap:
+            idx = np.sort(np.random.default_rng(self.seed).choice(n, size=cap, replace=False))
+        self.records.append(
+            {"metric": metric, "n_cells": len(idx), "of": n, "cap": cap, "seed": self.seed}
+        )
+        return idx
 
 
 def _checked(
@@ -174,7 +224,7 @@ def _checked(
     return X, y, classes, n_dropped
 
 
-def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
+def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10, seed: int = 0) -> dict:
     """Compare two embeddings of the same cells, row by row and neighbourhood by neighbourhood.
 
     Per-cell cosine similarity catches any cell whose vector changed direction (the low
@@ -188,6 +238,9 @@ def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
         Embeddings of the same cells in the same order, shape ``(n_cells, dim)``.
     k
         Neighbours per cell for ``knn_overlap`` (lowered to ``n_cells - 1`` if needed).
+    seed
+        Seeds the query cells of ``knn_overlap`` when there are more than
+        ``KNN_MAX_QUERIES`` cells (their neighbours are searched among all cells).
 
     Returns
     -------
@@ -196,7 +249,9 @@ def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
         (per-cell cosine similarity between matching rows; two all-zero rows count as 1),
         ``max_abs_diff`` (largest element-wise absolute difference) and ``knn_overlap`` (mean
         over cells of the fraction of the cell's ``k`` Euclidean nearest neighbours in ``X``
-        that are also among its ``k`` nearest neighbours in ``Y``; 1 means identical graphs).
+        that are also among its ``k`` nearest neighbours in ``Y``; 1 means identical graphs),
+        and ``subsamples`` (the query cells of ``knn_overlap``, as in
+        :func:`evaluate_embedding`).
 
     Raises
     ------
@@ -225,8 +280,9 @@ def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
 
     cos = rowwise_cosine(X, Y)
     k = min(k, X.shape[0] - 1)
-    nx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
-    ny = NearestNeighbors(n_neighbors=k).fit(Y).kneighbors(return_distance=False)
+    samples = Subsamples(seed)
+    queries = samples.take("knn_overlap", X.shape[0], KNN_MAX_QUERIES)
+    nx, ny = nearest_others(X, queries, k), nearest_others(Y, queries, k)
     shared = [len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(nx, ny)]
     return {
         "cosine_min": float(cos.min()),
@@ -236,6 +292,7 @@ def embedding_consistency(X: np.ndarray, Y: np.ndarray, *, k: int = 10) -> dict:
         "cosine_p50": float(np.percentile(cos, 50)),
         "max_abs_diff": float(np.abs(X - Y).max()),
         "knn_overlap": float(np.mean(shared) / k),
+        "subsamples": samples.records,
     }
 
 
@@ -247,24 +304,42 @@ def _classification(
     A linear model is used on purpose: it asks whether the label is linearly readable from the
     embedding, not whether a flexible model can memorise it.
     """
-    n = len(y)
-    # Stratification needs at least one test and one training cell per label; every label has
-    # >= 2 cells, so rounding the test set up to n_labels always leaves enough for training.
-    n_test = max(math.ceil(test_size * n), len(classes))
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=n_test, stratify=y, random_state=seed)
-    scaler = StandardScaler().fit(X_tr)
-    pred = RidgeClassifier().fit(scaler.transform(X_tr), y_tr).predict(scaler.transform(X_te))
+    train, test = split(y, classes, test_size, seed)
+    scaler = StandardScaler().fit(X[train])
+    ridge = RidgeClassifier().fit(scaler.transform(X[train]), y[train])
+    pred, y_te = ridge.predict(scaler.transform(X[test])), y[test]
+    f1 = f1_score(y_te, pred, labels=classes, average=None, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_te, pred)),
         "f1_weighted": float(
             f1_score(y_te, pred, average="weighted", labels=classes, zero_division=0)
         ),
-        "f1_macro": float(f1_score(y_te, pred, average="macro", labels=classes, zero_division=0)),
+        "f1_macro": float(f1.mean()),
         "classes": [str(c) for c in classes],
-        "n_train": len(y_tr),
-        "n_test": len(y_te),
+        "n_train": len(train),
+        "n_test": len(test),
+        "f1_per_label": [float(v) for v in f1],
+        "n_test_per_label": [int((y_te == c).sum()) for c in classes],
         "confusion_matrix": confusion_matrix(y_te, pred, labels=classes).tolist(),
     }
+
+
+def split(
+    y: np.ndarray, classes: np.ndarray, test_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices, stratified by label: each label puts ``test_size`` of its
+    cells (rounded half up) in the test set, but at least one and never all of them, so every
+    label is both learnt and scored (a rare label would otherwise miss the test set and count
+    as F1 0 in the macro mean). Seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in classes:
+        members = np.flatnonzero(y == c)
+        n_test = min(len(members) - 1, max(1, math.floor(test_size * len(members) + 0.5)))
+        test.append(rng.choice(members, size=n_test, replace=False))
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[np.concatenate(test)] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 def _geometry(
@@ -274,57 +349,89 @@ def _geometry(
     *,
     control_label: str | None,
     k: int,
-    seed: int,
-    rng: np.random.Generator,
-) -> dict:
-    """Label-aware geometry of the embedding (Euclidean throughout)."""
+    samples: Subsamples,
+) -> tuple[dict, list[dict]]:
+    """Label-aware geometry of the embedding (Euclidean throughout), pooled over cells, and
+    silhouette and kNN label consistency per label."""
     n = len(y)
-    silhouette = silhouette_score(
-        X,
-        y,
-        metric="euclidean",
-        sample_size=SILHOUETTE_MAX_CELLS if n > SILHOUETTE_MAX_CELLS else None,
-        random_state=seed,
-    )
+    silhouette, per_silhouette = _silhouette(X, y, classes, samples)
 
-    sub = _subsample(n, PAIRWISE_MAX_CELLS, rng)
+    sub = samples.take("separation_ratio", n, PAIRWISE_MAX_CELLS)
     D = pairwise_distances(X[sub])
     same = y[sub][:, None] == y[sub][None, :]
     off_diagonal = ~np.eye(len(sub), dtype=bool)
     separation = _ratio(D[~same].mean(), D[same & off_diagonal].mean())
 
-    k_eff = min(k, n - 1)
-    neighbours = NearestNeighbors(n_neighbors=k_eff).fit(X).kneighbors(return_distance=False)
-    knn_consistency = float((y[neighbours] == y[:, None]).mean())
+    queries = samples.take("knn_label_consistency", n, KNN_MAX_QUERIES)
+    neighbours = nearest_others(X, queries, min(k, n - 1))
+    hits = (y[neighbours] == y[queries][:, None]).mean(axis=1)
 
-    clusters = KMeans(n_clusters=len(classes), random_state=seed, n_init=10).fit_predict(X)
-
-    control_separation = None
-    if control_label is not None:
-        is_control = y == str(control_label)
-        control = X[np.flatnonzero(is_control)[_subsample(int(is_control.sum()), 1000, rng)]]
-        others = X[np.flatnonzero(~is_control)[_subsample(int((~is_control).sum()), 1000, rng)]]
-        within = pairwise_distances(control)
-        within_mean = within[~np.eye(len(control), dtype=bool)].mean()
-        control_separation = _ratio(pairwise_distances(control, others).mean(), within_mean)
-
-    return {
-        "silhouette": float(silhouette),
+    fit = samples.take("ari, nmi (k-means)", n, KMEANS_MAX_CELLS)
+    clusters = KMeans(n_clusters=len(classes), random_state=samples.seed, n_init=10).fit_predict(
+        X[fit]
+    )
+    geometry = {
+        "silhouette": silhouette,
         "separation_ratio": separation,
-        "knn_label_consistency": knn_consistency,
-        "ari": float(adjusted_rand_score(y, clusters)),
-        "nmi": float(normalized_mutual_info_score(y, clusters)),
+        "knn_label_consistency": float(hits.mean()),
+        "ari": float(adjusted_rand_score(y[fit], clusters)),
+        "nmi": float(normalized_mutual_info_score(y[fit], clusters)),
         "davies_bouldin": float(davies_bouldin_score(X, y)),
         "calinski_harabasz": float(calinski_harabasz_score(X, y)),
-        "control_separation": control_separation,
+        "control_separation": _control_separation(X, y, control_label, samples),
     }
+    per_label = [
+        {
+            "silhouette": per_silhouette[i],
+            "knn_label_consistency": _mean_or_none(hits[y[queries] == c]),
+        }
+        for i, c in enumerate(classes)
+    ]
+    return geometry, per_label
 
 
-def _subsample(n: int, at_most: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of a seeded random subset of ``range(n)`` of size ``min(n, at_most)``."""
-    if n <= at_most:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=at_most, replace=False))
+def _silhouette(
+    X: np.ndarray, y: np.ndarray, classes: np.ndarray, samples: Subsamples
+) -> tuple[float | None, list[float | None]]:
+    """Silhouette over a seeded subsample: pooled (scib's ASW_label before rescaling) and per
+    label; None where the sample holds fewer than 2 labels (or none of a label)."""
+    sub = samples.take("silhouette", len(y), SILHOUETTE_MAX_CELLS)
+    ys = y[sub]
+    if len(np.unique(ys)) < 2:
+        return None, [None] * len(classes)
+    s = silhouette_samples(X[sub], ys, metric="euclidean")
+    return float(s.mean()), [_mean_or_none(s[ys == c]) for c in classes]
+
+
+def _control_separation(
+    X: np.ndarray, y: np.ndarray, control_label: str | None, samples: Subsamples
+) -> float | None:
+    """Mean control-to-other distance over mean control-to-control distance (None without a
+    control label)."""
+    if control_label is None:
+        return None
+    is_control = y == str(control_label)
+    ctrl, other = np.flatnonzero(is_control), np.flatnonzero(~is_control)
+    control = X[ctrl[samples.take("control_separation (controls)", len(ctrl), CONTROL_MAX_CELLS)]]
+    others = X[other[samples.take("control_separation (others)", len(other), CONTROL_MAX_CELLS)]]
+    within = pairwise_distances(control)
+    within_mean = within[~np.eye(len(control), dtype=bool)].mean()
+    return _ratio(pairwise_distances(control, others).mean(), within_mean)
+
+
+def nearest_others(X: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """``(len(queries), k)`` indices of each query cell's ``k`` nearest other cells among all
+    rows of ``X`` (exact, Euclidean; the cell itself excluded even when it has duplicates)."""
+    found = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[queries], return_distance=False)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for row, (q, got) in enumerate(zip(queries, found)):
+        others = got[got != q]
+        out[row] = others[:k]
+    return out
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Marks a result folder written by :func:`evaluate` (``ispo report`` looks for it).
 METRICS_FILE = "metrics.json"
+#: The embedding plot (UMAP or PCA) shows at most this many cells, a seeded subsample.
+PLOT_MAX_CELLS = 50_000
 RANDOM_INIT_NOTE = (
     "RANDOM WEIGHTS: this embedding comes from a model with seeded random "
     "weights; the classification and geometry figures say nothing about biology "
@@ -65,10 +67,12 @@ def evaluate(
     dict
         Strict-JSON result: ``kind`` ("evaluate"), the :func:`evaluate_embedding` fields
         (``n_cells``, ``n_dropped_nan``, ``n_labels``, ``embedding_dim``, ``classification``,
-        ``geometry``), ``scib`` (the metrics under scib's names, ``ASW_label`` rescaled to
-        [0, 1] as scib does), ``consistency`` (or None), ``n_obs``, ``n_not_embedded``,
-        ``params``, ``embedding`` (how it was made, from ``uns["geneformer"]``), ``random_init``
-        and ``warnings``.
+        ``geometry``, ``per_label``), ``subsamples`` (every metric computed on a seeded subset
+        of cells, the consistency's kNN overlap and, with ``out``, the plotted cells; each
+        with ``metric``, ``n_cells``, ``of``, ``cap``, ``seed``), ``scib`` (the metrics under
+        scib's names, ``ASW_label`` rescaled to [0, 1] as scib does), ``consistency`` (or
+        None), ``n_obs``, ``n_not_embedded``, ``params``, ``embedding`` (how it was made, from
+        ``uns["geneformer"]``), ``random_init`` and ``warnings``.
 
     Raises
     ------
@@ -76,7 +80,7 @@ def evaluate(
         If a key is missing, the labels or cells do not allow an evaluation, or the reference
         does not hold the same cells.
     """
-    from ispo.evaluation.metrics import evaluate_embedding
+    from ispo.evaluation.metrics import Subsamples, evaluate_embedding
 
     if out is not None:
         from ispo.io.write import check_output
@@ -88,7 +92,9 @@ def evaluate(
     )
     consistency = None
     if reference is not None:
-        consistency = _consistency(adata, X, keep, reference, reference_key or embedding_key, k)
+        consistency = _consistency(
+            adata, X, keep, reference, reference_key or embedding_key, k, seed
+        )
     params = {
         "label_key": label_key,
         "control_label": control_label,
@@ -102,9 +108,12 @@ def evaluate(
     for w in warnings:
         log.warning(w)
     if out is not None:
-        finite = keep & np.isfinite(X).all(axis=1)
+        finite = np.flatnonzero(keep & np.isfinite(X).all(axis=1))
+        samples = Subsamples(seed)
+        shown = finite[samples.take("embedding.png", len(finite), PLOT_MAX_CELLS)]
+        result["subsamples"] += samples.records
         write_evaluation(
-            result, X[finite], labels[finite], out, overwrite=overwrite, run_config=run_config
+            result, X[shown], labels[shown], out, overwrite=overwrite, run_config=run_config
         )
     return result
 
@@ -116,11 +125,13 @@ def _result(
     rescaled to [0, 1] as scib reports it), and how the embedding was made."""
     meta, random_init, warnings = _provenance(adata)
     g = metrics["geometry"]
+    subsamples = metrics["subsamples"] + (consistency or {}).pop("subsamples", [])
     return {
         "kind": "evaluate",
         **metrics,
+        "subsamples": subsamples,
         "scib": {
-            "ASW_label": (g["silhouette"] + 1.0) / 2.0,
+            "ASW_label": None if g["silhouette"] is None else (g["silhouette"] + 1.0) / 2.0,
             "ARI_cluster/label": g["ari"],
             "NMI_cluster/label": g["nmi"],
         },
@@ -147,7 +158,7 @@ def _provenance(adata: ad.AnnData) -> tuple[dict, bool | None, list[str]]:
 
 
 def _consistency(
-    adata: ad.AnnData, X: np.ndarray, keep: np.ndarray, reference, key: str, k: int
+    adata: ad.AnnData, X: np.ndarray, keep: np.ndarray, reference, key: str, k: int, seed: int
 ) -> dict:
     """Agreement with a second embedding of the same cells, over the cells both embed."""
     from ispo.evaluation.metrics import embedding_consistency
@@ -155,7 +166,7 @@ def _consistency(
     R, ref_source = _reference_matrix(adata, reference, key)
     both = keep & np.isfinite(X).all(axis=1) & np.isfinite(R).all(axis=1)
     return {
-        **embedding_consistency(X[both], R[both], k=k),
+        **embedding_consistency(X[both], R[both], k=k, seed=seed),
         "n_cells": int(both.sum()),
         "k": min(k, int(both.sum()) - 1),
         "reference": ref_source,
@@ -174,7 +185,7 @@ def write_evaluation(
     """Write an evaluation folder atomically: metrics.json, metrics.md, two PNGs, config.yaml."""
     from ispo.evaluation.plots import plot_confusion, plot_embedding
     from ispo.io.write import atomic_output
-    from ispo.reporting.summary import evaluation_document
+    from ispo.reporting.sections.evaluate import evaluation_markdown
 
     out = Path(out)
     with atomic_output(out, overwrite) as tmp:
@@ -187,10 +198,8 @@ def write_evaluation(
         plot_embedding(X, labels, tmp / "embedding.png", title=title)
         c = result["classification"]
         plot_confusion(c["confusion_matrix"], c["classes"], tmp / "confusion.png")
-        doc = evaluation_document(
-            result, images={"embedding": "embedding.png", "confusion": "confusion.png"}
-        )
-        (tmp / "metrics.md").write_text(doc.to_markdown())
+        images = {"embedding": "embedding.png", "confusion": "confusion.png"}
+        (tmp / "metrics.md").write_text(evaluation_markdown(result, images=images))
         if run_config is not None:
             from ispo.config import save_run_config
 

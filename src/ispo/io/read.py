@@ -62,6 +62,7 @@ class Source:
     """
 
     spec: str | None = None
+    tokenized = False  # True: cells come as tokens (a tokenized dataset), not counts
 
     def __init__(self, name: str, obs: pd.DataFrame, var: pd.DataFrame) -> None:
         self.name, self.obs, self.var = name, obs, var
@@ -123,7 +124,10 @@ class Source:
 
 def _unreadable(path: Path, exc: Exception, what: str = "a complete .h5ad file") -> IspoError:
     detail = " ".join(str(exc).split())[:120]
-    return IspoError(f"cannot read {path} ({type(exc).__name__}: {detail}): is it {what}?")
+    return IspoError(
+        f"cannot read {path} ({type(exc).__name__}: {detail}): it is not {what} (damaged or "
+        "cut short?); copy or write it again"
+    )
 
 
 class H5adSource(Source):
@@ -223,7 +227,8 @@ def is_demo(source: object) -> bool:
 
 
 def open_input(source: str | Path | ad.AnnData | Source, *, demo_cells: int = 1000) -> Source:
-    """A :class:`Source` for an ``.h5ad``/``.zarr`` path, ``demo[:N]`` or an AnnData.
+    """A :class:`Source` for an ``.h5ad``/``.zarr`` path, a tokenized dataset folder
+    (:mod:`ispo.io.dataset`), ``demo[:N]`` or an AnnData.
 
     ``demo`` without a number gives ``demo_cells`` cells of the built-in SYNTHETIC data.
     """
@@ -240,13 +245,20 @@ def open_input(source: str | Path | ad.AnnData | Source, *, demo_cells: int = 10
             raise IspoError(f"{source!r} is not demo:N with a number of cells N") from exc
         return MemorySource(demo_adata(n), source)
     path = _existing(source)
+    from ispo.io.dataset import DatasetSource, is_dataset  # it builds on this module
+
+    if is_dataset(path):
+        return DatasetSource(path)
     return ZarrSource(path) if _is_zarr(path) else H5adSource(path)
 
 
 def _existing(source: str | Path) -> Path:
     path = Path(source)
     if not path.exists():
-        raise IspoError(f"input {path} does not exist: give an .h5ad (or .zarr) file of raw counts")
+        raise IspoError(
+            f"input {path} does not exist: give an .h5ad (or .zarr) file of raw counts, or a "
+            "tokenized dataset folder"
+        )
     return path
 
 

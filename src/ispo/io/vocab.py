@@ -172,27 +172,46 @@ def _read_pickle(path: Path) -> dict:
     return obj
 
 
+def _dictionary_file(root: Path, name: str) -> Path | None:
+    """``root/name``, or the one ``<stem>_<corpus>.pkl`` there (Geneformer's own file names,
+    e.g. ``token_dictionary_gc104M.pkl``)."""
+    if (root / name).is_file():
+        return root / name
+    found = sorted(root.glob(f"{Path(name).stem}_*.pkl"))
+    return found[0] if len(found) == 1 else None
+
+
 def load_vocab(path: str | Path) -> Vocab:
-    """Read a Geneformer dictionary directory (see module docstring for the layout)."""
+    """Read a Geneformer dictionary directory (see module docstring for the layout): a local
+    folder, or a folder of a Hugging Face hub repository (``geneformer-v1``, ``geneformer-v2``
+    or ``OWNER/NAME/FOLDER[@REVISION]``: :mod:`ispo.io.hub`)."""
     if isinstance(path, Vocab):
         return path
-    root = Path(path)
+    root, source = Path(path), str(path)
     if not root.is_dir():
-        raise IspoError(
-            f"vocabulary directory {root} does not exist: pass --vocab DIR "
-            "with Geneformer's token/median/name/mapping dictionaries"
-        )
-    missing = [name for name in FILES.values() if not (root / name).is_file()]
+        from ispo.io import hub
+
+        name = hub.parse(str(path))
+        if name is None:
+            raise IspoError(
+                f"vocabulary directory {root} does not exist: pass --vocab DIR "
+                "with Geneformer's token/median/name/mapping dictionaries, or geneformer-v1 / "
+                "geneformer-v2 (from the Hugging Face hub)"
+            )
+        folder = hub.dictionary_folder(name, tuple(FILES.values()))
+        root, source = folder.path, folder.pinned()
+    files = {key: _dictionary_file(root, name) for key, name in FILES.items()}
+    missing = [FILES[key] for key, f in files.items() if f is None]
     if missing:
         raise IspoError(
             f"vocabulary directory {root} lacks {', '.join(missing)}: "
             "copy all four Geneformer dictionary files there"
         )
-    dicts = {key: _read_pickle(root / name) for key, name in FILES.items()}
+    dicts = {key: _read_pickle(f) for key, f in files.items()}
     dicts["token_dict"] = {str(k): int(v) for k, v in dicts["token_dict"].items()}
     dicts["median_dict"] = {str(k): float(v) for k, v in dicts["median_dict"].items()}
     if PAD not in dicts["token_dict"]:
         raise IspoError(
-            f"{root / FILES['token_dict']} has no <pad> token: not a Geneformer token dictionary"
+            f"{files['token_dict']} has no <pad> token: not a Geneformer token dictionary"
         )
-    return Vocab(**dicts, source=str(root))
+    return Vocab(**dicts, source=source)

@@ -18,6 +18,7 @@ eval mode, which the loader sets, every call is the same as without it, bit for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,6 @@ from torch import nn
 
 from ispo.model.dropout_attention import dropout_attention
 from ispo.model.presets import GeneformerConfig
-
-_MKLDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 # torch >= 2.10: flash attention over packed sequences (CUDA only). Imported on first use on a
 # GPU (Packed.from_lengths): importing it pulls in torch._dynamo, ~2 s of every CPU start.
@@ -67,21 +66,32 @@ class Packed:
         return varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
-def _fused_cpu(x: torch.Tensor, lin: nn.Module) -> bool:
-    """Whether a linear layer runs as one oneDNN call with its epilogue (bias, activation or
-    residual add) on this input: on CPUs with bf16 support, in bf16, for plain ``nn.Linear``
-    (int8 and other variants keep their own forward). Measured on an AVX-512-bf16 CPU: the
-    feed-forward input layer with its ReLU 1.8x faster than ``addmm`` (which first copies the
-    bias into the output) followed by a separate ReLU pass. fp32 keeps ``F.linear`` so its
-    results stay bit-for-bit those of the reference path. Under ``torch.compile`` the plain ops
-    are traced instead: inductor fuses them itself (and cannot trace the oneDNN op)."""
+@cache
+def fused_bf16_linear_available() -> bool:
+    """Whether oneDNN runs this CPU's bf16 linear layers as one call with their epilogue (bias,
+    activation or residual add): CPUs with AVX512-BF16 or AMX, as torch's oneDNN reports them.
+
+    Measured on an AVX-512-bf16 CPU: the feed-forward input layer with its ReLU 1.8x faster
+    than ``addmm`` (which first copies the bias into the output) followed by a separate ReLU
+    pass. The encoder variant holds the choice (``fuse_linear`` of each attention layer and
+    block, set when it is built: :func:`ispo.model.variants.set_fused_linear`).
+    """
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def _fusable(x: torch.Tensor, lin: nn.Module) -> bool:
+    """Whether the fused oneDNN call applies to this input: a bf16 CPU tensor through a plain
+    ``nn.Linear`` (int8 and other variants keep their own forward), without autograd. Under
+    ``torch.compile`` the plain ops are traced instead: inductor fuses them itself (and cannot
+    trace the oneDNN op)."""
     return (
-        _MKLDNN_BF16
-        and not torch.compiler.is_compiling()
-        and x.dtype == torch.bfloat16
+        x.dtype == torch.bfloat16
         and not x.is_cuda
         and type(lin) is nn.Linear
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
     )
 
 
@@ -90,15 +100,19 @@ def dense(
     x: torch.Tensor,
     act: str = "none",
     residual: torch.Tensor | None = None,
+    *,
+    fused: bool = False,
     drop: nn.Module | None = None,
 ) -> torch.Tensor:
-    """``act(lin(x))``, or ``lin(x) + residual``: fused into the matmul where it pays.
+    """``act(lin(x))``, or ``lin(x) + residual``; with ``fused`` (a bf16 CPU encoder built
+    with fused linear layers), one oneDNN call with the epilogue where it applies. fp32 always
+    keeps ``F.linear``, so its results stay bit-for-bit those of the reference path.
 
     ``drop``: dropout on ``lin(x)`` before the residual add, as BERT has it; only a module in
     training mode with a non-zero rate takes that path."""
     if drop is not None and drop.training and drop.p > 0:
         return drop(lin(x)) + residual
-    if _fused_cpu(x, lin):
+    if fused and _fusable(x, lin):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(
                 x, residual, lin.weight, lin.bias, "add"
@@ -144,6 +158,9 @@ class Attention(nn.Module):
         # the SDPA kernels this layer may use, fixed when the encoder is built
         # (ispo.model.variants.set_attention); None lets PyTorch choose
         self.sdpa_backends: list | None = None
+        # linear layers as fused oneDNN bf16 calls, fixed when the encoder is built
+        # (ispo.model.variants.set_fused_linear)
+        self.fuse_linear = False
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
         p = self.p_attn if self.training else 0.0
@@ -166,10 +183,11 @@ class Attention(nn.Module):
         if first_only:
             return self._first(x, ctx)
         B, L, h = x.shape
-        qkv = dense(self.qkv, x).view(B, L, 3, self.heads, h // self.heads)
+        qkv = dense(self.qkv, x, fused=self.fuse_linear).view(B, L, 3, self.heads, h // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         y = self._sdpa(q, k, v, ctx)  # (B, heads, L, hd)
-        return dense(self.out, y.transpose(1, 2).reshape(B, L, h), residual=x, drop=self.drop)
+        y = y.transpose(1, 2).reshape(B, L, h)
+        return dense(self.out, y, residual=x, fused=self.fuse_linear, drop=self.drop)
 
     def _first(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The first token's query against every token's key and value: the one row of the
@@ -181,13 +199,13 @@ class Attention(nn.Module):
         kv = F.linear(x, w[h:], b[h:]).view(B, L, 2, self.heads, h // self.heads)
         k, v = kv.permute(2, 0, 3, 1, 4)  # 2 x (B, heads, L, hd)
         y = self._sdpa(q.transpose(1, 2), k, v, mask)  # (B, heads, 1, hd)
-        return dense(
-            self.out, y.transpose(1, 2).reshape(B, 1, h), residual=x[:, :1], drop=self.drop
-        )
+        y = y.transpose(1, 2).reshape(B, 1, h)
+        return dense(self.out, y, residual=x[:, :1], fused=self.fuse_linear, drop=self.drop)
 
     def _packed(self, x: torch.Tensor, ctx: Packed) -> torch.Tensor:
         T, h = x.shape
-        qkv = dense(self.qkv, x).view(T, 3, self.heads, h // self.heads)  # (T, 3, heads, hd)
+        qkv = dense(self.qkv, x, fused=self.fuse_linear)
+        qkv = qkv.view(T, 3, self.heads, h // self.heads)  # (T, 3, heads, hd)
         if ctx.uses_varlen(x):
             q, k, v = qkv.unbind(1)
             y = varlen_attn(q, k, v, ctx.cu_seqlens, ctx.cu_seqlens, ctx.max_len, ctx.max_len)
@@ -199,7 +217,7 @@ class Attention(nn.Module):
             keep = torch.arange(ctx.max_len, device=x.device)[None] < ctx.lengths[:, None]
             y = self._sdpa(q, k, v, keep[:, None, None, :])
             y = y.transpose(1, 2)[ctx.seq_of, ctx.pos]  # (T, heads, hd)
-        return dense(self.out, y.reshape(T, h), residual=x, drop=self.drop)
+        return dense(self.out, y.reshape(T, h), residual=x, fused=self.fuse_linear, drop=self.drop)
 
 
 class Block(nn.Module):
@@ -212,17 +230,19 @@ class Block(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden, cfg.intermediate)
         self.ffn_out = nn.Linear(cfg.intermediate, cfg.hidden)
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.hidden_dropout)
         # the checkpoint's own activation, relu or gelu (GeneformerConfig.from_hf refuses any
         # other); fused into the first FFN matmul where that pays (``dense``)
         self.act = cfg.hidden_act
+        self.fuse_linear = False  # as Attention.fuse_linear
+        self.drop = nn.Dropout(cfg.hidden_dropout)
 
     def forward(
         self, x: torch.Tensor, ctx: torch.Tensor | Packed | None, first_only: bool = False
     ) -> torch.Tensor:
         x = self.ln1(self.attn(x, ctx, first_only))  # the residual is added inside
-        f = dense(self.ffn_in, x, self.act)
-        return self.ln2(dense(self.ffn_out, f, residual=x, drop=self.drop))
+        f = dense(self.ffn_in, x, self.act, fused=self.fuse_linear)
+        f = dense(self.ffn_out, f, residual=x, fused=self.fuse_linear, drop=self.drop)
+        return self.ln2(f)
 
 
 def key_mask(ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
@@ -288,16 +308,7 @@ class Encoder(nn.Module):
             "emb.ln.bias": sd[e + "LayerNorm.bias"],
         }
         for i in range(n_run):
-            p, q = f"bert.encoder.layer.{i}.", f"blocks.{i}."
-            for kind in ("weight", "bias"):
-                new[q + "attn.qkv." + kind] = torch.cat(
-                    [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
-                )
-                new[q + "attn.out." + kind] = sd[p + "attention.output.dense." + kind]
-                new[q + "ln1." + kind] = sd[p + "attention.output.LayerNorm." + kind]
-                new[q + "ffn_in." + kind] = sd[p + "intermediate.dense." + kind]
-                new[q + "ffn_out." + kind] = sd[p + "output.dense." + kind]
-                new[q + "ln2." + kind] = sd[p + "output.LayerNorm." + kind]
+            new.update({f"blocks.{i}.{k}": v for k, v in block_tensors(sd, i).items()})
         model.load_state_dict(new, strict=True, assign=True)
         return model.eval()
 
@@ -328,3 +339,18 @@ class Encoder(nn.Module):
                 out[p + "output.dense." + kind] = getattr(b.ffn_out, kind)
                 out[p + "output.LayerNorm." + kind] = getattr(b.ln2, kind)
         return {k: v.detach().clone() for k, v in out.items()}  # no shared storage
+
+
+def block_tensors(sd: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Layer ``i`` of a Hugging Face state dict under :class:`Block`'s names (q/k/v fused)."""
+    p, new = f"bert.encoder.layer.{i}.", {}
+    for kind in ("weight", "bias"):
+        new["attn.qkv." + kind] = torch.cat(
+            [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
+        )
+        new["attn.out." + kind] = sd[p + "attention.output.dense." + kind]
+        new["ln1." + kind] = sd[p + "attention.output.LayerNorm." + kind]
+        new["ffn_in." + kind] = sd[p + "intermediate.dense." + kind]
+        new["ffn_out." + kind] = sd[p + "output.dense." + kind]
+        new["ln2." + kind] = sd[p + "output.LayerNorm." + kind]
+    return new

@@ -2,7 +2,8 @@
 
 Weights are read once into a Hugging Face-named state dict; the fast encoder and the reference
 ``BertForMaskedLM`` are both built from it on demand, so the two paths always hold the same
-numbers. Nothing here touches the network.
+numbers. Only a Hugging Face hub name may touch the network, through ``huggingface_hub``
+(:mod:`ispo.io.hub`; none with ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ispo import faults
 from ispo.errors import IspoError
+from ispo.io import hub
+from ispo.io.hub import HubFolder
 from ispo.io.vocab import Vocab, load_vocab
 from ispo.model import variants
-from ispo.model.presets import GeneformerConfig, preset
+from ispo.model.finetuned import Classifier, read_classifier
+from ispo.model.presets import PRESETS, GeneformerConfig, preset
+from ispo.model.tail import ClassifierTail
 from ispo.model.variants import DTYPES
 from ispo.settings import RunSettings
 
@@ -95,6 +101,7 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
             f"weights in {root} are not a BERT/Geneformer state dict (no "
             f"{need[0]}): check the checkpoint"
         )
+    check_finite_weights(sd, root)
     emb = sd[need[0]]
     if tuple(emb.shape) != (cfg.vocab_size, cfg.hidden):
         raise IspoError(
@@ -102,6 +109,19 @@ def _read_checkpoint(root: Path) -> tuple[GeneformerConfig, dict[str, torch.Tens
             f"says ({cfg.vocab_size}, {cfg.hidden}): config and weights disagree"
         )
     return cfg, sd
+
+
+def check_finite_weights(sd: dict[str, torch.Tensor], root: Path) -> None:
+    """Refuse a checkpoint with a NaN or Inf in any weight: it would embed every cell as NaN
+    without an error. One ``isfinite`` reduction per tensor (well under a second for the
+    largest Geneformer)."""
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise IspoError(
+                f"weight {name} of the checkpoint in {root} holds {n_bad:,} NaN/Inf "
+                "value(s): the checkpoint is damaged; download or copy it again"
+            )
 
 
 def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -160,6 +180,8 @@ class GeneformerModel:
     (layers, settings) with the variants of ``settings`` (precision, attention kernel, int8,
     compile: :mod:`ispo.model.variants`); ``hf_model()`` the reference Hugging Face model.
     ``precision_note`` says what ``precision="auto"`` chose and why (None when not asked).
+    ``classifier`` is a fine-tuned cell classifier's head and class names (None for a model
+    without one, or with class probabilities turned off: :meth:`without_classifier`).
     """
 
     config: GeneformerConfig
@@ -171,6 +193,8 @@ class GeneformerModel:
     vocab: Vocab | None = None
     settings: RunSettings = field(default_factory=RunSettings)
     precision_note: str | None = None
+    classifier: Classifier | None = None
+    hub: dict | None = None  # the Hugging Face hub folder and commit it came from
     _cache: dict = field(default_factory=dict, repr=False)
 
     def layers_for(self, emb_layer: int) -> int:
@@ -213,11 +237,7 @@ class GeneformerModel:
     ) -> variants.Built:
         """:meth:`encoder` with its description (what ran, for logs and benchmark rows)."""
         n_run = self.config.n_layers if n_run is None else n_run
-        if settings is None:
-            settings = self.settings
-        elif not isinstance(settings, RunSettings):
-            settings = self.settings.replace(precision=settings)
-        settings, _ = variants.resolve(settings, self.device)
+        settings = self._settings(settings)
         key = ("fast", n_run, settings.encoder_key())
         if key not in self._cache:
             self._cache[key] = variants.build_encoder(
@@ -225,6 +245,34 @@ class GeneformerModel:
             )
             log.debug("built %s", self._cache[key].description)
         return self._cache[key]
+
+    def _settings(self, settings: RunSettings | str | None) -> RunSettings:
+        """``settings`` resolved (default the model's; a precision name: the model's settings
+        in that precision)."""
+        if settings is None:
+            settings = self.settings
+        elif not isinstance(settings, RunSettings):
+            settings = self.settings.replace(precision=settings)
+        return variants.resolve(settings, self.device)[0]
+
+    def tail(self, n_run: int, settings: RunSettings | str | None = None) -> ClassifierTail | None:
+        """What the classifier reads after an encoder of ``n_run`` layers (the last layer for
+        the first token, then the head; :mod:`ispo.model.tail`), built once per (layers,
+        precision); None without a classifier: a run then costs nothing more."""
+        if self.classifier is None:
+            return None
+        precision = str(self._settings(settings).precision)
+        key = ("tail", n_run, precision)
+        if key not in self._cache:
+            self._cache[key] = ClassifierTail.build(
+                self.config, self.state_dict, n_run, self.classifier.head, DTYPES[precision]
+            )
+        return self._cache[key]
+
+    def without_classifier(self) -> GeneformerModel:
+        """This model with no class probabilities (``--no-probs``): runs stop at the pooled
+        layer, as for a model without a classifier."""
+        return replace(self, classifier=None)
 
     def hf_model(self):
         """The reference ``BertForMaskedLM`` (fp32, eval mode) with these weights."""
@@ -266,7 +314,34 @@ class GeneformerModel:
         }
         if self.precision_note is not None:
             meta["precision_auto"] = self.precision_note
+        if self.classifier is not None:
+            meta["classes"] = list(self.classifier.classes)
+        if self.hub is not None:
+            meta["hub"] = self.hub
+        fault = faults.describe()
+        if fault is not None:  # a drill, not a real run: its outputs say so
+            meta["ispo_fault"] = fault
         return meta
+
+
+def checkpoint_folder(source: str | Path) -> tuple[Path, HubFolder | None]:
+    """Where the checkpoint ``source`` names lies: itself (a local folder, or a preset name),
+    or, for a Hugging Face hub name that is neither, the folder in the hub's cache it resolves
+    to (:mod:`ispo.io.hub`), with what was resolved."""
+    path = Path(source)
+    if path.exists() or str(source) in PRESETS:
+        return path, None
+    name = hub.parse(str(source))
+    if name is None and len(path.parts) > 1:
+        raise IspoError(
+            f"--model {path} does not exist: give a checkpoint directory (config.json and "
+            "weights), a Hugging Face hub folder such as ctheodoris/Geneformer/Geneformer-V1-10M, "
+            "or a preset name"
+        )
+    if name is None:
+        return path, None
+    folder = hub.model_folder(name)
+    return folder.path, folder
 
 
 def load_model(
@@ -278,18 +353,24 @@ def load_model(
     seed: int = 0,
     settings: RunSettings | None = None,
 ) -> GeneformerModel:
-    """Load a Geneformer from a local checkpoint directory, or a preset name.
+    """Load a Geneformer from a checkpoint directory (local, or a Hugging Face hub folder
+    such as ``ctheodoris/Geneformer/Geneformer-V1-10M[@revision]``), or a preset name.
 
     A preset has no weights offline: it is only built, with seeded random weights, when
     ``random_init=True``, and that is logged loudly and recorded in every output's metadata.
     ``settings`` are the run's (default: plain fp32); ``precision="auto"`` is resolved here,
     once, for the device, and the choice is logged and recorded in the metadata.
     """
+    faults.announce()  # a stray ISPO_FAULT: refused or announced before anything loads
     dev = resolve_device(device)
-    path = Path(source)
+    path, hub_folder = checkpoint_folder(source)
     if path.is_dir():
         cfg, sd = _read_checkpoint(path)
-        model = GeneformerModel(cfg, sd, str(path), False, None, dev)
+        name = str(path) if hub_folder is None else hub_folder.pinned()
+        model = GeneformerModel(cfg, sd, name, False, None, dev)
+        model.hub = None if hub_folder is None else hub_folder.metadata()
+        classifier = read_classifier(path, sd)  # a fine-tuned cell classifier's head
+        model.classifier = None if classifier is None else classifier.to(dev)
     elif path.exists():
         raise IspoError(
             f"--model {path} is a file: give the checkpoint directory that holds "

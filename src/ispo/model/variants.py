@@ -6,8 +6,8 @@ loader (:meth:`ispo.model.load.GeneformerModel.encoder`) caches what it builds, 
 the benchmark build one per trial or row. Nothing is swapped on a model afterwards: a run that
 wants another variant asks for another encoder.
 
-``precision="auto"`` is resolved here, once (:func:`resolve`): bf16 where the hardware has bf16
-matrix units (every CUDA GPU torch reports bf16 support on; CPUs with AMX or AVX-512 bf16), fp32
+``precision="auto"`` is resolved here, once (:func:`resolve`): bf16 where the hardware computes
+bf16 natively (GPUs of compute capability 8.0 and later; CPUs with AMX or AVX-512 bf16), fp32
 elsewhere.
 """
 
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ispo.errors import IspoError
-from ispo.hardware import bf16_matrix_flags
-from ispo.model.encoder import Attention, Encoder
+from ispo.hardware import CpuInfo, bf16_matrix_flags
+from ispo.model.encoder import Attention, Block, Encoder, fused_bf16_linear_available
 from ispo.model.presets import GeneformerConfig
 from ispo.settings import Attention as Kernel
 from ispo.settings import Precision, RunSettings
@@ -47,18 +47,40 @@ SDPA_BACKENDS = {
 # --- precision "auto" -------------------------------------------------------------------------
 
 
-def auto_precision(device: torch.device) -> tuple[Precision, str]:
+def cuda_native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether the run's GPU computes bf16 natively, and its name with its compute capability.
+
+    Native means compute capability >= 8.0 (Ampere and later) and
+    ``torch.cuda.is_bf16_supported(including_emulation=False)``, asked of ``device`` itself,
+    not of the current device (which need not be the run's). A V100 or T4 (7.x) only emulates
+    bf16, slower than fp32: torch's default ``including_emulation=True`` says yes there.
+    """
+    index = torch.cuda.current_device() if device.index is None else device.index
+    major, minor = torch.cuda.get_device_capability(index)
+    with torch.cuda.device(index):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    name = f"{torch.cuda.get_device_name(index)} (compute capability {major}.{minor})"
+    return native and major >= 8, name
+
+
+def auto_precision(device: torch.device, cpu: CpuInfo | None = None) -> tuple[Precision, str]:
     """What ``precision="auto"`` means on ``device``, and why (one line for logs and metadata).
 
-    The CPU rule is tested (tests/model/test_variants.py, tests/cli/test_precision_auto.py);
-    TODO(gpu): the CUDA branch has run on no GPU yet.
+    CUDA: bf16 where the GPU has native bf16 (:func:`cuda_native_bf16`). CPU (``cpu``: this
+    machine's by default): bf16 where bf16 matrix products run in hardware (AMX or AVX-512
+    bf16, :func:`ispo.hardware.bf16_matrix_flags`); without them torch converts around every
+    product and bf16 is slower than fp32. fp32 everywhere else.
     """
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Precision.BF16, f"bf16: {torch.cuda.get_device_name(device)} has bf16 units"
-        return Precision.FP32, f"fp32: {torch.cuda.get_device_name(device)} has no bf16 units"
+        native, gpu = cuda_native_bf16(device)
+        if native:
+            return Precision.BF16, f"bf16: {gpu} has native bf16"
+        return Precision.FP32, (
+            f"fp32: {gpu} has no native bf16 (it would be emulated, slower than fp32); "
+            "--precision fp16 runs on its tensor cores"
+        )
     if device.type == "cpu":
-        flags = bf16_matrix_flags()
+        flags = bf16_matrix_flags(cpu)
         if flags:
             return Precision.BF16, f"bf16: the CPU has bf16 matrix units ({', '.join(flags)})"
         return Precision.FP32, "fp32: the CPU has no bf16 matrix units (no AMX / AVX-512 bf16)"
@@ -98,6 +120,24 @@ def set_attention(module: nn.Module, kernel: Kernel | str) -> None:
     for m in module.modules():
         if isinstance(m, Attention):
             m.sdpa_backends = backends
+
+
+def fused_linear_pays(device: torch.device, precision: Precision | str) -> bool:
+    """Whether an encoder built for ``device`` in ``precision`` runs its linear layers as fused
+    oneDNN calls: bf16 on a CPU where oneDNN has bf16 (:func:`fused_bf16_linear_available`)."""
+    return (
+        device.type == "cpu"
+        and Precision.parse(precision, "precision") == Precision.BF16
+        and fused_bf16_linear_available()
+    )
+
+
+def set_fused_linear(module: nn.Module, on: bool) -> None:
+    """Fix whether every attention layer and block of ``module`` runs its linear layers as
+    fused oneDNN bf16 calls (built into the module, as the attention kernel is)."""
+    for m in module.modules():
+        if isinstance(m, Attention | Block):
+            m.fuse_linear = on
 
 
 def attention_works(kernel: Kernel | str, device: torch.device | str, precision: str) -> bool:
@@ -179,7 +219,8 @@ def build_encoder(
     device: torch.device,
 ) -> Built:
     """The encoder ``settings`` runs: ``n_run`` layers in its precision, its attention kernel
-    held by every attention layer, int8 and compile applied in that order.
+    and (bf16 on a CPU with oneDNN bf16) fused linear layers held by every layer, int8 and
+    compile applied in that order.
 
     ``settings.precision`` must be resolved (not ``auto``: see :func:`resolve`).
     """
@@ -188,9 +229,12 @@ def build_encoder(
     enc = Encoder.from_hf_state_dict(cfg, state_dict, n_run)
     enc = enc.to(device=device, dtype=DTYPES[str(settings.precision)])
     set_attention(enc, settings.attention)
+    fused = fused_linear_pays(device, settings.precision)
+    set_fused_linear(enc, fused)
     desc = (
         f"ispo Encoder (layers 1-{n_run} of {cfg.n_layers}, {settings.precision}, "
-        f"SDPA {settings.attention}, no MLM head)"
+        f"SDPA {settings.attention}, no MLM head"
+        + (", fused oneDNN bf16 linear layers)" if fused else ")")
     )
     net: nn.Module = enc
     n_int8 = None

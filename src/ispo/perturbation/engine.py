@@ -19,7 +19,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ispo.embedding.embed import checked_vocab
+from ispo.embedding.states import StateEmbeddings
+from ispo.embedding.stream import UnitReader, tokenized_units
 from ispo.errors import IspoError
+from ispo.io.read import open_input
 from ispo.io.vocab import Vocab
 from ispo.model.load import RANDOM_WARNING, GeneformerModel
 from ispo.perturbation.index import PerturbType
@@ -38,6 +42,7 @@ from ispo.perturbation.options import (
     CellStates,
     EmbMode,
     check_options,
+    uses_cls,
     wanted_tokens,
 )
 from ispo.perturbation.passes import (
@@ -54,7 +59,7 @@ from ispo.provenance import cpu_info, device_name, versions
 from ispo.runtime import dist
 from ispo.runtime.profiler import Profiler, ProfileStats
 from ispo.settings import Layout, Pool, Precision, RunSettings
-from ispo.tokens import NO_CELLS, TokenizedCells, iter_tokenize
+from ispo.tokens import MAX_CHUNK, NO_CELLS, TokenizedCells, cell_reader
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ class PerturbRequest:
     shard_cells: int = 64
     layer: str | None = None
     gene_key: str | None = None
+    state_embs: StateEmbeddings | None = None  # given target states (else computed)
+    workers: int = 0  # tokenizer processes (0: a thread)
 
     def params(self, settings: RunSettings) -> dict[str, Any]:
         """The run's parameters as recorded in the metadata and the resume fingerprint."""
@@ -87,6 +94,7 @@ class PerturbRequest:
             combos=self.combos,
             emb_mode=self.emb_mode,
             cell_states=None if self.cell_states is None else asdict(self.cell_states),
+            state_embs=None if self.state_embs is None else self.state_embs.digest(),
             cell_filter=self.cell_filter,
             max_ncells=self.max_ncells,
             cell_range=self.cell_range,
@@ -110,7 +118,7 @@ class Output:
 
 
 def perturb(
-    adata: ad.AnnData,
+    adata: ad.AnnData | str | Path,
     model: GeneformerModel,
     *,
     vocab: Vocab | str | None = None,
@@ -137,14 +145,26 @@ def perturb(
     progress: bool = False,
     load_result: bool = True,
     settings: RunSettings | None = None,
+    state_embs: StateEmbeddings | str | Path | None = None,
+    workers: int = 0,
 ) -> pd.DataFrame:
     """Perturb genes in silico and measure how each cell's embedding moves.
 
+    ``adata``: an AnnData, or a path (``.h5ad``, ``.zarr``, a tokenized dataset folder).
     Returns the long table (one row per cell and perturbation): ``cell_id``, ``obs_index``,
     ``perturbed_ids``, ``perturbed_symbols``, ``perturb_type``, ``n_genes``, ``cos_sim``
     (Geneformer's value: mean cosine of the other genes' embeddings, or the CLS cosine),
-    ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state.
-    With ``emb_mode="cell_and_gene"`` the per (perturbed, affected gene) table is in
+    ``cell_cos_sim`` (cosine of the mean-pooled cell embeddings) and ``shift_<state>`` per state
+    (toward the mean embedding of the state's cells in the input, or toward the vectors of
+    ``state_embs``: an ``ispo embed --states-out`` file or :class:`StateEmbeddings`, checked
+    against the run's model, layer and pooling). ``workers`` processes tokenize ahead (0: a
+    thread).
+    A model with a cell classifier (a fine-tuned ``BertForSequenceClassification``) adds
+    ``prob_<class>`` (after the perturbation), ``delta_prob_<class>`` (its change from the
+    original cell), ``pred_class`` and ``orig_pred_class`` (most probable class after and
+    before), read from the last layer in the same pass; the metadata lists the ``classes``.
+    With ``emb_mode="cell_and_gene"`` (or ``"cls_and_gene"``, V2: the ``<cls>`` cosine as
+    ``cos_sim`` and the shifts, as ``"cls"``) the per (perturbed, affected gene) table is in
     ``df.attrs["gene_table"]``. With ``out`` the table is written to Parquet (plus
     ``<out>.json`` metadata) shard by shard; ``resume`` continues a stopped run; with
     ``load_result=False`` the table is not read back (an empty table carrying the metadata in
@@ -166,7 +186,7 @@ def perturb(
         batch_tokens=batch_tokens,
         layout=layout,
         emb_layer=emb_layer,
-        pool=Pool.CLS if emb_mode == "cls" else Pool.MEAN,
+        pool=Pool.CLS if uses_cls(emb_mode) else Pool.MEAN,
     )
     request = PerturbRequest(
         genes=genes,
@@ -182,6 +202,10 @@ def perturb(
         shard_cells=shard_cells,
         layer=layer,
         gene_key=gene_key,
+        state_embs=StateEmbeddings.load(state_embs)
+        if isinstance(state_embs, (str, Path))
+        else state_embs,
+        workers=workers,
     )
     sink = Output(None if out is None else Path(out), resume, overwrite, progress, load_result)
     return run_request(adata, model.with_settings(settings), vocab, request, sink)
@@ -208,6 +232,7 @@ def run_request(
     sink: Output,
 ) -> pd.DataFrame:
     """:func:`perturb` with its options grouped: ``model`` carries the run settings."""
+    adata = open_input(adata)  # a path (or a tokenized dataset folder) is opened here
     vocab = checked_vocab(model, vocab)
     req = request
     targets, anchor = check_options(
@@ -219,6 +244,7 @@ def run_request(
         req.combos,
         req.emb_mode,
     )
+    _check_state_embs(req, model)
     if sink.out is not None:  # every option is checked, and the output, before any work
         from ispo.io.write import check_output
 
@@ -233,6 +259,8 @@ def run_request(
         "data": plan.scan.digest,
         "cells": hashlib.sha1(plan.sel.tobytes()).hexdigest(),
     }
+    if model.classifier is not None:  # a resumed run must add the same columns
+        fingerprint["classes"] = list(model.classifier.classes)
     if sink.out is None and dist.info().active:
         raise IspoError("under torchrun perturb writes its results shard by shard: give --out")
     writer = None
@@ -243,7 +271,8 @@ def run_request(
     shards = [
         plan.sel[i : i + request.shard_cells] for i in range(0, len(plan.sel), request.shard_cells)
     ]
-    done = _run_shards(adata, model, plan, request, shards, writer, sink.progress)
+    with dist.discarded_on_bad_input(writer, sink.resume):  # NaN results: no parts left
+        done = _run_shards(adata, model, plan, request, shards, writer, sink.progress)
     if not dist.is_main():
         return pd.DataFrame()  # rank 0 merges the shards and writes the outputs
     metadata = {
@@ -263,6 +292,20 @@ def run_request(
     return result
 
 
+def _check_state_embs(req: PerturbRequest, model: GeneformerModel) -> None:
+    """Given state embeddings need cell states and must come from this run's model, width,
+    layer and pooling (checked before any work)."""
+    if req.state_embs is None:
+        return
+    if req.cell_states is None:
+        raise IspoError(
+            "state embeddings need cell states: give --state-key, --start-state and "
+            "--goal-state with --state-embs"
+        )
+    s = model.settings
+    req.state_embs.check(model, s.emb_layer, str(s.pool))
+
+
 def _plan(
     adata: ad.AnnData,
     model: GeneformerModel,
@@ -273,21 +316,23 @@ def _plan(
 ) -> _Plan:
     """Stream the input once to choose the cells and, in the same pass, embed the target
     states' cells (tokenizing chunk by chunk: no pass keeps every cell's tokens)."""
-    max_input = model.max_input(vocab)
+    src = open_input(adata)
+    tok = cell_reader(
+        src, vocab, layer=req.layer, gene_key=req.gene_key, max_input=model.max_input(vocab)
+    )
+    reader = UnitReader(tok, MAX_CHUNK, src.n_obs, src.spec, src)
+    units = list(range(-(-src.n_obs // MAX_CHUNK)))
 
     def chunks(warn: bool = False) -> Iterator[TokenizedCells]:
-        return iter_tokenize(
-            adata,
-            vocab,
-            layer=req.layer,
-            gene_key=req.gene_key,
-            max_input=max_input,
-            warn_empty=warn,
-        )
+        """One pass over the input, ``req.workers`` processes tokenizing ahead; they stop
+        when the pass is left (the shard pass ends after its last shard)."""
+        with closing(tokenized_units(replace(reader, warn_empty=warn), units, req.workers)) as it:
+            for _, cells in it:
+                yield cells
 
     states = req.cell_states
     # the target states are embedded during the scan (ispo.perturbation.passes: two passes)
-    sums = StateSums(adata, model, states) if states else None
+    sums = StateSums(adata, model, states) if states and req.state_embs is None else None
     wanted = wanted_tokens(targets, anchor, req.perturb_type)
     scan = scan_input(chunks(warn=True), wanted, sums)
     if len(scan.obs_index) == 0:
@@ -297,6 +342,8 @@ def _plan(
     )
     check_expressed(scan, sel, wanted, vocab)
     state_emb = sums.means(scan.obs_index) if sums is not None else None
+    if req.state_embs is not None:
+        state_emb = req.state_embs.stack(states.targets, model.device)
     return _Plan(vocab, targets, anchor, chunks, scan, sel, state_emb)
 
 
@@ -402,7 +449,8 @@ def _finish(
         out = sink.out
         genes_path = out.with_name(out.stem + ".genes.parquet")
         writer.finish({"cells": out, "genes": genes_path}, metadata, out.with_suffix(".json"))
-        result = pd.read_parquet(out) if sink.load_result else empty_table(states)
+        classes = metadata.get("classes")
+        result = pd.read_parquet(out) if sink.load_result else empty_table(states, classes)
         if sink.load_result and genes_path.exists():
             gene_table = pd.read_parquet(genes_path)
     else:
@@ -433,7 +481,8 @@ def run_shard(
     t = None if targets is None else targets.to(p.dev)
     built = p.specs(cells, order.tolist(), t, anchor)
     if not built:
-        return {"cells": empty_table(states)}
+        clf = p.model.classifier
+        return {"cells": empty_table(states, None if clf is None else list(clf.classes))}
     shard = p.originals(cells, built)
     results: dict[str, list] = {}
     for batch in p.row_chunks(shard):
@@ -445,4 +494,5 @@ def run_shard(
             for k, v in got.items():
                 results.setdefault(k, []).append(v)
             results.setdefault("chunks", []).extend(chunks)
+    p.runner.finite.check()  # no NaN/Inf reaches the tables (ispo.runtime.finite)
     return shard_tables(p, adata, cells, shard, results, states, id_of_token, vocab)

@@ -11,8 +11,19 @@ import torch
 from ispo.errors import IspoError
 from ispo.io.vocab import Vocab
 
-EmbMode = Literal["cell", "cell_and_gene", "cls"]
+EmbMode = Literal["cell", "cell_and_gene", "cls", "cls_and_gene"]
+EMB_MODES = ("cell", "cell_and_gene", "cls", "cls_and_gene")
 PERTURB_TYPES = ("delete", "overexpress", "inhibit", "activate")
+
+
+def uses_cls(emb_mode: str) -> bool:
+    """The cell-level value and the state shifts use the ``<cls>`` state (V2 ``cls`` modes)."""
+    return emb_mode.startswith("cls")
+
+
+def keeps_genes(emb_mode: str) -> bool:
+    """The run also keeps each (perturbed, affected gene) cosine (the ``*_and_gene`` modes)."""
+    return emb_mode.endswith("_and_gene")
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,13 @@ def check_options(
         )
     if rank_shift not in (1, 2, 3):
         raise IspoError(f"rank_shift must be 1, 2 or 3 quartiles, not {rank_shift}")
-    if emb_mode not in ("cell", "cell_and_gene", "cls"):
-        raise IspoError(f"emb_mode must be cell, cell_and_gene or cls, not {emb_mode!r}")
-    if emb_mode == "cls" and vocab.version != 2:
-        raise IspoError("emb_mode 'cls' needs a V2 vocabulary (with <cls>): use 'cell' for V1")
+    if emb_mode not in EMB_MODES:
+        raise IspoError(f"emb_mode must be one of {', '.join(EMB_MODES)}, not {emb_mode!r}")
+    if uses_cls(emb_mode) and vocab.version != 2:
+        fallback = emb_mode.replace("cls", "cell")
+        raise IspoError(
+            f"emb_mode {emb_mode!r} needs a V2 vocabulary (with <cls>): use {fallback!r} for V1"
+        )
     if combos not in (0, 1):
         raise IspoError(f"combos must be 0 or 1 (pairs with the anchor gene), not {combos}")
     if combos == 1 and anchor_gene is None:

@@ -26,6 +26,7 @@ import torch
 
 from ispo.embedding.embed import embed_cells
 from ispo.errors import IspoError
+from ispo.io.select import filter_mask, sample
 from ispo.io.vocab import Vocab
 from ispo.model.load import GeneformerModel
 from ispo.perturbation.options import CellStates
@@ -41,15 +42,8 @@ def select_cells(
     cell_range: tuple[int, int] | None,
 ) -> np.ndarray:
     """Positions (among the tokenized cells, rows ``obs_index``) of the cells to perturb."""
-    keep = np.ones(len(obs_index), dtype=bool)
     obs = adata.obs.iloc[obs_index]
-    for key, allowed in (cell_filter or {}).items():
-        if key not in obs.columns:
-            raise IspoError(
-                f"filter key {key!r} is not an obs column: choose one of {list(obs.columns)[:10]}"
-            )
-        allowed = allowed if isinstance(allowed, (list, tuple, set)) else [allowed]
-        keep &= obs[key].astype(str).isin([str(a) for a in allowed]).to_numpy()
+    keep = filter_mask(obs, cell_filter)
     if states is not None:
         if states.state_key not in obs.columns:
             raise IspoError(
@@ -60,8 +54,7 @@ def select_cells(
     sel = np.flatnonzero(keep)
     if cell_range is not None:
         sel = sel[cell_range[0] : cell_range[1]]
-    if max_ncells is not None:
-        sel = sel[:max_ncells]
+    sel = sample(sel, max_ncells)  # Geneformer's seeded draw
     if len(sel) == 0:
         what = f"start state {states.start_state!r}" if states else "the filters"
         raise IspoError(

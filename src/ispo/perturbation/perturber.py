@@ -1,6 +1,8 @@
 """The perturber: each shard's perturbed sequences built on the device by index arithmetic
 (:mod:`ispo.perturbation.index`), each cell's original run once, perturbed rows of many cells in
-token-budget batches, and pooling, cosines and state shifts as batched tensor ops."""
+token-budget batches, and pooling, cosines and state shifts as batched tensor ops. A model with
+a cell classifier gives each row's class probabilities and their change from the original cell
+in the same encoder pass (the runner's classifier tail)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from ispo.io.vocab import Vocab
 from ispo.model.encoder import Encoder
 from ispo.model.load import GeneformerModel
 from ispo.perturbation.index import Perturbations, PerturbType, each_gene, gene_set, with_anchor
-from ispo.perturbation.options import EmbMode
+from ispo.perturbation.options import EmbMode, keeps_genes, uses_cls
 from ispo.runtime.batching import token_budget_batches
 from ispo.runtime.oom import OomSplitter
 from ispo.runtime.runner import Encoded, Runner, Tokens, choose_layout, default_batch_tokens
@@ -27,12 +29,14 @@ class Shard:
     """Device-side inputs of one shard: specs and originals of its cells."""
 
     cells: list[int]  # positions in the TokenizedCells, length-sorted
+    rows: np.ndarray  # (n_cells,) their input rows (what an error names)
     specs: list[Perturbations]
     orig_hidden: torch.Tensor  # (sum of original lengths, h) original hidden states, stacked
     orig_norm: torch.Tensor  # (sum of original lengths,) their fp32 norms
     orig_start: list[int]  # row of each cell's first token in orig_hidden
     orig_mean: torch.Tensor  # (n_cells, h) original mean-pooled cell embeddings
     orig_cell: torch.Tensor  # (n_cells, h) original cell embeddings of the mode (mean or CLS)
+    orig_probs: torch.Tensor | None = None  # (n_cells, classes) original class probabilities
 
 
 class Perturber:
@@ -53,7 +57,8 @@ class Perturber:
         self.kind, self.rank_shift, self.emb_mode = perturb_type, rank_shift, emb_mode
         self.dev = model.device
         s = model.settings
-        self.enc: Encoder = model.encoder(model.layers_for(s.emb_layer))
+        n_run = model.layers_for(s.emb_layer)
+        self.enc: Encoder = model.encoder(n_run)
         self.budget = s.batch_tokens or default_batch_tokens(self.dev)
         self.has_cls = vocab.version == 2
         self.max_genes = model.max_input(vocab) - 2 * self.has_cls
@@ -64,6 +69,7 @@ class Perturber:
             self.enc,
             pad_id=model.config.pad_id,
             layout=choose_layout(s.layout, self.dev, s.precision),
+            tail=model.tail(n_run),  # None without a classifier: no extra work
         )
 
     # -- building ---------------------------------------------------------------------------
@@ -107,14 +113,15 @@ class Perturber:
         eos = torch.full((P, 1), self.vocab.eos_id, dtype=genes.dtype, device=genes.device)
         return torch.cat([cls, genes, eos], 1)
 
-    def _encode(self, blocks: list[torch.Tensor]) -> Encoded:
-        """Run blocks of equal-length rows (one cell's perturbations, or one original each)."""
-        return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks]))
+    def _encode(self, blocks: list[torch.Tensor], rows: list[int]) -> Encoded:
+        """Run blocks of equal-length rows (one cell's perturbations, or one original each)
+        of the cells at input ``rows``."""
+        return self.runner.encode(Tokens.from_blocks([self._wrap(b) for b in blocks], rows))
 
     def _cell_embs(self, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean-pooled, state) cell embeddings; the state one is the CLS in ``cls`` mode."""
+        """(mean-pooled, state) cell embeddings; the state one is the CLS in the ``cls`` modes."""
         mean = enc.pool(self.has_cls, "mean")
-        return mean, enc.pool(self.has_cls, "cls") if self.emb_mode == "cls" else mean
+        return mean, enc.pool(self.has_cls, "cls") if uses_cls(self.emb_mode) else mean
 
     def chunk_tokens(self, shard: Shard, chunks: list[tuple[int, int, int]]) -> int:
         """Padded tokens of a batch of (cell, row range) chunks (what the budget counts)."""
@@ -126,6 +133,7 @@ class Perturber:
         """Hidden states and cell embeddings of each cell's original, once per cell."""
         s = int(self.has_cls)
         seqs = []
+        obs = cells.obs_index[[i for i, _ in built]]
         for i, spec in built:
             cell = torch.from_numpy(cells.cell(i).astype(np.int64)).to(self.dev)
             seqs.append(cell[s : s + spec.orig_len])
@@ -133,49 +141,61 @@ class Perturber:
         hidden_of: list[torch.Tensor | None] = [None] * len(seqs)
         mean_emb = torch.empty(len(seqs), self.model.config.hidden, device=self.dev)
         cell_emb = torch.empty_like(mean_emb)
+        clf = self.model.classifier
+        probs = None if clf is None else mean_emb.new_empty(len(seqs), len(clf.classes))
         for batch in token_budget_batches(lengths, self.budget):
             for idx, enc in self.oom.run(
-                lambda j: self._encode([seqs[x][None] for x in j]),
+                lambda j: self._encode([seqs[x][None] for x in j], obs[j].tolist()),
                 batch,
                 lambda j: len(j) * int(lengths[j].max()),
             ):
                 rows = torch.as_tensor(idx, device=self.dev)
                 mean_emb[rows], cell_emb[rows] = self._cell_embs(enc)
+                if probs is not None:
+                    probs[rows] = enc.probs()
                 for row, j in enumerate(idx):
                     hidden_of[j] = enc.row(row)
         hidden = torch.cat(hidden_of)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
         return Shard(
             [i for i, _ in built],
+            obs,
             [sp for _, sp in built],
             hidden,
             torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32),
             starts,
             mean_emb,
             cell_emb,
+            probs,
         )
 
     def run_batch(
         self, shard: Shard, chunks: list[tuple[int, int, int]], states: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Forward one token-budget batch of perturbation rows and compare with originals."""
-        enc = self._encode([shard.specs[c].tokens[a:b] for c, a, b in chunks])  # R rows
+        """Forward one token-budget batch of perturbation rows and compare with originals
+        (every result recorded for the finiteness check, ``self.runner.finite``)."""
+        rows = [int(shard.rows[c]) for c, _, _ in chunks]
+        enc = self._encode([shard.specs[c].tokens[a:b] for c, a, b in chunks], rows)  # R rows
         cell_of_row = torch.cat([torch.full((b - a,), c, device=self.dev) for c, a, b in chunks])
         orig_cell = shard.orig_cell[cell_of_row]
         pert_mean, pert_cell = self._cell_embs(enc)
         orig_mean = shard.orig_mean[cell_of_row]
         out = {"cell_cos_sim": F.cosine_similarity(pert_mean, orig_mean, dim=-1)}
-        if self.emb_mode == "cls":
+        if uses_cls(self.emb_mode):  # Geneformer's value in the cls modes: the <cls> cosine
             out["cos_sim"] = F.cosine_similarity(pert_cell, orig_cell, dim=-1)
-        else:
+        if self.emb_mode != "cls":  # the gene tokens' cosines (never <cls>/<eos>)
             gene_cos, valid = self._gene_cos(shard, chunks, enc)
-            out["cos_sim"] = gene_cos.sum(1) / valid.sum(1)
-            if self.emb_mode == "cell_and_gene":
+            out.setdefault("cos_sim", gene_cos.sum(1) / valid.sum(1))
+            if keeps_genes(self.emb_mode):
                 out["gene_cos"] = gene_cos
         if states is not None:
             out["shifts"] = F.cosine_similarity(
                 pert_cell[:, None], states[None], dim=-1
             ) - F.cosine_similarity(orig_cell[:, None], states[None], dim=-1)
+        for name, values in out.items():
+            self.runner.finite.add(name, values, enc.cells, enc.hidden.dtype)
+        if enc.logits is not None:
+            out["probs"] = enc.probs()  # recorded for the finiteness check by probs()
         return out
 
     def _gene_cos(

@@ -1,10 +1,11 @@
-"""The volcano plot of a goal-state test: which perturbations move cells toward the goal.
+"""The plots of perturbation statistics: the volcano plot of a goal-state test (which
+perturbations move cells toward the goal) and the bar chart of the top hits.
 
-One point per tested gene: its effect toward the goal (x) against -log10 of its FDR (y). Genes
-that move cells toward the goal are green on the right, those that move them away orange on the
-left, the rest grey; the strongest of each are labelled. It reads a table of
-:func:`ispo.perturbation.stats.perturb_stats` (``mode="goal_state_shift"``, either method, with
-ispo's or Geneformer's column names).
+Volcano: one point per tested gene, its mean shift toward the goal (x) against -log10 of its FDR
+(y). Genes called toward the goal are green, those called away orange, the rest grey; the
+strongest of each are labelled. It reads a table of :func:`ispo.perturbation.stats.perturb_stats`
+(``mode="goal_state_shift"``, either method, with ispo's or Geneformer's column names, or
+``mode="class_prob"``). Every plot of a run with random weights says so on its face.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from ispo.errors import IspoError
 
 TOWARD, AWAY, OTHER = "#1a9850", "#e66101", "#b0b0b0"
 RANDOM_NOTE = "RANDOM WEIGHTS: a speed/plumbing run, not biology"
-PAIRED_X = " (shift minus the cell's median shift)"
+#: The x column of a paired table: the mean shift (either column names), or the mean change of
+#: the goal class's probability (``class_prob``); and its axis label.
+PAIRED_X = {
+    "shift_to_goal": "mean shift toward the goal",
+    "Shift_to_goal_end": "mean shift toward the goal",
+    "delta_prob_goal": "mean change of the goal class's probability",
+}
 
 
 def _column(stats: pd.DataFrame, *names: str) -> str | None:
@@ -29,17 +36,18 @@ def _column(stats: pd.DataFrame, *names: str) -> str | None:
 def volcano_points(stats: pd.DataFrame) -> pd.DataFrame:
     """``symbol``, ``x`` (effect toward the goal), ``y`` (-log10 FDR), ``side`` of tested genes.
 
-    ``paired`` tables: x is the within-cell centred effect, y the FDR of the direction the gene
-    is significant in (else the smaller of the two), side ``toward``/``away`` from the
+    ``paired`` tables (and ``class_prob``): x is the mean shift (the mean change of the goal
+    class's probability), y the FDR of the gene's call, side ``toward``/``away`` from the
     ``toward_goal``/``away_from_goal`` calls. ``geneformer`` tables: x is the mean shift, y its
     two-sided FDR, side the sign of significant genes. Genes not tested are left out.
     """
     symbol = _column(stats, "perturbed_symbols", "Gene_name")
     if symbol is None:
         raise IspoError("stats table has no gene symbols: pass a table written by perturb-stats")
-    if "goal_effect" in stats.columns:
-        x = stats["goal_effect"].to_numpy(np.float64)
-        fdr = np.fmin(stats["goal_toward_fdr"], stats["goal_away_fdr"]).to_numpy(np.float64)
+    x_col = _column(stats, *PAIRED_X)
+    if "goal_call_fdr" in stats.columns and x_col is not None:
+        x = stats[x_col].to_numpy(np.float64)
+        fdr = stats["goal_call_fdr"].to_numpy(np.float64)
         toward = stats["toward_goal"].to_numpy(bool)
         away = stats["away_from_goal"].to_numpy(bool)
     else:
@@ -96,22 +104,74 @@ def _label_top(ax, pts: pd.DataFrame, side: str, n: int, colour: str) -> None:
         )
 
 
-def volcano_png(
-    stats: pd.DataFrame, path: str | Path, *, top: int = 10, title: str | None = None
-) -> Path:
-    """Write the volcano plot of a goal-state stats table as a PNG and return its path.
-
-    The ``top`` toward-goal genes (and half as many away-from-goal genes) are labelled; the
-    dashed line is the FDR threshold the table was made with (``attrs``, else 0.05).
-    """
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _note_random(fig, random_init: bool) -> None:
+    """The random-weights note on the figure's face when it applies."""
+    if random_init:
+        fig.text(0.01, 0.01, RANDOM_NOTE, color="#b2182b", fontsize="small", weight="bold")
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write the figure as a PNG atomically (a temporary file renamed over ``path``)."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _title(info: dict, untested: int) -> str:
+    what = "goal class" if info.get("mode") == "class_prob" else "goal state"
+    return (
+        f"Perturbations vs {what} {info.get('goal_state', 'goal')!r} "
+        f"({info.get('method', 'paired')} test"
+        + (f"; {untested} genes not tested" if untested else "")
+        + ")"
+    )
+
+
+def _no_points(fig, stats: pd.DataFrame, info: dict) -> None:
+    """Say in the plot why there is nothing to plot, instead of an empty meaningless axis."""
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    min_cells = info.get("min_cells")
+    why = (
+        f"every one of the {len(stats):,} genes was seen in fewer than {min_cells} cells "
+        "(--min-cells)"
+        if min_cells is not None
+        else "no gene has a p-value"
+    )
+    ax.text(0.5, 0.5, f"No gene tested:\n{why}", ha="center", va="center", wrap=True)
+    ax.set_title(_title(info, len(stats)), fontsize="medium")
+
+
+def volcano_figure(stats: pd.DataFrame, *, top: int = 10, title: str | None = None):
+    """The volcano plot of a goal-state stats table (a matplotlib ``Figure``).
+
+    The ``top`` toward-goal genes (and half as many away-from-goal genes) are labelled; the
+    dashed line is the FDR threshold the table was made with (``attrs``, else 0.05). With no
+    gene tested the plot says so and why (:func:`volcano_empty` tells the caller).
+    """
     pts = volcano_points(stats)
     info = stats.attrs.get("ispo_stats", {})
     alpha = float(info.get("fdr_alpha", 0.05))
-    fig = Figure(figsize=(7.5, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = _figure(7.5, 5.5)
+    _note_random(fig, bool(info.get("random_init")))
+    if pts.empty:
+        _no_points(fig, stats, info)
+        return fig
     ax = fig.add_subplot()
     for side, colour, label in (
         ("", OTHER, "not significant"),
@@ -124,33 +184,51 @@ def volcano_png(
     ax.axvline(0.0, color="#666666", lw=0.8)
     _label_top(ax, pts, "toward", top, TOWARD)
     _label_top(ax, pts, "away", max(1, top // 2), AWAY)
-    paired = "goal_effect" in stats.columns
-    ax.set_xlabel(f"{'effect' if paired else 'mean shift'} toward the goal{PAIRED_X * paired}")
+    x_col = _column(stats, *PAIRED_X)
+    ax.set_xlabel(PAIRED_X[x_col] if x_col else "mean shift toward the goal")
     ax.set_ylabel(f"-log10 FDR (dashed: FDR {alpha:g})")
-    untested = len(stats) - len(pts)
-    goal = info.get("goal_state", "goal")
-    ax.set_title(
-        title
-        or f"Perturbations vs goal state {goal!r} ({info.get('method', 'paired')} test"
-        + (f"; {untested} genes not tested" if untested else "")
-        + ")",
-        fontsize="medium",
-    )
-    x_lo, x_hi = (pts["x"].min(), pts["x"].max()) if len(pts) else (-1.0, 1.0)
+    ax.set_title(title or _title(info, len(stats) - len(pts)), fontsize="medium")
+    x_lo, x_hi = pts["x"].min(), pts["x"].max()
     pad = 0.3 * max(x_hi - x_lo, 1e-12)
     ax.set_xlim(x_lo - pad, x_hi + pad)  # room for the label columns
-    if info.get("random_init"):
-        fig.text(0.01, 0.01, RANDOM_NOTE, color="#b2182b", fontsize="small", weight="bold")
     ax.legend(
         frameon=False, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3
     )
     fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return fig
+
+
+def volcano_png(
+    stats: pd.DataFrame, path: str | Path, *, top: int = 10, title: str | None = None
+) -> Path:
+    """Write :func:`volcano_figure` as a PNG and return its path."""
+    return _save(volcano_figure(stats, top=top, title=title), path)
+
+
+def volcano_empty(stats: pd.DataFrame) -> bool:
+    """True when no gene of the table was tested (its volcano plot says so instead of points)."""
+    return volcano_points(stats).empty
+
+
+def hits_figure(aggregate: pd.DataFrame, *, top: int = 10, random_init: bool = False):
+    """Bar chart of the ``top`` genes of an ``aggregate`` table: 1 - mean cosine, strongest on
+    top, with the random-weights note when the run had random weights (a ``Figure``)."""
+    rows = aggregate.head(top)
+    labels = [str(s) for s in rows["perturbed_symbols"]][::-1]
+    values = [1.0 - float(v) for v in rows["cos_sim_mean"]][::-1]
+    fig = _figure(7.5, max(2.0, 0.35 * len(labels) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(range(len(labels)), values, color="#2c7fb8")
+    ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    ax.set_xlabel("1 - mean cosine (embedding change)")
+    ax.set_title("Top perturbation hits" + (" [random weights]" if random_init else ""))
+    fig.tight_layout(rect=(0, 0.05 if random_init else 0, 1, 1))
+    _note_random(fig, random_init)
+    return fig
+
+
+def hits_png(
+    aggregate: pd.DataFrame, path: str | Path, *, top: int = 10, random_init: bool = False
+) -> Path:
+    """Write :func:`hits_figure` as a PNG and return its path."""
+    return _save(hits_figure(aggregate, top=top, random_init=random_init), path)

@@ -12,8 +12,9 @@ from ispo.perturbation.options import CellStates
 from ispo.perturbation.perturber import Perturber, Shard
 
 
-def empty_table(states: CellStates | None) -> pd.DataFrame:
-    # typed like a full table, so concatenating an empty shard changes no column's dtype
+def empty_table(states: CellStates | None, classes: list[str] | None = None) -> pd.DataFrame:
+    """No rows, typed like a full table (``classes``: a cell classifier's), so concatenating an
+    empty shard changes no column's dtype."""
     cols = {
         "cell_id": object,
         "obs_index": np.int64,
@@ -25,6 +26,8 @@ def empty_table(states: CellStates | None) -> pd.DataFrame:
         "cell_cos_sim": np.float32,
     }
     cols |= {f"shift_{s}": np.float32 for s in (states.targets if states else ())}
+    cols |= {f"{pre}{c}": np.float32 for pre in ("prob_", "delta_prob_") for c in classes or ()}
+    cols |= {c: object for c in ("pred_class", "orig_pred_class") if classes}
     return pd.DataFrame({c: np.array([], dtype=t) for c, t in cols.items()})
 
 
@@ -55,6 +58,11 @@ def shard_tables(
         shifts = torch.cat(res["shifts"]).cpu().numpy()
         for j, st in enumerate(states.targets):
             df[f"shift_{st}"] = shifts[:, j].astype(np.float32)
+    if "probs" in res:  # a cell classifier's probabilities, after and before
+        orig = shard.orig_probs[torch.as_tensor(cell_rows, device=shard.orig_probs.device)]
+        probs = torch.cat(res["probs"]).cpu().numpy()
+        cols = p.model.classifier.perturb_columns(probs, orig.cpu().numpy())
+        df = pd.concat([df, pd.DataFrame(cols)], axis=1)
     perm = np.lexsort((within, obs_index))  # batch order -> input order
     out = {"cells": df.iloc[perm].reset_index(drop=True)}
     if "gene_cos" in res:

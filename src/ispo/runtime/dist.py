@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import torch
+
+from ispo.errors import IspoError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,6 +170,22 @@ def shard_writer(out, fingerprint: dict, *, resume: bool, overwrite: bool):
         writer = ShardWriter(out, fingerprint, resume=resume, overwrite=overwrite, rank=_info.rank)
     barrier()  # every rank has read the same manifests before any rank writes a part
     return writer
+
+
+@contextmanager
+def discarded_on_bad_input(writer, resume: bool) -> Iterator[None]:
+    """Bad input found mid-run (an IspoError: bad counts, NaN results...): a fresh
+    single-process run that finished no shard leaves no parts folder behind, so the corrected
+    command runs without --overwrite (a resumed or multi-process run keeps its parts; None:
+    nothing is written)."""
+    try:
+        yield
+    except IspoError:
+        if writer is not None and not _info.active and not resume and not writer.manifest["done"]:
+            import shutil
+
+            shutil.rmtree(writer.parts, ignore_errors=True)
+        raise
 
 
 def close() -> None:

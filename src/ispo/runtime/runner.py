@@ -8,7 +8,12 @@ flash attention, no padding at all). What comes back (:class:`Encoded`) answers 
 layout what the callers need: pooled cell embeddings (mean or ``<cls>``), one row's hidden
 states, and the hidden states at chosen (row, position) pairs (a gather, never a scatter back to
 a padded batch). Pooling runs in the compute dtype with fp32 accumulation, so no fp32 copy of a
-whole hidden batch is made.
+whole hidden batch is made. With a cell classifier's tail (:mod:`ispo.model.tail`) the same
+call also gives each row's class logits, read from the last layer while the hidden states stay
+those of the pooled layer: one encoder pass serves both. Every pooled batch and its class
+probabilities are recorded in the runner's :class:`~ispo.runtime.finite.FiniteCheck` with the
+input rows of its cells, so no NaN or Inf passes unseen (the callers check it where they read
+results back).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 from torch import nn
 
 from ispo.model.encoder import Packed
+from ispo.model.tail import ClassifierTail
+from ispo.runtime.finite import FiniteCheck
 from ispo.runtime.pool import pool, pool_packed
 from ispo.runtime.profiler import synchronize
 from ispo.settings import Layout, Pool, Precision
@@ -62,23 +69,27 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Tokens:
-    """A batch of token rows, flat: row after row (the packed order)."""
+    """A batch of token rows, flat: row after row (the packed order), and the input row of the
+    cell each row belongs to (what an error names)."""
 
     ids: torch.Tensor  # (T,) int64
     lengths: torch.Tensor  # (B,) int64
     width: int  # the longest row
     uniform: bool  # every row has length ``width``: no mask, no padding
+    cells: np.ndarray  # (B,) input row of each row's cell
 
     @classmethod
-    def from_blocks(cls, blocks: list[torch.Tensor]) -> Tokens:
-        """Rows from blocks of equal-length rows, (P_i, m_i) each (one cell's perturbations)."""
+    def from_blocks(cls, blocks: list[torch.Tensor], cells: list[int]) -> Tokens:
+        """Rows from blocks of equal-length rows, (P_i, m_i) each (one cell's perturbations);
+        ``cells``: the input row of each block's cell."""
         dev = blocks[0].device
         widths = [b.shape[1] for b in blocks]
         lengths = torch.cat(
             [torch.full((b.shape[0],), b.shape[1], dtype=torch.int64, device=dev) for b in blocks]
         )
         ids = torch.cat([b.reshape(-1) for b in blocks])
-        return cls(ids, lengths, max(widths), min(widths) == max(widths))
+        rows = np.repeat(np.asarray(cells, dtype=np.int64), [b.shape[0] for b in blocks])
+        return cls(ids, lengths, max(widths), min(widths) == max(widths), rows)
 
     @classmethod
     def from_cells(cls, cells: TokenizedCells, idx: np.ndarray, device: torch.device) -> Tokens:
@@ -91,6 +102,7 @@ class Tokens:
             to_device(torch.from_numpy(lens), device),
             int(lens.max()),
             lens.min() == lens.max(),
+            sub.obs_index,
         )
 
     def padded(self, pad_id: int) -> torch.Tensor:
@@ -105,12 +117,17 @@ class Tokens:
 
 @dataclass
 class Encoded:
-    """Hidden states of one batch, padded (B, L, h) or packed (T, h), and where rows start."""
+    """Hidden states of one batch, padded (B, L, h) or packed (T, h), and where rows start;
+    ``cells`` and ``finite``: the input rows of its cells, and where pooled results are
+    recorded for the NaN/Inf check."""
 
     hidden: torch.Tensor
     lengths: torch.Tensor  # (B,)
     starts: torch.Tensor  # (B,) flat index of each row's first token in ``flat()``
     packed: Packed | None
+    cells: np.ndarray  # (B,) input row of each row's cell
+    finite: FiniteCheck
+    logits: torch.Tensor | None = None  # (B, classes) fp32, when the runner has a classifier
 
     def flat(self) -> torch.Tensor:
         """(N, h): every token's hidden state (padding included when padded)."""
@@ -129,11 +146,36 @@ class Encoded:
         starts = self.starts if rows is None else self.starts[rows]
         return self.flat()[starts[:, None] + pos]
 
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, h) hidden states and the (B, L) mask of their real tokens; a packed batch is
+        gathered into rows (no host sync either way)."""
+        width = self.hidden.shape[1] if self.packed is None else self.packed.max_len
+        pos = torch.arange(width, device=self.hidden.device)
+        keep = pos[None] < self.lengths[:, None]
+        if self.packed is None:
+            return self.hidden, keep
+        idx = (self.starts[:, None] + pos).clamp(max=len(self.hidden) - 1)
+        return self.hidden[idx], keep
+
+    def probs(self) -> torch.Tensor:
+        """(B, classes) fp32 class probabilities (softmax of the classifier's logits), recorded
+        for the finiteness check."""
+        if self.logits is None:
+            raise ValueError("this batch ran without a classifier")
+        probs = torch.softmax(self.logits, dim=-1)
+        self.finite.add("probabilities", probs, self.cells, self.hidden.dtype)
+        return probs
+
     def pool(self, has_cls: bool, mode: Pool | str = "mean") -> torch.Tensor:
-        """(B, h) float32 cell embeddings: mean over gene tokens, or the ``<cls>`` token."""
+        """(B, h) float32 cell embeddings: mean over gene tokens, or the ``<cls>`` token
+        (recorded for the finiteness check: a NaN or Inf in any gene token's hidden state
+        makes the mean non-finite too)."""
         if self.packed is not None:
-            return pool_packed(self.hidden, self.packed, has_cls, mode)
-        return pool(self.hidden, self.lengths, has_cls, mode)
+            out = pool_packed(self.hidden, self.packed, has_cls, mode)
+        else:
+            out = pool(self.hidden, self.lengths, has_cls, mode)
+        self.finite.add("embeddings", out, self.cells, self.hidden.dtype)
+        return out
 
 
 @dataclass
@@ -165,13 +207,24 @@ class Runner:
 
     ``encoder`` is whatever module the model built for the run (plain, compiled, int8): it takes
     padded ids (B, L) with the row lengths (None when there is no padding), or flat ids with a
-    :class:`Packed`.
+    :class:`Packed`. ``tail`` (a cell classifier's, or None) turns the hidden states into
+    each row's class logits (:attr:`Encoded.logits`) in the same call. ``finite`` collects the
+    pooled results and probabilities of every batch; the caller calls its ``check()`` where it
+    reads results back.
     """
 
-    def __init__(self, encoder: nn.Module, *, pad_id: int, layout: Layout) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        pad_id: int,
+        layout: Layout,
+        tail: ClassifierTail | None = None,
+    ) -> None:
         if layout == Layout.AUTO:
             raise ValueError("resolve the layout with choose_layout first")
-        self.encoder, self.pad_id, self.layout = encoder, pad_id, layout
+        self.encoder, self.pad_id, self.layout, self.tail = encoder, pad_id, layout, tail
+        self.finite = FiniteCheck()
 
     def encode(self, tokens: Tokens) -> Encoded:
         """Hidden states of a batch (timed under :func:`encoder_clock`)."""
@@ -189,12 +242,19 @@ class Runner:
     def _encode(self, tokens: Tokens) -> Encoded:
         """Uniform batches (no padding) always run padded: that is the packed layout too, and
         it needs no mask."""
+        enc = self._hidden(tokens)
+        if self.tail is not None:
+            enc.logits = self.tail(*enc.padded())
+        return enc
+
+    def _hidden(self, tokens: Tokens) -> Encoded:
         B = len(tokens.lengths)
         if self.layout == Layout.PACKED and not tokens.uniform:
             ctx = Packed.from_lengths(tokens.lengths)
             hidden = self.encoder(tokens.ids, ctx)
-            return Encoded(hidden, tokens.lengths, ctx.cu_seqlens[:-1].long(), ctx)
+            starts = ctx.cu_seqlens[:-1].long()
+            return Encoded(hidden, tokens.lengths, starts, ctx, tokens.cells, self.finite)
         ids = tokens.padded(self.pad_id)
         hidden = self.encoder(ids, None if tokens.uniform else tokens.lengths)
         starts = torch.arange(B, device=ids.device) * tokens.width
-        return Encoded(hidden, tokens.lengths, starts, None)
+        return Encoded(hidden, tokens.lengths, starts, None, tokens.cells, self.finite)
