@@ -139,3 +139,17 @@ def test_dropout_comes_from_the_checkpoint_config(ft_ckpt, tmp_path):
     mdl = ispo.load_model(ft_ckpt, device="cpu")
     assert mdl.config.hidden_dropout == cfg["hidden_dropout_prob"]
     assert mdl.config.attention_dropout == cfg["attention_probs_dropout_prob"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocasts_over_fp32_weights(precision, ft_ckpt, ft_data, tmp_path):
+    """The autocast path (the GPU default) runs anywhere: fp32 weights saved, finite figures."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / precision
+    s = FAST.replace(epochs=1, precision=precision)
+    m = ispo.finetune(ft_data, ft_ckpt, out, DataOptions("state", "demo"), s, device="cpu",
+                      progress=False)  # fmt: skip
+    assert m["settings"]["precision"] == precision
+    assert np.isfinite([m["epochs"][0]["train_loss"], m["validation"]["loss"]]).all()
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
