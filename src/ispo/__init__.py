@@ -34,6 +34,9 @@ _WHERE = {
     "RunSettings": "ispo.settings",
     "TokenizedCells": "ispo.tokens",
     "tokenize": "ispo.tokens",
+    "DataOptions": "ispo.training",
+    "TrainSettings": "ispo.training",
+    "finetune": "ispo.training",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -50,6 +53,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ispo.perturbation.stats import perturb_stats
     from ispo.settings import RunSettings
     from ispo.tokens import TokenizedCells, tokenize
+    from ispo.training import DataOptions, TrainSettings, finetune
 
 
 def __getattr__(name: str):
@@ -74,17 +78,20 @@ def __dir__() -> list[str]:
 __all__ = [
     "PRESETS",
     "CellStates",
+    "DataOptions",
     "GeneformerConfig",
     "GeneformerModel",
     "IspoError",
     "RunSettings",
     "TokenizedCells",
+    "TrainSettings",
     "Vocab",
     "demo_adata",
     "demo_vocab",
     "embed",
     "embed_cells",
     "evaluate",
+    "finetune",
     "load_model",
     "load_vocab",
     "perturb",

@@ -9,6 +9,11 @@ Tests and recovery drills set the ``ISPO_FAULT`` environment variable to comma-s
 ``hang_after_shard:N``
     Stop (sleep until killed or interrupted) once the N-th output shard is written: a run that
     is certainly mid-way when an outside ``kill -9``, SIGINT or SIGTERM arrives.
+``crash_after_epoch:N``
+    Raise :class:`InjectedFault` once the N-th epoch checkpoint of ``finetune`` is saved: a
+    kill between epochs.
+``hang_after_epoch:N``
+    Stop (sleep until killed) once the N-th epoch checkpoint is saved (an outside ``kill -9``).
 ``crash_in_part:N``
     Raise :class:`InjectedFault` when the N-th part file is written but not yet renamed into
     place: a kill mid-write, which leaves a ``.tmp`` file and no manifest entry.
@@ -50,6 +55,8 @@ ENV = "ISPO_FAULT"
 NAMES = (
     "crash_after_shard",
     "hang_after_shard",
+    "crash_after_epoch",
+    "hang_after_epoch",
     "crash_in_part",
     "oom_above_tokens",
     "batch_error",
@@ -118,7 +125,8 @@ def reset() -> None:
 
 
 def count(site: str) -> int:
-    """How often ``site`` (``shard``, ``part``, ``batch``) was reached since ISPO_FAULT changed."""
+    """How often ``site`` (``shard``, ``part``, ``batch``, ``epoch``) was reached since
+    ISPO_FAULT changed."""
     _spec()
     return _state["counts"].get(site, 0)
 
@@ -133,6 +141,18 @@ def shard_written() -> None:
         raise InjectedFault(f"{ENV}: crash after shard {n}")
     while n == spec.get("hang_after_shard") and not interrupt.stopping.is_set():
         time.sleep(0.1)  # until the drill kills or interrupts the process
+
+
+def epoch_saved() -> None:
+    """Called after each epoch checkpoint of a fine-tuning run is saved."""
+    spec = _spec()
+    if not spec:
+        return
+    n = _hit("epoch")
+    if n == spec.get("crash_after_epoch"):
+        raise InjectedFault(f"{ENV}: crash after epoch {n}")
+    while n == spec.get("hang_after_epoch"):
+        time.sleep(1.0)  # until the drill kills the process
 
 
 def part_written() -> None:

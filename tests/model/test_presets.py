@@ -26,6 +26,8 @@ KEYS = {
     "type_vocab_size": "type_vocab_size",
     "pad_token_id": "pad_id",
     "hidden_act": "hidden_act",
+    "hidden_dropout_prob": "hidden_dropout",
+    "attention_probs_dropout_prob": "attention_dropout",
 }
 
 

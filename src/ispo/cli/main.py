@@ -19,5 +19,5 @@ for _name in ("embed", "demo", "perturb"):
     import_module(f"ispo.cli.{_name}")  # each registers its command on app
 # benchmark, and the reference project's `baseline` / `optimized` forms (ispo.cli.bench)
 _register_bench(app)
-for _name in ("evaluate", "tune", "report", "stats", "isp"):
+for _name in ("finetune", "evaluate", "tune", "report", "stats", "isp"):
     import_module(f"ispo.cli.{_name}")

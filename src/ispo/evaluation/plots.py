@@ -94,7 +94,11 @@ def plot_embedding(X: np.ndarray, labels: Sequence, path: str | Path, *, title: 
 
 
 def plot_confusion(
-    cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence, path: str | Path
+    cm: np.ndarray | Sequence[Sequence[int]],
+    classes: Sequence,
+    path: str | Path,
+    *,
+    title: str = "confusion matrix",
 ) -> Path:
     """Save a confusion-matrix heatmap (rows = true label, columns = predicted) as a PNG.
 
@@ -109,6 +113,8 @@ def plot_confusion(
         Class names in the matrix's row/column order.
     path
         Output PNG file; missing parent directories are created.
+    title
+        The figure's title.
 
     Returns
     -------
@@ -153,7 +159,7 @@ def plot_confusion(
                     fontsize="small",
                     color="white" if fractions[i, j] > 0.5 else "black",
                 )
-    ax.set_title("confusion matrix")
+    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
 

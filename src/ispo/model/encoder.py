@@ -9,6 +9,10 @@ perturbations of one cell) needs no mask at all. The packed layout (:class:`Pack
 batch's cells end to end with no padding at all: the linear layers see only real tokens, and
 attention runs as variable-length flash attention on CUDA (half precision) or, elsewhere, as
 padded SDPA on the attention step alone.
+
+Dropout (the checkpoint's rates, BERT's places: embeddings, attention probabilities, each
+sub-layer's output before its residual add) acts only in training mode (``ispo finetune``); in
+eval mode, which the loader sets, every call is the same as without it, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ispo.model.dropout_attention import dropout_attention
 from ispo.model.presets import GeneformerConfig
 
 # torch >= 2.10: flash attention over packed sequences (CUDA only). Imported on first use on a
@@ -97,10 +102,16 @@ def dense(
     residual: torch.Tensor | None = None,
     *,
     fused: bool = False,
+    drop: nn.Module | None = None,
 ) -> torch.Tensor:
     """``act(lin(x))``, or ``lin(x) + residual``; with ``fused`` (a bf16 CPU encoder built
     with fused linear layers), one oneDNN call with the epilogue where it applies. fp32 always
-    keeps ``F.linear``, so its results stay bit-for-bit those of the reference path."""
+    keeps ``F.linear``, so its results stay bit-for-bit those of the reference path.
+
+    ``drop``: dropout on ``lin(x)`` before the residual add, as BERT has it; only a module in
+    training mode with a non-zero rate takes that path."""
+    if drop is not None and drop.training and drop.p > 0:
+        return drop(lin(x)) + residual
     if fused and _fusable(x, lin):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(
@@ -127,12 +138,13 @@ class Embeddings(nn.Module):
         )
         self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
         self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         if pos is None:
             pos = torch.arange(ids.shape[-1], device=ids.device)
         x = self.word(ids) + self.position(pos) + self.token_type0  # (B, L, h) or (T, h)
-        return self.ln(x)
+        return self.drop(self.ln(x))
 
 
 class Attention(nn.Module):
@@ -141,6 +153,8 @@ class Attention(nn.Module):
         self.heads = cfg.heads
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
+        self.p_attn = cfg.attention_dropout  # on the attention probabilities, in training
+        self.drop = nn.Dropout(cfg.hidden_dropout)
         # the SDPA kernels this layer may use, fixed when the encoder is built
         # (ispo.model.variants.set_attention); None lets PyTorch choose
         self.sdpa_backends: list | None = None
@@ -149,23 +163,44 @@ class Attention(nn.Module):
         self.fuse_linear = False
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+        p = self.p_attn if self.training else 0.0
+        if p > 0 and q.device.type == "cpu":  # SDPA's CPU dropout is its slow math path
+            return dropout_attention(q, k, v, mask, p)
         if self.sdpa_backends is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         from torch.nn.attention import sdpa_kernel
 
         with sdpa_kernel(self.sdpa_backends):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
-        """``x + attention(x)``: the residual is added in the output projection's epilogue."""
+    def forward(
+        self, x: torch.Tensor, ctx: torch.Tensor | Packed | None, first_only: bool = False
+    ) -> torch.Tensor:
+        """``x + attention(x)``: the residual is added in the output projection's epilogue.
+        ``first_only``: the first token's row alone, (B, 1, h) (padded layout only)."""
         if isinstance(ctx, Packed):
             return self._packed(x, ctx)
+        if first_only:
+            return self._first(x, ctx)
         B, L, h = x.shape
         qkv = dense(self.qkv, x, fused=self.fuse_linear).view(B, L, 3, self.heads, h // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         y = self._sdpa(q, k, v, ctx)  # (B, heads, L, hd)
         y = y.transpose(1, 2).reshape(B, L, h)
-        return dense(self.out, y, residual=x, fused=self.fuse_linear)
+        return dense(self.out, y, residual=x, fused=self.fuse_linear, drop=self.drop)
+
+    def _first(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The first token's query against every token's key and value: the one row of the
+        last layer a sequence classifier reads, without the other rows' queries, scores and
+        output projections."""
+        B, L, h = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :1], w[:h], b[:h]).view(B, 1, self.heads, h // self.heads)
+        kv = F.linear(x, w[h:], b[h:]).view(B, L, 2, self.heads, h // self.heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # 2 x (B, heads, L, hd)
+        y = self._sdpa(q.transpose(1, 2), k, v, mask)  # (B, heads, 1, hd)
+        y = y.transpose(1, 2).reshape(B, 1, h)
+        return dense(self.out, y, residual=x[:, :1], fused=self.fuse_linear, drop=self.drop)
 
     def _packed(self, x: torch.Tensor, ctx: Packed) -> torch.Tensor:
         T, h = x.shape
@@ -182,7 +217,7 @@ class Attention(nn.Module):
             keep = torch.arange(ctx.max_len, device=x.device)[None] < ctx.lengths[:, None]
             y = self._sdpa(q, k, v, keep[:, None, None, :])
             y = y.transpose(1, 2)[ctx.seq_of, ctx.pos]  # (T, heads, hd)
-        return dense(self.out, y.reshape(T, h), residual=x, fused=self.fuse_linear)
+        return dense(self.out, y.reshape(T, h), residual=x, fused=self.fuse_linear, drop=self.drop)
 
 
 class Block(nn.Module):
@@ -199,11 +234,23 @@ class Block(nn.Module):
         # other); fused into the first FFN matmul where that pays (``dense``)
         self.act = cfg.hidden_act
         self.fuse_linear = False  # as Attention.fuse_linear
+        self.drop = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor | Packed | None) -> torch.Tensor:
-        x = self.ln1(self.attn(x, ctx))  # the residual is added inside
+    def forward(
+        self, x: torch.Tensor, ctx: torch.Tensor | Packed | None, first_only: bool = False
+    ) -> torch.Tensor:
+        x = self.ln1(self.attn(x, ctx, first_only))  # the residual is added inside
         f = dense(self.ffn_in, x, self.act, fused=self.fuse_linear)
-        return self.ln2(dense(self.ffn_out, f, residual=x, fused=self.fuse_linear))
+        f = dense(self.ffn_out, f, residual=x, fused=self.fuse_linear, drop=self.drop)
+        return self.ln2(f)
+
+
+def key_mask(ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, 1, 1, L) True at the real tokens of padded ``ids`` (B, L); None without padding."""
+    if lengths is None:
+        return None
+    pos = torch.arange(ids.shape[1], device=ids.device)
+    return (pos[None, :] < lengths[:, None])[:, None, None, :]
 
 
 class Encoder(nn.Module):
@@ -228,14 +275,22 @@ class Encoder(nn.Module):
             x = self.emb(ids, lengths.pos)
             ctx: torch.Tensor | Packed | None = lengths
         else:
-            ctx = None
-            if lengths is not None:
-                pos = torch.arange(ids.shape[1], device=ids.device)
-                ctx = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, L) keep
+            ctx = key_mask(ids, lengths)
             x = self.emb(ids)
         for block in self.blocks:
             x = block(x, ctx)
         return x
+
+    def first_token(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h): each cell's first-token state after the last run layer, what a sequence
+        classifier reads (``ids`` padded (B, L), ``lengths`` as in :meth:`forward`). That last
+        layer runs for the first token alone; its keys and values still come from every token.
+        """
+        ctx = key_mask(ids, lengths)
+        x = self.emb(ids)
+        for block in self.blocks[:-1]:
+            x = block(x, ctx)
+        return self.blocks[-1](x, ctx, first_only=True)[:, 0]
 
     @classmethod
     def from_hf_state_dict(
@@ -256,6 +311,34 @@ class Encoder(nn.Module):
             new.update({f"blocks.{i}.{k}": v for k, v in block_tensors(sd, i).items()})
         model.load_state_dict(new, strict=True, assign=True)
         return model.eval()
+
+    def hf_state_dict(self, token_types: torch.Tensor) -> dict[str, torch.Tensor]:
+        """These weights under ``BertModel``'s names (``bert.`` prefix), q/k/v split again: the
+        inverse of :meth:`from_hf_state_dict`, for saving a checkpoint transformers loads.
+        ``token_types`` is the checkpoint's token-type table; its row 0, the one BERT adds
+        here, becomes this encoder's."""
+        e, h = "bert.embeddings.", self.cfg.hidden
+        types = token_types.detach().clone()
+        types[0] = self.emb.token_type0.detach()
+        out = {
+            e + "word_embeddings.weight": self.emb.word.weight,
+            e + "position_embeddings.weight": self.emb.position.weight,
+            e + "token_type_embeddings.weight": types,
+            e + "LayerNorm.weight": self.emb.ln.weight,
+            e + "LayerNorm.bias": self.emb.ln.bias,
+        }
+        for i, b in enumerate(self.blocks):
+            p = f"bert.encoder.layer.{i}."
+            for kind in ("weight", "bias"):
+                qkv = getattr(b.attn.qkv, kind)
+                for j, n in enumerate(("query", "key", "value")):
+                    out[p + f"attention.self.{n}.{kind}"] = qkv[j * h : (j + 1) * h]
+                out[p + "attention.output.dense." + kind] = getattr(b.attn.out, kind)
+                out[p + "attention.output.LayerNorm." + kind] = getattr(b.ln1, kind)
+                out[p + "intermediate.dense." + kind] = getattr(b.ffn_in, kind)
+                out[p + "output.dense." + kind] = getattr(b.ffn_out, kind)
+                out[p + "output.LayerNorm." + kind] = getattr(b.ln2, kind)
+        return {k: v.detach().clone() for k, v in out.items()}  # no shared storage
 
 
 def block_tensors(sd: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ class GeneformerConfig:
     ``hidden_act`` is the feed-forward activation: every published Geneformer uses ReLU, but a
     fine-tuned or re-trained checkpoint may say GELU, and running it with the wrong one gives
     wrong numbers silently, so it is read from ``config.json`` and carried with the shape.
+    The dropout rates are Geneformer's pretraining ones (0.02) unless ``config.json`` says
+    otherwise; only training uses them.
     """
 
     n_layers: int
@@ -33,6 +35,9 @@ class GeneformerConfig:
     type_vocab_size: int = 2
     pad_id: int = 0
     hidden_act: str = "relu"
+    # dropout while training (``ispo finetune``); inference never applies it
+    hidden_dropout: float = 0.02
+    attention_dropout: float = 0.02
 
     def to_hf(self):
         """The equivalent ``transformers.BertConfig`` (for the reference model)."""
@@ -49,8 +54,8 @@ class GeneformerConfig:
             layer_norm_eps=self.layer_norm_eps,
             type_vocab_size=self.type_vocab_size,
             pad_token_id=self.pad_id,
-            hidden_dropout_prob=0.02,
-            attention_probs_dropout_prob=0.02,
+            hidden_dropout_prob=self.hidden_dropout,
+            attention_probs_dropout_prob=self.attention_dropout,
         )
 
     @classmethod
@@ -82,6 +87,8 @@ class GeneformerConfig:
                 type_vocab_size=cfg.get("type_vocab_size", 2),
                 pad_id=cfg.get("pad_token_id", 0),
                 hidden_act=act,
+                hidden_dropout=cfg.get("hidden_dropout_prob", 0.02),
+                attention_dropout=cfg.get("attention_probs_dropout_prob", 0.02),
             )
         except KeyError as exc:
             raise IspoError(f"config.json lacks {exc.args[0]!r}: not a BERT config") from exc
@@ -104,9 +111,12 @@ _ROWS: list[tuple[tuple[str, ...], GeneformerConfig]] = [
     (("gf-20L-95M-i4096", "gf-20L-151M-i4096"), GeneformerConfig(20, 896, 14, 1792, 4096, _V2)),
     (
         ("Geneformer-V2-104M", "gf-12L-104M-i4096", "Geneformer-V2-104M_CLcancer"),
-        GeneformerConfig(12, 768, 12, 3072, 4096, _V2),
+        GeneformerConfig(12, 768, 12, 3072, 4096, _V2, hidden_dropout=0.1, attention_dropout=0.1),
     ),
-    (("Geneformer-V2-316M", "gf-18L-316M-i4096"), GeneformerConfig(18, 1152, 18, 4608, 4096, _V2)),
+    (
+        ("Geneformer-V2-316M", "gf-18L-316M-i4096"),
+        GeneformerConfig(18, 1152, 18, 4608, 4096, _V2, hidden_dropout=0.1, attention_dropout=0.1),
+    ),
 ]
 PRESETS: dict[str, GeneformerConfig] = {name: cfg for names, cfg in _ROWS for name in names}
 

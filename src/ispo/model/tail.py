@@ -13,10 +13,9 @@ last one and the tail is the head alone.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ispo.model.encoder import Block, block_tensors, dense
+from ispo.model.encoder import Block, block_tensors
 from ispo.model.head import ClassifierHead
 from ispo.model.presets import GeneformerConfig
 
@@ -57,16 +56,7 @@ class ClassifierTail(nn.Module):
 
     def _first_token(self, hidden: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """The last (post-LN BERT) layer's output at the first token: its query against every
-        token's key and value, then the rest of the layer on that one row."""
-        blk = self.block
-        B, L, h = hidden.shape
-        heads = blk.attn.heads
-        w, b = blk.attn.qkv.weight, blk.attn.qkv.bias
-        x = hidden[:, 0]
-        q = F.linear(x, w[:h], b[:h]).view(B, heads, 1, h // heads)
-        kv = F.linear(hidden, w[h:], b[h:]).view(B, L, 2, heads, h // heads)
-        k, v = kv.permute(2, 0, 3, 1, 4)  # (B, heads, L, hd) each
+        token's key and value, then the rest of the layer on that one row (the block's
+        ``first_only`` path, which fine-tuning trains through)."""
         mask = None if keep is None else keep[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, h)
-        x = blk.ln1(dense(blk.attn.out, y, residual=x))
-        return blk.ln2(dense(blk.ffn_out, dense(blk.ffn_in, x, blk.act), residual=x))
+        return self.block(hidden, mask, first_only=True)[:, 0]

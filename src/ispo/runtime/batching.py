@@ -30,6 +30,33 @@ def token_budget_batches(
     return batches
 
 
+def bucket_batches(
+    lengths: np.ndarray, batch_tokens: int, rng: np.random.Generator, jitter: float = 0.1
+) -> list[np.ndarray]:
+    """Training batches: cells of about the same length together, grouped and ordered anew by
+    ``rng`` each epoch.
+
+    Cells are sorted by their length times a random factor in ``1 +- jitter`` (so the buckets
+    change from epoch to epoch while padding stays small), filled into batches up to
+    ``batch_tokens`` (cells x the batch's longest real cell; a longer cell goes alone), and the
+    batches come in random order.
+    """
+    lengths = np.asarray(lengths)
+    if len(lengths) == 0:
+        return []
+    key = lengths * rng.uniform(1 - jitter, 1 + jitter, len(lengths))
+    batches: list[np.ndarray] = []
+    start, longest = 0, 0
+    order = np.argsort(-key, kind="stable")
+    for i, n in enumerate(lengths[order].tolist()):
+        longest = max(longest, n)
+        if i > start and (i - start + 1) * longest > batch_tokens:
+            batches.append(order[start:i])
+            start, longest = i, n
+    batches.append(order[start:])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def fixed_batches(n: int, batch_size: int) -> list[np.ndarray]:
     """Input-order batches of ``batch_size`` cells (the usual, reference way)."""
     return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
