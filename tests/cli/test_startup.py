@@ -66,10 +66,10 @@ def test_import_ispo_is_lazy_and_complete():
     before, names, torch_after = json.loads(res.stdout)
     assert before == []  # `import ispo` alone imports none of them
     assert names == sorted(
-        ["PRESETS", "CellStates", "GeneformerConfig", "GeneformerModel", "IspoError",
-         "RunSettings", "TokenizedCells", "Vocab", "demo_adata", "demo_vocab", "embed",
-         "embed_cells", "evaluate", "load_model", "load_vocab", "perturb", "perturb_stats",
-         "read_input", "tokenize"]
+        ["PRESETS", "CellStates", "DataOptions", "GeneformerConfig", "GeneformerModel",
+         "IspoError", "RunSettings", "TokenizedCells", "TrainSettings", "Vocab", "demo_adata",
+         "demo_vocab", "embed", "embed_cells", "evaluate", "finetune", "load_model",
+         "load_vocab", "perturb", "perturb_stats", "read_input", "tokenize"]
     )  # fmt: skip
     assert torch_after  # asking for the names imported what they need
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
