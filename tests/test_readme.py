@@ -74,6 +74,7 @@ ELLIPSIS = {
 # single command lines that cannot run in a test, and why (regex on the line as written)
 SKIP_LINES = {
     r"^ispo perturb \.\.\. --resume": "continues a stopped run: tests/runtime/test_interrupt.py",
+    r"^ispo finetune \.\.\. --resume": "continues a stopped run: tests/training/",
 }
 NEEDS_SHARED = re.compile(r"kang\.h5ad|data\.h5ad|geneformer-v1|--vocab DIR\b")
 
