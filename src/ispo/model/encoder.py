@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ispo.model.dropout_attention import dropout_attention
+from ispo.model.dropout import Dropout, dropout_attention
 from ispo.model.presets import GeneformerConfig
 
 # torch >= 2.10: flash attention over packed sequences (CUDA only). Imported on first use on a
@@ -138,7 +138,7 @@ class Embeddings(nn.Module):
         )
         self.token_type0 = nn.Parameter(torch.zeros(cfg.hidden))  # BERT adds type-0 everywhere
         self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         if pos is None:
@@ -154,7 +154,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
         self.p_attn = cfg.attention_dropout  # on the attention probabilities, in training
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
         # the SDPA kernels this layer may use, fixed when the encoder is built
         # (ispo.model.variants.set_attention); None lets PyTorch choose
         self.sdpa_backends: list | None = None
@@ -234,7 +234,7 @@ class Block(nn.Module):
         # other); fused into the first FFN matmul where that pays (``dense``)
         self.act = cfg.hidden_act
         self.fuse_linear = False  # as Attention.fuse_linear
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
 
     def forward(
         self, x: torch.Tensor, ctx: torch.Tensor | Packed | None, first_only: bool = False

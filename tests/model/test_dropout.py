@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ispo.model.dropout_attention import dropout_attention
+from ispo.model.dropout import Dropout, dropout_attention, dropped_positions
 
 
 def _inputs(padded: bool):
@@ -48,3 +48,30 @@ def test_drawn_mask_drops_about_p():
     q = torch.randn(4, 4, 64, 8)
     out = dropout_attention(q, q, torch.ones_like(q), None, 0.2)  # each row: kept share / 0.8
     assert abs(float(out.mean()) - 1.0) < 0.02
+
+
+def test_dropped_positions_are_bernoulli_draws():
+    """Rate p, and no dependence between neighbours (a pair is dropped with p^2)."""
+    torch.manual_seed(0)
+    n, p = 400_000, 0.3
+    pos = dropped_positions(n, p)
+    assert bool((pos[1:] > pos[:-1]).all()) and int(pos[0]) >= 0 and int(pos[-1]) < n
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[pos] = True
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(float(mask.float().mean()) - p) < 5 * sd
+    pairs = float((mask[1:] & mask[:-1]).float().mean())
+    assert abs(pairs - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5
+
+
+def test_hidden_dropout_scales_kept_entries_and_routes_gradients_through_them():
+    torch.manual_seed(0)
+    drop = Dropout(0.25).train()
+    x = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
+    out = drop(x)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75, atol=1e-12, rtol=0)
+    assert 0.15 < 1 - float(kept.double().mean()) < 0.35
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    torch.testing.assert_close(grad, kept.double() / 0.75, atol=1e-12, rtol=0)
+    assert drop.eval()(x) is x  # evaluation: nothing dropped
