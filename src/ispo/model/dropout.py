@@ -1,17 +1,20 @@
 """Dropout for training on a CPU: on hidden states, and on attention probabilities.
 
-BERT drops hidden states and attention probabilities in training (Geneformer: 2% each). On a CPU, PyTorch's SDPA then
-leaves its fused flash kernel for the math path, and a full-size random mask costs more than the
-softmax it masks: on gf-6L training steps of Kang cells (2-core AVX2 CPU), ``bernoulli_`` for a
-boolean mask was 23% of the step and the ``masked_fill`` copies another 15%.
+BERT drops hidden states and attention probabilities in training (Geneformer: 2% each). On a
+CPU, PyTorch's SDPA then leaves its fused flash kernel for the math path, and a full-size random
+mask costs more than the softmax it masks: on gf-6L training steps of Kang cells (2-core AVX2
+CPU), ``bernoulli_`` for a boolean mask was 23% of the step and the ``masked_fill`` copies
+another 15%.
 
-So the mask is never drawn or stored in full. Which of the ``n`` probabilities are dropped is an
+So the mask is never drawn or stored in full. Which of the ``n`` entries are dropped is an
 i.i.d. Bernoulli(p) sequence; the gaps between its successive drops are i.i.d. geometric(p), so
 drawing about ``n * p`` gaps (:func:`dropped_positions`) gives exactly the same distribution of
 masks from 2% of the random numbers. :class:`Dropout` (hidden states) scales and zeroes those
-entries and keeps only their positions for the backward. In attention the forward zeroes those entries of the probabilities in
-place and keeps their values; the backward needs the softmax's full probabilities only at the
-dropped entries, and puts their gradient there from those values and one dot product per row.
+entries and keeps only their positions for the backward. In attention the forward zeroes those
+entries of the probabilities in place and keeps their values; the backward needs the softmax's
+full probabilities only at the dropped entries, and puts their gradient there from those values
+and one dot product per row. Attention forward + backward on 1,162-token cells: 1.9x faster
+than the full-mask version before it (this AVX2 CPU).
 """
 
 from __future__ import annotations
@@ -122,8 +125,9 @@ def dropout_attention(
     """``softmax(q k^T / sqrt(d) + mask) -> dropout(p) -> @ v``, as SDPA with ``dropout_p=p``.
 
     ``q`` (B, heads, Lq, d), ``k``/``v`` (B, heads, L, d); ``keep`` (B, 1, 1, L) True at real
-    keys (a prefix of each cell's keys: padding on the right), None without padding. ``drop`` (B, heads, Lq, L) bool fixes which probabilities are
-    dropped (a test's reference); by default they are drawn with probability ``p``.
+    keys (a prefix of each cell's keys: padding on the right), None without padding. ``drop``
+    (B, heads, Lq, L) bool fixes which probabilities are dropped (a test's reference); by
+    default they are drawn with probability ``p``.
     """
     B, H, Lq, d = q.shape
     L = k.shape[2]
