@@ -1,6 +1,6 @@
 """Fine-tuning speed: ispo's training loop against the usual way, same cells, same model.
 
-    python benchmarks/finetune_speed.py [--cells 360] [--val-cells 120] [--epochs 2] [--out DIR]
+    python benchmarks/finetune_speed.py [--cells 240] [--val-cells 300] [--epochs 2] [--out DIR]
 
 The usual way is what Geneformer's ``Classifier`` runs through transformers' Trainer (its
 defaults for cell classifiers): ``BertForSequenceClassification``, padded batches of 12 cells in a
@@ -239,8 +239,8 @@ def markdown(res: dict, meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cells", type=int, default=360, help="training cells (half per class)")
-    p.add_argument("--val-cells", type=int, default=120)
+    p.add_argument("--cells", type=int, default=240, help="training cells (half per class)")
+    p.add_argument("--val-cells", type=int, default=300)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--model", default="gf-6L-30M-i2048")
     p.add_argument("--batch-tokens", type=int, default=8192)
