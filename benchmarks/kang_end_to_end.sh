@@ -15,7 +15,7 @@ KANG=$DATA/kang2018_pbmc_ifnb_2000.h5ad
 VOCAB=$DATA/geneformer-v1
 RUNS=runs
 OUT=benchmarks/results/cpu-finetune-kang-e2e
-N_CELLS=${N_CELLS:-12}  # stimulated cells perturbed (every expressed gene of each deleted)
+N_CELLS=${N_CELLS:-10}  # stimulated cells perturbed (every expressed gene of each deleted)
 stage=${1:-all}
 
 finetune() {
@@ -30,9 +30,11 @@ perturb() {
     --emb-layer 0 --max-ncells "$N_CELLS" --device cpu --out $RUNS/kang-isp.parquet --resume
 }
 
-stats() {
-  ispo perturb-stats $RUNS/kang-isp.parquet --mode goal_state_shift --min-cells 6 \
+stats() {  # the embedding shift toward ctrl, and the classifier's probability of ctrl
+  ispo perturb-stats $RUNS/kang-isp.parquet --mode goal_state_shift --min-cells 5 \
     --out $RUNS/kang-isp-stats.csv
+  ispo perturb-stats $RUNS/kang-isp.parquet --mode class_prob --min-cells 5 \
+    --out $RUNS/kang-isp-classprob.csv
 }
 
 collect() {
@@ -40,6 +42,7 @@ collect() {
   cp $RUNS/kang-finetune/{metrics.json,config.json,config.yaml,split.csv} $OUT/
   cp $RUNS/kang-finetune/{confusion_matrix.png,training_curve.png} $OUT/
   cp $RUNS/kang-isp.json $RUNS/kang-isp-stats.csv $RUNS/kang-isp-stats.volcano.png $OUT/
+  cp $RUNS/kang-isp-classprob.csv $RUNS/kang-isp-classprob.volcano.png $OUT/
   uptime > $OUT/load.txt
 }
 
