@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/report-example.png: `ispo report` of the committed CPU benchmark, an
-# evaluation of demo embeddings, a perturbation run and its perturb-stats table, drawn by
-# headless Chromium. Demo data and seeded random weights: the report says so on every section.
+# evaluation of demo embeddings, a perturbation run and its perturb-stats table (demo data and
+# seeded random weights: the report says so on every section), and the committed Kang
+# fine-tuning run with its classifier-probability statistics, drawn by headless Chromium.
 # Run from the repository root (the report names its inputs relative to it); the work goes to
 # runs/report-example/, which git ignores. Takes a few minutes on a 2-core CPU.
 set -euo pipefail
@@ -18,8 +19,10 @@ ispo -q perturb "$w/demo150.h5ad" --vocab demo --model gf-6L-10M-i2048 --random-
   --state-key condition --start-state control --goal-state Dex --alt-states Nutlin \
   --out "$w/isp.parquet"
 ispo -q perturb-stats "$w/isp.parquet" --mode goal_state_shift --min-cells 5 --out "$w/stats.csv"
+kang=benchmarks/results/cpu-finetune-kang-e2e  # committed by benchmarks/kang_end_to_end.sh
 ispo -q report benchmarks/results/cpu-default-epyc "$w/eval" "$w/isp.parquet" "$w/stats.csv" \
-  --title "ispo report: benchmark, evaluation, perturbation (CPU, random weights)" --out "$w/report"
+  "$kang/finetune" "$kang/isp/kang-isp-classprob.csv" \
+  --title "ispo report: benchmark, evaluation, perturbation, fine-tuning (CPU)" --out "$w/report"
 png="$PWD/docs/report-example.png"
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,16000 \
   --user-data-dir="$w/chromium" --screenshot="$png" "file://$PWD/$w/report/report.html"
