@@ -141,6 +141,24 @@ def test_dropout_comes_from_the_checkpoint_config(ft_ckpt, tmp_path):
     assert mdl.config.attention_dropout == cfg["attention_probs_dropout_prob"]
 
 
+def test_dropout_option_sets_both_rates_and_is_saved(ft_ckpt, ft_data, tmp_path):
+    from ispo.model.dropout import Dropout
+
+    mdl = ispo.load_model(ft_ckpt, device="cpu")
+    clf = CellClassifier.from_model(mdl, ["a", "b"], seed=0, dropout=0.15)
+    drops = [m.p for m in clf.encoder.modules() if isinstance(m, Dropout)]
+    assert drops and set(drops) == {0.15}
+    assert {b.attn.p_attn for b in clf.encoder.blocks} == {0.15}
+    assert clf.head.dropout.p == 0.15
+    out = tmp_path / "clf"
+    s = FAST.replace(epochs=1, dropout=0.15)
+    ispo.finetune(ft_data, ft_ckpt, out, DataOptions("state", "demo"), s, device="cpu",
+                  progress=False)  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hidden_dropout_prob"] == cfg["attention_probs_dropout_prob"] == 0.15
+    assert mdl.config.hidden_dropout != 0.15  # the loaded model is left as it was
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_autocasts_over_fp32_weights(precision, ft_ckpt, ft_data, tmp_path):
     """The autocast path (the GPU default) runs anywhere: fp32 weights saved, finite figures."""

@@ -67,6 +67,7 @@ def test_bad_input_is_one_clear_line(case, edit, extra, message, ft_ckpt, tmp_pa
         ({"val_size": 0.0}, "val_size must be between 0 and 1"),
         ({"val_size": 0.5, "test_size": 0.5}, "must leave training cells"),
         ({"precision": "fp8"}, "precision must be one of"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1)"),
     ],
 )
 def test_settings_refuse_impossible_values(change, message):

@@ -45,6 +45,10 @@ def finetune(
     freeze_layers: Annotated[
         int, typer.Option(help="first N encoder layers not trained (Geneformer's meaning)")
     ] = _D.freeze_layers,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="hidden and attention dropout while training (default: the config's)"),
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(help="stop after N epochs without a better validation macro-F1")
     ] = None,

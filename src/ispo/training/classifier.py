@@ -8,6 +8,7 @@ which runs that layer for the first token alone), through the pooler, as transfo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -42,12 +43,17 @@ class CellClassifier(nn.Module):
         return self.head(self.encoder.first_token(ids, lengths))
 
     @classmethod
-    def from_model(cls, model: GeneformerModel, classes: list[str], seed: int) -> CellClassifier:
+    def from_model(
+        cls, model: GeneformerModel, classes: list[str], seed: int, dropout: float | None = None
+    ) -> CellClassifier:
         """A classifier on a loaded model's weights (copied: training never writes into the
         model). As transformers' ``from_pretrained(num_labels=N)``: a head in the checkpoint
         with N classes is kept, a pooler is kept, anything missing starts from BERT's seeded
-        init (normal(0, 0.02) weights, zero biases)."""
+        init (normal(0, 0.02) weights, zero biases). ``dropout`` replaces the config's hidden
+        and attention rates (None: keep them)."""
         cfg, sd = model.config, model.state_dict
+        if dropout is not None:
+            cfg = dataclasses.replace(cfg, hidden_dropout=dropout, attention_dropout=dropout)
         bert = {k: v.detach().clone() for k, v in sd.items() if k.startswith("bert.")}
         encoder = Encoder.from_hf_state_dict(cfg, bert, cfg.n_layers)
         head = ClassifierHead.from_hf_state_dict(sd, cfg.hidden_dropout)

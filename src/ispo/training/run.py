@@ -92,7 +92,7 @@ def finetune(
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[mdl.device] if mdl.device.type == "cuda" else []):
         torch.manual_seed(s.seed)
-        clf = CellClassifier.from_model(mdl, labels.classes, s.seed)
+        clf = CellClassifier.from_model(mdl, labels.classes, s.seed, s.dropout)
         clf.freeze(s.freeze_layers)
         trainer = Trainer(
             clf, cells.subset(split.train), cells.subset(split.val), s,

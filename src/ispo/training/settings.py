@@ -43,6 +43,11 @@ class TrainSettings:
         ``linear`` or ``cosine`` decay after the warm-up.
     freeze_layers
         Geneformer's meaning: the first N encoder layers are not trained (the embeddings are).
+    dropout
+        Hidden-state and attention-probability dropout while training, as transformers'
+        ``from_pretrained(hidden_dropout_prob=..., attention_probs_dropout_prob=...)`` sets
+        them; saved in the folder's config.json. None: the checkpoint's own rates (Geneformer
+        V1 0.02, V2 0.1), which suit pretraining on millions of cells more than a few thousand.
     patience
         Stop after this many epochs without a better validation macro-F1 (None: never).
     batch_tokens
@@ -65,6 +70,7 @@ class TrainSettings:
     weight_decay: float = 0.001
     schedule: Schedule = Schedule.LINEAR
     freeze_layers: int = 0
+    dropout: float | None = None
     patience: int | None = None
     batch_tokens: int | None = None
     precision: Precision = Precision.AUTO
@@ -82,6 +88,10 @@ class TrainSettings:
             (self.warmup >= 0, f"warmup must be >= 0 (steps, or a share < 1), not {self.warmup}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
             (self.freeze_layers >= 0, f"freeze_layers must be >= 0, not {self.freeze_layers}"),
+            (
+                self.dropout is None or 0 <= self.dropout < 1,
+                f"dropout must be in [0, 1), not {self.dropout}",
+            ),
             (self.patience is None or self.patience >= 1, "patience must be at least 1 epoch"),
             (self.batch_tokens is None or self.batch_tokens >= 1, "batch_tokens must be >= 1"),
             (0 < self.val_size < 1, f"val_size must be between 0 and 1, not {self.val_size}"),
