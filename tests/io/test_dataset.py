@@ -22,7 +22,7 @@ import ispo
 from hf_reference import embed_reference, load_reference
 from ispo.embedding.stream import embed_file
 from ispo.errors import IspoError
-from ispo.io.read import open_input
+from ispo.io.read import open_input, read_input
 from ispo.model.load import load_model
 from ispo.tokens import iter_tokenize, tokenize
 from support import make_adata
@@ -154,3 +154,10 @@ def test_bad_folders_refused(tmp_path):
     (tmp_path / "len" / "state.json").write_text("{")
     with pytest.raises(IspoError, match=r"cannot read the dataset .*save_to_disk folder"):
         open_input(tmp_path / "len")
+
+
+def test_commands_that_need_counts_refuse_a_dataset_folder(tmp_path):
+    """tune and bench-isp read counts (read_input): a tokenized folder gets one line."""
+    save_dataset(tmp_path / "ds", [[3, 4, 5], [6, 7]])
+    with pytest.raises(IspoError, match=r"tokenized dataset folder: .* give the \.h5ad"):
+        read_input(tmp_path / "ds")

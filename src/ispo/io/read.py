@@ -198,6 +198,11 @@ def read_input(source: str | Path | ad.AnnData, *, backed: bool = True) -> ad.An
     if is_demo(source):
         return open_input(source).adata
     path = _existing(source)
+    if is_dataset(path):
+        raise IspoError(
+            f"{path} is a tokenized dataset folder: this command needs the cells' counts, give "
+            "the .h5ad (or .zarr) it was tokenized from"
+        )
     try:
         return (
             ad.read_zarr(path)
