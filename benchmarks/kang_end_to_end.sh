@@ -15,14 +15,14 @@ KANG=$DATA/kang2018_pbmc_ifnb_2000.h5ad
 VOCAB=$DATA/geneformer-v1
 RUNS=runs
 OUT=benchmarks/results/cpu-finetune-kang-e2e
-N_CELLS=${N_CELLS:-20}  # stimulated cells perturbed (every expressed gene of each deleted)
+N_CELLS=${N_CELLS:-10}  # stimulated cells perturbed (every expressed gene of each deleted)
 stage=${1:-all}
 
 finetune() {
   ispo finetune "$KANG" --label-key condition --model gf-6L-30M-i2048 --random-init \
-    --vocab "$VOCAB" --out $RUNS/kang-finetune --epochs 8 --lr 2e-4 --warmup 0.1 \
-    --weight-decay 0.01 --schedule cosine --patience 2 --val-size 0.15 --test-size 0.1 \
-    --seed 0 --device cpu --resume
+    --vocab "$VOCAB" --out $RUNS/kang-finetune --epochs 6 --lr 1e-4 --dropout 0.1 \
+    --warmup 0.1 --weight-decay 0.01 --schedule cosine --patience 2 --seed 0 --device cpu \
+    --resume
 }
 
 perturb() {

@@ -58,10 +58,14 @@ def test_crash_after_an_epoch_then_resume(ft_ckpt, ft_data, tmp_path, uninterrup
             ft_data, ft_ckpt, out, OPTS, S.replace(lr=1e-3), device="cpu", progress=False,
             resume=True,
         )  # fmt: skip
-    ispo.finetune(ft_data, ft_ckpt, out, OPTS, S, device="cpu", progress=False, resume=True)
+    m = ispo.finetune(ft_data, ft_ckpt, out, OPTS, S, device="cpu", progress=False, resume=True)
     _assert_same_weights(out, uninterrupted)
     assert _epochs(out) == _epochs(uninterrupted)
     assert not (tmp_path / "clf.train").exists()
+    # the run's time counts the epochs before the stop too, and says where it resumed
+    assert m["resumed_after_epoch"] == 2
+    assert m["seconds"] >= sum(e["seconds"] for e in m["epochs"]) > 0
+    assert json.loads((uninterrupted / "metrics.json").read_text())["resumed_after_epoch"] is None
 
 
 @pytest.mark.slow  # two child processes; the in-process crash above runs by default

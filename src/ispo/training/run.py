@@ -89,7 +89,6 @@ def finetune(
     }  # fmt: skip
     ckpt = EpochCheckpoint(out, fingerprint, resume=resume, overwrite=overwrite)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[mdl.device] if mdl.device.type == "cuda" else []):
         torch.manual_seed(s.seed)
         clf = CellClassifier.from_model(mdl, labels.classes, s.seed, s.dropout)
@@ -98,10 +97,14 @@ def finetune(
             clf, cells.subset(split.train), cells.subset(split.val), s,
             batch_tokens=_batch_tokens(s, mdl.device), progress=progress,
         )  # fmt: skip
-        history, best, stopped = _train(trainer, ckpt, tracker)
+        history, best, stopped, resumed = _train(trainer, ckpt, tracker)
+    t0 = time.perf_counter()
     clf.load_state_dict(best["model"])
     metrics = _metrics(trainer, cells.subset(split.test), history, best, stopped)
-    metrics.update(_provenance(mdl, s, options, split, cells, time.perf_counter() - t0, load))
+    # every epoch's time, those before a resume included, and the final scoring
+    seconds = sum(e["seconds"] for e in history) + time.perf_counter() - t0
+    metrics.update(_provenance(mdl, s, options, split, cells, seconds, load))
+    metrics["resumed_after_epoch"] = resumed
     with replacing(out, folder=True) as tmp:
         clf.save_pretrained(tmp)
         write_outputs(tmp, metrics, _split_table(split, cells, src.obs_names, labels.classes))
@@ -140,19 +143,20 @@ def _batch_tokens(s: TrainSettings, device: torch.device) -> int:
 
 def _train(
     trainer: Trainer, ckpt: EpochCheckpoint, tracker: Tracker | None
-) -> tuple[list[dict], dict, bool]:
+) -> tuple[list[dict], dict, bool, int | None]:
     """Every epoch not yet done, each checkpointed; early stopping on validation macro-F1
-    (ties: lower validation loss). The history, the best epoch's weights, and whether the
-    run stopped early."""
+    (ties: lower validation loss). The history, the best epoch's weights, whether the run
+    stopped early, and the epoch it resumed after (None: it did not)."""
     s, state = trainer.s, ckpt.load()
     history: list[dict] = []
     best: dict = {"epoch": 0, "key": (-1.0, 0.0), "model": None}
     if state is not None:
         trainer.load_state_dict(state["trainer"])
         history, best = state["history"], state["best"]
+    resumed = len(history) if state is not None else None
     for epoch in range(len(history) + 1, s.epochs + 1):
         if _patience_spent(history, best, s.patience):
-            return history, best, True
+            return history, best, True, resumed
         m: EpochMetrics = trainer.epoch(epoch)
         history.append(m.to_dict())
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in m.to_dict().items()})
@@ -164,7 +168,7 @@ def _train(
             best = {"epoch": epoch, "key": key, "model": model}
         ckpt.save({"epoch": epoch, "trainer": trainer.state_dict(), "history": history,
                    "best": best})  # fmt: skip
-    return history, best, False
+    return history, best, False, resumed
 
 
 def _patience_spent(history: list[dict], best: dict, patience: int | None) -> bool:
