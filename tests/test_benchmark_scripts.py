@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -42,7 +43,6 @@ def test_idle_bound_counts_the_main_process_threads_apart(pipeline):
 
 @pytest.mark.skipif(not KANG.exists(), reason="needs ../shared/data (Kang)")
 def test_finetune_speed_loops_start_from_the_same_weights(tmp_path):
-    import numpy as np
     import torch
 
     import ispo
@@ -61,3 +61,9 @@ def test_finetune_speed_loops_start_from_the_same_weights(tmp_path):
     batches = [np.array([0, 1]), np.array([2, 3, 4, 5])]
     expected = (2 * lens[:2].max() + 4 * lens[2:].max()) / lens.sum()
     assert bench.padding(train, batches) == pytest.approx(expected)
+
+
+def test_linear_baseline_weights_each_token_by_its_rank():
+    bags = _script("kang_linear_baseline").rank_bags([[3, 1], [2]]).toarray()
+    expected = [[0.0, 1 / np.log2(3), 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]]
+    np.testing.assert_allclose(bags, expected)
