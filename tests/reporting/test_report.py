@@ -415,7 +415,8 @@ def test_finetune_section(tmp_path):
     assert [r.kind for r in detect(d / "metrics.json")] == ["finetune"]
     build_report([d], tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "## Fine-tuning: ft" in md and "RANDOM WEIGHTS: this fine-tuning" in md
+    assert "## Fine-tuning: ft" in md and "FROM RANDOM WEIGHTS: this classifier" in md
+    assert "RANDOM WEIGHTS: this" not in md.replace("FROM RANDOM WEIGHTS: this", "")
     assert "3 epochs; best validation macro-F1 0.78 at epoch 2 (accuracy 0.8" in md
     assert "| 2 | 0.5 | 0.4 | 0.8 | 0.78 |" in md
     assert "| true \\\\ predicted | ctrl | stim |" in md and "| stim | 1 | 9 |" in md
@@ -468,3 +469,43 @@ def test_report_looks_right_in_headless_chromium(folders, tmp_path):
     assert (243, 243, 243) in colours  # table header, #f3f3f3
     assert (44, 127, 184) in colours  # bars of the embedded hits and speedup charts, #2c7fb8
     assert len(colours) > 200  # text, tables and figures, not a blank or error page
+
+
+def test_finetune_section_names_the_kept_epoch(tmp_path):
+    """Two epochs tie on macro-F1: the report names the one ispo finetune kept."""
+    d = tmp_path / "ft"
+    d.mkdir()
+    epochs = [
+        {"epoch": 1, "train_loss": 0.5, "val_loss": 0.30, "val_accuracy": 0.9, "val_macro_f1": 0.9},
+        {"epoch": 2, "train_loss": 0.4, "val_loss": 0.20, "val_accuracy": 0.9, "val_macro_f1": 0.9},
+    ]
+    (d / "metrics.json").write_text(json.dumps({"epochs": epochs, "classes": ["a", "b"]}))
+    build_report([d], tmp_path / "r")
+    assert "best validation macro-F1 0.9 at epoch 2" in (tmp_path / "r" / "report.md").read_text()
+    (d / "metrics.json").write_text(
+        json.dumps({"epochs": epochs, "classes": ["a", "b"], "best_epoch": 1})
+    )
+    build_report([d], tmp_path / "r2")
+    assert "best validation macro-F1 0.9 at epoch 1" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_class_prob_table_shows_the_probability_change(tmp_path):
+    """A perturb-stats class_prob table: its summary shows the goal probability's change and the
+    share of cells flipped to the goal (not the embedding-shift columns it does not have)."""
+    table = pd.DataFrame(
+        {
+            "perturbed_symbols": ["ISG15", "ACTB"], "perturbed_ids": ["E1", "E2"],
+            "delta_prob_goal": [0.06, 0.0], "delta_prob_goal_ci95_low": [-0.04, -0.001],
+            "delta_prob_goal_ci95_high": [0.17, 0.001], "goal_percentile_in_cell": [0.89, 0.5],
+            "goal_call_fdr": [1.0, 1.0], "toward_goal": [False, False],
+            "away_from_goal": [False, False], "n_detections": [20, 18], "tested": [True, True],
+            "flip_to_goal_share": [0.05, 0.0],
+        }
+    )  # fmt: skip
+    table.to_csv(tmp_path / "cp.csv", index=False)
+    build_report([tmp_path / "cp.csv"], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| perturbed_symbols"))
+    assert "delta_prob_goal" in header and "flip_to_goal_share" in header
+    assert "shift_to_goal" not in header
+    assert "| ISG15 | E1 | 20 | 0.06 |" in md

@@ -116,7 +116,8 @@ def check_comparable(out: pd.DataFrame, state: str) -> None:
         )
 
 
-#: The columns a summary of a paired goal table shows first (``ispo report``).
+#: The columns a summary of a paired goal table shows first (``ispo report``): the embedding
+#: shift of ``goal_state_shift`` or the class-probability change of ``class_prob``.
 SUMMARY_COLUMNS = (
     "perturbed_symbols",
     "perturbed_ids",
@@ -125,6 +126,10 @@ SUMMARY_COLUMNS = (
     "shift_to_goal_ci95_low",
     "shift_to_goal_ci95_high",
     "shift_to_goal_vs_cell_genes",
+    "delta_prob_goal",
+    "delta_prob_goal_ci95_low",
+    "delta_prob_goal_ci95_high",
+    "flip_to_goal_share",
     "goal_percentile_in_cell",
     "goal_call_fdr",
     "toward_goal",

@@ -20,6 +20,11 @@ RANDOM_NOTE = (
     "speed figures are real, but anything biological (classification, clustering, "
     "perturbation hits) means nothing"
 )
+SCRATCH_NOTE = (
+    "FROM RANDOM WEIGHTS: {what} started from seeded random weights (no pretraining) and "
+    "learned only from its own training cells: its scores are what those cells taught it, "
+    "not what a foundation model knows"
+)
 SYNTHETIC_NOTE = "SYNTHETIC DATA: {what} ran on ispo's built-in synthetic demo data, not biology"
 TOP_HITS = 20
 

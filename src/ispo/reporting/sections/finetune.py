@@ -11,7 +11,7 @@ from typing import Any
 
 from ispo.errors import IspoError
 from ispo.reporting.figures import Figures
-from ispo.reporting.sections import RANDOM_NOTE, Section, label, read_json
+from ispo.reporting.sections import SCRATCH_NOTE, Section, label, read_json
 
 MARKERS = ("metrics.json",)
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -46,8 +46,7 @@ def section(folder: Path, figures: Figures) -> Section:
     epochs = [e for e in m.get("epochs", []) if isinstance(e, dict)]
     if not epochs:
         raise IspoError(f"{folder / 'metrics.json'} has no epochs: rerun ispo finetune")
-    scored = [e for e in epochs if e.get("val_macro_f1") is not None]
-    best = max(scored, key=lambda e: e["val_macro_f1"]) if scored else None
+    best = _best(epochs, m.get("best_epoch"))
     extra: list[list[Any]] = [
         [k, v]
         for k, v in m.items()
@@ -61,7 +60,7 @@ def section(folder: Path, figures: Figures) -> Section:
     ]
     context = dict(
         label=label(folder),
-        notes=[RANDOM_NOTE.format(what="this fine-tuning")] if random_init else [],
+        notes=[SCRATCH_NOTE.format(what="this classifier")] if random_init else [],
         model=m.get("model"),
         epochs=epochs,
         best=best,
@@ -70,4 +69,17 @@ def section(folder: Path, figures: Figures) -> Section:
         confusion=_confusion(m),
         images=images,
     )
-    return Section("finetune.md.j2", context, random_init)
+    # trained weights: the report's RANDOM WEIGHTS warning is not for it, the note above is
+    return Section("finetune.md.j2", context)
+
+
+def _best(epochs: list[dict], kept: int | None) -> dict | None:
+    """The epoch whose weights were kept (metrics.json's ``best_epoch``), else the best by
+    validation macro-F1, ties to the lower validation loss, as ``ispo finetune`` keeps them."""
+    by_number = {e.get("epoch"): e for e in epochs}
+    if kept in by_number:
+        return by_number[kept]
+    scored = [e for e in epochs if e.get("val_macro_f1") is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda e: (e["val_macro_f1"], -(e.get("val_loss") or 0.0)))
