@@ -6,8 +6,7 @@ Attributes are imported lazily so that ``ispo --help`` does not pay for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ispo.lazy import lazy_exports
 
 _EXPORTS = {
     "Profiler": "ispo.runtime.profiler",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ispo.bench' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

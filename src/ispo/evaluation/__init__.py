@@ -13,8 +13,7 @@ matplotlib. (``ispo.evaluate`` is the function; reach the modules with
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ispo.lazy import lazy_exports
 
 _EXPORTS = {
     "embedding_consistency": "ispo.evaluation.metrics",
@@ -28,14 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

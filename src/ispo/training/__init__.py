@@ -7,8 +7,7 @@ defaults) without importing torch: ``ispo --help`` stays under a second.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ispo.lazy import lazy_exports
 
 _EXPORTS = {
     "CellClassifier": "ispo.training.classifier",
@@ -20,14 +19,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
