@@ -7,13 +7,17 @@ small ``.h5ad`` files of a few genes per cell (demo cells have ~2,000, too slow 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +98,27 @@ def torchrun_cmd(nproc: int, *args: str) -> list[str]:
 
 def run(cmd: list[str], timeout: float = 180, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), **kw)
+
+
+def kill_9_when(
+    cmd: list[str], child_env: dict[str, str], ready: Callable[[], bool], *, timeout: float,
+    waiting_for: str, poll: float = 0.05,
+) -> None:  # fmt: skip
+    """Start ``cmd`` and SIGKILL it once ``ready()``; the test fails if the run ends first or
+    ``ready()`` is not true within ``timeout`` seconds (``waiting_for`` names what it awaits)."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env, cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before it was killed: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {waiting_for} within {timeout:g} s")
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

@@ -12,9 +12,6 @@ uninterrupted references run in this process.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import anndata as ad
@@ -22,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _scaleout import REPO, env, ispo_cmd, tiny_checkpoint, write_small
+from _scaleout import env, ispo_cmd, kill_9_when, tiny_checkpoint, write_small
 from ispo import faults
 from ispo.cli.main import main
 
@@ -49,22 +46,10 @@ HANG_AFTER = 3  # shards the child records before it waits to be killed
 def _start_and_kill(cmd: list[str], parts: Path, out: Path) -> set[str]:
     """Start ``cmd``, SIGKILL it once it has recorded ``HANG_AFTER`` shards; return them."""
     child_env = {**env(), faults.ENV: f"hang_after_shard:{HANG_AFTER}"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env, cwd=REPO
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not parts.exists() or len(_done(parts)) < HANG_AFTER:
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it was killed: {proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no part written within 120 s")
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_when(
+        cmd, child_env, lambda: parts.exists() and len(_done(parts)) >= HANG_AFTER,
+        timeout=120, waiting_for="part written",
+    )  # fmt: skip
     assert not out.exists(), "the run finished before it was killed: make it longer"
     return _done(parts)
 

@@ -6,16 +6,14 @@ after its checkpoint, so the kill lands between epochs however loaded the machin
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import ispo
-from _scaleout import REPO, env, ispo_cmd
+from _scaleout import REPO, env, ispo_cmd, kill_9_when
 from ispo import faults
 from ispo.errors import IspoError
 from ispo.training import DataOptions, TrainSettings
@@ -76,23 +74,10 @@ def test_kill_9_between_epochs_then_resume(ft_ckpt, ft_data, tmp_path, uninterru
     args += ["--lr", "2e-3", "--precision", "fp32", "--val-size", "0.25", "--test-size", "0.25"]
     state = tmp_path / "clf.train" / "state.pt"
     child_env = {**env(threads=torch.get_num_threads()), faults.ENV: "hang_after_epoch:1"}
-    proc = subprocess.Popen(
-        ispo_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env,
-        cwd=REPO,
+    kill_9_when(
+        ispo_cmd(*args), child_env, state.exists, timeout=300, waiting_for="epoch checkpoint",
+        poll=0.2,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while not state.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it was killed: {proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no epoch checkpoint within 300 s")
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert not out.exists()
     res = subprocess.run(
         ispo_cmd(*args, "--resume"), capture_output=True, text=True, cwd=REPO,
