@@ -34,7 +34,7 @@ from ispo.training.classifier import CellClassifier
 from ispo.training.data import LabelledCells, Split, labelled_cells, read_labels, split_cells
 from ispo.training.loop import EpochMetrics, Trainer
 from ispo.training.outputs import confusion, write_outputs
-from ispo.training.settings import TrainSettings
+from ispo.training.settings import TrainSettings, selection_key
 
 log = logging.getLogger(__name__)
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 8_192, 65_536
@@ -162,7 +162,7 @@ def _train(
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in m.to_dict().items()})
         if tracker is not None:
             tracker.log({f"finetune/{k}": v for k, v in m.to_dict().items()}, step=epoch)
-        key = (m.val_macro_f1, -m.val_loss)
+        key = selection_key(m.to_dict())
         if key > tuple(best["key"]):
             model = {k: v.detach().clone() for k, v in trainer.clf.state_dict().items()}
             best = {"epoch": epoch, "key": key, "model": model}

@@ -121,3 +121,10 @@ class TrainSettings:
         names = {f.name for f in fields(cls)}
         kept = {k.lstrip("-").replace("-", "_"): v for k, v in d.items()}
         return cls(**{k: v for k, v in kept.items() if k in names and v is not None})
+
+
+def selection_key(epoch: dict[str, Any]) -> tuple[float, float]:
+    """How the kept epoch is chosen (early stopping and the saved weights; ``ispo report``
+    reads a run the same way): the higher validation macro-F1, ties to the lower validation
+    loss. ``epoch`` is one row of metrics.json's ``epochs``."""
+    return epoch["val_macro_f1"], -(epoch.get("val_loss") or 0.0)

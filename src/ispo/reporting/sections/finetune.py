@@ -12,6 +12,7 @@ from typing import Any
 from ispo.errors import IspoError
 from ispo.reporting.figures import Figures
 from ispo.reporting.sections import SCRATCH_NOTE, Section, label, read_json
+from ispo.training.settings import selection_key
 
 MARKERS = ("metrics.json",)
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -80,6 +81,4 @@ def _best(epochs: list[dict], kept: int | None) -> dict | None:
     if kept in by_number:
         return by_number[kept]
     scored = [e for e in epochs if e.get("val_macro_f1") is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda e: (e["val_macro_f1"], -(e.get("val_loss") or 0.0)))
+    return max(scored, key=selection_key) if scored else None
