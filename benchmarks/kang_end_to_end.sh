@@ -15,7 +15,7 @@ KANG=$DATA/kang2018_pbmc_ifnb_2000.h5ad
 VOCAB=$DATA/geneformer-v1
 RUNS=runs
 OUT=benchmarks/results/cpu-finetune-kang-e2e
-N_CELLS=${N_CELLS:-20}  # stimulated cells perturbed (every expressed gene of each deleted)
+N_CELLS=${N_CELLS:-60}  # stimulated cells perturbed (every expressed gene of each deleted)
 stage=${1:-all}
 
 finetune() {
