@@ -43,7 +43,8 @@ collect() {  # finetune/ is what `ispo report` reads as a fine-tuning run; isp/ 
   cp $RUNS/kang-finetune/{metrics.json,config.json,config.yaml,split.csv} $OUT/finetune/
   cp $RUNS/kang-finetune/{confusion_matrix.png,training_curve.png} $OUT/finetune/
   # what the same tokens allow a linear model, on the same split
-  python benchmarks/kang_linear_baseline.py $RUNS/kang-finetune --out $OUT/finetune
+  python benchmarks/kang_linear_baseline.py $RUNS/kang-finetune --data "$KANG" --vocab "$VOCAB" \
+    --out $OUT/finetune
   cp $RUNS/kang-isp.parquet $RUNS/kang-isp.json $OUT/isp/
   cp $RUNS/kang-isp-stats.csv{,.config.yaml} $RUNS/kang-isp-stats.volcano.png $OUT/isp/
   cp $RUNS/kang-isp-classprob.csv{,.config.yaml} $RUNS/kang-isp-classprob.volcano.png $OUT/isp/
