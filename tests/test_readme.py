@@ -3,12 +3,12 @@ folder, as a new user following it top to bottom (issue 25: its Python snippet h
 
 The inputs the README names are swapped for tiny ones by :data:`SUBSTITUTIONS` (applied to
 every command and Python block before it runs): ``kang.h5ad`` -> 18 Kang cells and ~90 genes
-(``../shared/data``; those blocks skip without it), model names and checkpoint paths -> a tiny
-checkpoint saved by transformers, ``demo:1000`` -> ``demo:4``, long runs -> a few cells or
-trials. ``...`` in a command stands for the options of the command above it
-(:data:`ELLIPSIS`). ``ispo`` and ``python -m ispo`` run in this process
-(:func:`ispo.cli.main.main`; torch is imported once), ``python -c CODE`` is executed here too,
-anything else in a subprocess.
+(``../shared/data``; those blocks skip without it, and so do the Python blocks after one, which
+share its namespace), model names and checkpoint paths -> a tiny checkpoint saved by
+transformers, ``demo:1000`` -> ``demo:4``, long runs -> a few cells or trials. ``...`` in a
+command stands for the options of the command above it (:data:`ELLIPSIS`). ``ispo`` and
+``python -m ispo`` run in this process (:func:`ispo.cli.main.main`; torch is imported once),
+``python -c CODE`` is executed here too, anything else in a subprocess.
 
 A block that cannot run here (GPU, torchrun, the install itself) carries a marker line just
 before its fence, visible only in the Markdown source::
@@ -230,6 +230,7 @@ class Session:
         self.stand, self.blocks = stand, blocks
         self.done: dict[int, BaseException | None] = {}
         self.namespace: dict = {"__name__": "__readme__"}
+        self.unset_by: int | None = None  # a Python block skipped for shared data: its line
 
     def run(self, index: int) -> None:
         for i in range(index + 1):
@@ -249,7 +250,14 @@ class Session:
         if block.skip:
             pytest.skip(f"README.md:{block.line} marked not runnable: {block.skip}")
         if self.stand.needs_shared(block.text):
+            if block.lang == "python":
+                self.unset_by = self.unset_by or block.line
             pytest.skip(f"README.md:{block.line} needs ../shared/data (Kang, V1 dictionaries)")
+        if block.lang == "python" and self.unset_by is not None:
+            pytest.skip(
+                f"README.md:{block.line} uses the names of README.md:{self.unset_by}, which needs "
+                "../shared/data"
+            )
         cwd = os.getcwd()
         os.chdir(self.stand.root)
         try:
