@@ -19,7 +19,7 @@ def test_config_file_drives_the_run_and_is_saved(ft_ckpt, ft_data, tmp_path, cap
             {
                 "label-key": "state", "model": str(ft_ckpt), "vocab": "demo", "device": "cpu",
                 "finetune": {"epochs": 3, "lr": 0.002, "val-size": 0.25, "test-size": 0.0,
-                             "schedule": "cosine", "warmup": 1},
+                             "schedule": "cosine", "warmup": 1, "max-input": 16},
             }
         )
     )  # fmt: skip
@@ -33,6 +33,8 @@ def test_config_file_drives_the_run_and_is_saved(ft_ckpt, ft_data, tmp_path, cap
         1, 0.002, "cosine", 1, 0.0
     )  # fmt: skip
     assert metrics["test"] is None and metrics["label_key"] == "state"
+    assert s["max_input"] == 16
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 16
     # --precision auto (the default) is resolved for the device and recorded
     assert s["precision"] == str(auto_precision(torch.device("cpu"))[0])
     saved = yaml.safe_load((out / "config.yaml").read_text())

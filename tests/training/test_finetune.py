@@ -171,3 +171,39 @@ def test_half_precision_autocasts_over_fp32_weights(precision, ft_ckpt, ft_data,
     assert m["settings"]["precision"] == precision
     assert np.isfinite([m["epochs"][0]["train_loss"], m["validation"]["loss"]]).all()
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+
+
+def test_max_input_cuts_cells_and_the_saved_position_table(ft_ckpt, ft_data, tmp_path):
+    """Trained on each cell's top N genes; the folder says N, so transformers, embed and
+    perturb read the same cut cells (oracle: transformers on the first N tokens)."""
+    cells = ispo.tokenize(ad.read_h5ad(ft_data), ispo.demo_vocab())
+    n = int(np.median(cells.lengths))
+    assert cells.lengths.max() > n, "the test needs cells longer than the cut"
+    out = tmp_path / "short"
+    s = FAST.replace(epochs=1, max_input=n)
+    m = ispo.finetune(ft_data, ft_ckpt, out, DataOptions("state", "demo"), s, device="cpu",
+                      progress=False)  # fmt: skip
+    assert m["settings"]["max_input"] == n
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == n
+    mdl = ispo.load_model(out, vocab=ispo.demo_vocab(), device="cpu")
+    assert mdl.max_input() == n
+    full = ispo.load_model(ft_ckpt, device="cpu").state_dict
+    # position rows beyond the cut were never read; the rows kept were trained from the start
+    assert mdl.state_dict["bert.embeddings.position_embeddings.weight"].shape[0] == n
+    assert full["bert.embeddings.position_embeddings.weight"].shape[0] > n
+    cut = [x[:n] for x in cells.to_lists()]
+    clf = CellClassifier.from_model(mdl, m["classes"], seed=1)
+    mine = clf.predict_proba(ispo.tokenize(ad.read_h5ad(ft_data), ispo.demo_vocab(), max_input=n))
+    np.testing.assert_allclose(mine, _hf_probabilities(out, cut), atol=1e-5, rtol=0)
+
+
+def test_max_input_beyond_the_models_positions_is_one_line(ft_ckpt, ft_data, tmp_path):
+    from ispo.errors import IspoError
+
+    too_long = ispo.load_model(ft_ckpt, device="cpu").config.max_len + 1
+    with pytest.raises(IspoError, match=r"exceeds the model's .* positions: give at most"):
+        ispo.finetune(ft_data, ft_ckpt, tmp_path / "x", DataOptions("state", "demo"),
+                      FAST.replace(max_input=too_long), device="cpu", progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(IspoError, match="max_input must be at least 4"):
+        TrainSettings(max_input=1)

@@ -53,6 +53,13 @@ def finetune(
         int | None, typer.Option(help="stop after N epochs without a better validation macro-F1")
     ] = None,
     batch_tokens: BatchTokensOpt = None,
+    max_input: Annotated[
+        int | None,
+        typer.Option(
+            help="model input size: each cell keeps its N top-ranked genes, and the saved "
+            "model reads N (default: the model's own)"
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     val_size: Annotated[float, typer.Option(help="validation share (stratified)")] = _D.val_size,
     test_size: Annotated[float, typer.Option(help="test share (0: none)")] = _D.test_size,

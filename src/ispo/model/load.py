@@ -30,6 +30,7 @@ from ispo.settings import RunSettings
 
 log = logging.getLogger(__name__)
 __all__ = ["DTYPES", "GeneformerModel", "load_model", "resolve_device"]
+POSITIONS = "bert.embeddings.position_embeddings.weight"
 INIT_STD = 0.02  # BertConfig.initializer_range, the init of random-weight presets
 RANDOM_WARNING = (
     "RANDOM WEIGHTS: model {name!r} was built with seeded random weights "
@@ -146,7 +147,7 @@ def _random_state_dict(cfg: GeneformerConfig, seed: int) -> dict[str, torch.Tens
     e = "bert.embeddings."
     sd = {
         e + "word_embeddings.weight": word,
-        e + "position_embeddings.weight": normal(cfg.max_len, h),
+        POSITIONS: normal(cfg.max_len, h),
         e + "token_type_embeddings.weight": normal(cfg.type_vocab_size, h),
         **layer_norm(e + "LayerNorm"),
     }
@@ -268,6 +269,20 @@ class GeneformerModel:
                 self.config, self.state_dict, n_run, self.classifier.head, DTYPES[precision]
             )
         return self._cache[key]
+
+    def with_max_input(self, max_len: int) -> GeneformerModel:
+        """This model reading at most ``max_len`` tokens per cell, as a smaller Geneformer
+        ``model_input_size`` would: its position table cut to the first ``max_len`` rows (the
+        only ones such cells reach). A new model with its own encoder cache, not a change to
+        this one."""
+        if max_len > self.config.max_len:
+            raise IspoError(
+                f"max input {max_len:,} exceeds the model's {self.config.max_len:,} positions: "
+                f"give at most {self.config.max_len:,}"
+            )
+        sd = {**self.state_dict, POSITIONS: self.state_dict[POSITIONS][:max_len].clone()}
+        cfg = replace(self.config, max_len=max_len)
+        return replace(self, config=cfg, state_dict=sd, _cache={})
 
     def without_classifier(self) -> GeneformerModel:
         """This model with no class probabilities (``--no-probs``): runs stop at the pooled

@@ -78,6 +78,8 @@ def finetune(
     labels = read_labels(src, options.label_key)  # bad labels fail here, before any work
     mdl = _model(model, voc, device, random_init, s.seed)
     s = _resolve(s, mdl)
+    if s.max_input is not None:
+        mdl = mdl.with_max_input(s.max_input)
     cells = labelled_cells(
         src, labels, voc, layer=options.layer, gene_key=options.gene_key,
         max_input=mdl.max_input(voc),

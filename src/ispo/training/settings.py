@@ -62,6 +62,13 @@ class TrainSettings:
         Seed of the split, the head's initial weights, the batch order and dropout.
     max_grad_norm
         Gradient clipping (None: off).
+    max_input
+        Model input size: each cell keeps its N highest-ranked genes, as Geneformer's
+        ``model_input_size`` truncates (None: the model's own, 2,048 for V1). The saved
+        config.json says ``max_position_embeddings: N`` and holds the first N position rows, so
+        ``ispo embed``/``perturb``, transformers and Geneformer cut cells as training did. Short
+        inputs train faster, and a classifier trained from scratch on few cells then cannot
+        key on genes a cell expresses only at the tail of its ranking.
     """
 
     epochs: int = 10
@@ -78,6 +85,7 @@ class TrainSettings:
     test_size: float = 0.1
     seed: int = 0
     max_grad_norm: float | None = 1.0
+    max_input: int | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("schedule", Schedule), ("precision", Precision)):
@@ -94,6 +102,10 @@ class TrainSettings:
             ),
             (self.patience is None or self.patience >= 1, "patience must be at least 1 epoch"),
             (self.batch_tokens is None or self.batch_tokens >= 1, "batch_tokens must be >= 1"),
+            (
+                self.max_input is None or self.max_input >= 4,
+                f"max_input must be at least 4 tokens, not {self.max_input}",
+            ),
             (0 < self.val_size < 1, f"val_size must be between 0 and 1, not {self.val_size}"),
             (0 <= self.test_size < 1, f"test_size must be in [0, 1), not {self.test_size}"),
             (self.val_size + self.test_size < 1, "val_size + test_size must leave training cells"),
