@@ -188,7 +188,7 @@ def test_max_input_cuts_cells_and_the_saved_position_table(ft_ckpt, ft_data, tmp
     mdl = ispo.load_model(out, vocab=ispo.demo_vocab(), device="cpu")
     assert mdl.max_input() == n
     full = ispo.load_model(ft_ckpt, device="cpu").state_dict
-    # position rows beyond the cut were never read; the rows kept were trained from the start
+    # the saved table holds only the position rows that cut cells reach
     assert mdl.state_dict["bert.embeddings.position_embeddings.weight"].shape[0] == n
     assert full["bert.embeddings.position_embeddings.weight"].shape[0] > n
     cut = [x[:n] for x in cells.to_lists()]
