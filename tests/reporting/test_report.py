@@ -408,6 +408,9 @@ def test_finetune_section(tmp_path):
         {"epoch": 3, "train_loss": 0.3, "val_loss": 0.5, "val_accuracy": 0.75, "val_macro_f1": 0.7},
     ]
     metrics = {"epochs": epochs, "confusion_matrix": [[8, 2], [1, 9]], "classes": ["ctrl", "stim"]}
+    test = {"loss": 0.45, "accuracy": 0.85, "macro_f1": 0.84, "confusion_matrix": [[9, 1], [2, 8]]}
+    settings = {"epochs": 3, "lr": 0.0001, "max_input": 256, "dropout": None}
+    metrics |= {"test": test, "settings": settings}
     (d / "metrics.json").write_text(json.dumps({**metrics, "random_init": True}))
     (d / "confusion_matrix.png").write_bytes(PNG)
     (d / "training_curve.png").write_bytes(PNG)
@@ -419,6 +422,9 @@ def test_finetune_section(tmp_path):
     assert "RANDOM WEIGHTS: this" not in md.replace("FROM RANDOM WEIGHTS: this", "")
     assert "3 epochs; best validation macro-F1 0.78 at epoch 2 (accuracy 0.8" in md
     assert "| 2 | 0.5 | 0.4 | 0.8 | 0.78 |" in md
+    assert "Test cells, scored once with the kept weights: macro-F1 0.84 (accuracy 0.85" in md
+    assert "| max_input | 256 |" in md and "| lr | 1.00e-04 |" in md
+    assert "| dropout |" not in md  # unset: the checkpoint's own
     assert "| true \\\\ predicted | ctrl | stim |" in md and "| stim | 1 | 9 |" in md
     assert "![training curve](figures/ft-training_curve.png)" in md
     assert (tmp_path / "r" / "figures" / "ft-confusion_matrix.png").is_file()

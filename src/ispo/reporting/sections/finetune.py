@@ -53,6 +53,8 @@ def section(folder: Path, figures: Figures) -> Section:
         for k, v in m.items()
         if isinstance(v, (int, float, str)) and k not in ("model", "random_init")
     ]
+    test = m.get("test") if isinstance(m.get("test"), dict) else None
+    settings = m.get("settings") if isinstance(m.get("settings"), dict) else {}
     random_init = bool(m.get("random_init"))
     images = [
         img
@@ -67,6 +69,8 @@ def section(folder: Path, figures: Figures) -> Section:
         best=best,
         epoch_rows=[[e.get(k) for k in EPOCH_KEYS] for e in epochs],
         extra=extra,
+        test=test,
+        settings=[[k, v] for k, v in settings.items() if v is not None],
         confusion=_confusion(m),
         images=images,
     )
