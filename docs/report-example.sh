@@ -24,7 +24,7 @@ ispo -q report benchmarks/results/cpu-default-epyc "$w/eval" "$w/isp.parquet" "$
   "$kang/finetune" "$kang/isp/kang-isp-classprob.csv" \
   --title "ispo report: benchmark, evaluation, perturbation, fine-tuning (CPU)" --out "$w/report"
 png="$PWD/docs/report-example.png"
-chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,16000 \
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,20000 \
   --user-data-dir="$w/chromium" --screenshot="$png" "file://$PWD/$w/report/report.html"
 # the whole page and no more: crop the blank window below its end
 python -c "from PIL import Image, ImageChops; im = Image.open('$png').convert('RGB'); \
