@@ -174,8 +174,8 @@ def test_half_precision_autocasts_over_fp32_weights(precision, ft_ckpt, ft_data,
 
 
 def test_max_input_cuts_cells_and_the_saved_position_table(ft_ckpt, ft_data, tmp_path):
-    """Trained on each cell's top N genes; the folder says N, so transformers, embed and
-    perturb read the same cut cells (oracle: transformers on the first N tokens)."""
+    """Trained on each cell's top N genes; the folder says N, and a model loaded from it
+    tokenizes cells to N (oracle: transformers on each cell's first N tokens, cut by hand)."""
     cells = ispo.tokenize(ad.read_h5ad(ft_data), ispo.demo_vocab())
     n = int(np.median(cells.lengths))
     assert cells.lengths.max() > n, "the test needs cells longer than the cut"

@@ -67,9 +67,9 @@ class TrainSettings:
         ``model_input_size`` truncates (None: the model's own, 2,048 for V1). The saved
         config.json says ``max_position_embeddings: N`` and holds the first N position rows:
         ``ispo embed``/``perturb`` cut cells to N as training did, and Geneformer reads its
-        model input size from that field. Short
-        inputs train faster, and a classifier trained from scratch on few cells then cannot
-        key on genes a cell expresses only at the tail of its ranking.
+        model input size from that field. Short inputs train faster, and a classifier trained
+        from scratch on few cells then cannot key on genes a cell expresses only at the tail of
+        its ranking.
     """
 
     epochs: int = 10
